@@ -1,0 +1,128 @@
+"""DINOv2 ViT with within-view / cross-view alternation, camera tokens, QK-norm and 2D RoPE."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from da3gs.models.presets import Preset
+from da3gs.models.reference_view import (MIN_VIEWS, gather_views, inverse_order,
+                                         reference_first_order, select_reference_view)
+from da3gs.nn.rope import RoPE2D, constant_positions, patch_positions
+from da3gs.nn.transformer import Block
+
+
+@dataclass
+class BackboneOutput:
+    """``feats[i]: (B, V, h*w, C')`` patch tokens of each output layer (C' = 2C with cat_token),
+    ``cam_tokens[i]: (B, V, C')`` their camera/class tokens, ``ref_view: (B,)`` or None."""
+
+    feats: list[torch.Tensor]
+    cam_tokens: list[torch.Tensor]
+    ref_view: torch.Tensor | None
+
+
+class Backbone(nn.Module):
+    """Blocks before ``alt_start`` attend within each view; from ``alt_start`` on, odd blocks
+    attend across all views' tokens jointly and even blocks within a view. At ``alt_start`` the
+    class token slot becomes a camera token (encoded pose, or a learnable one)."""
+
+    def __init__(self, preset: Preset, rope_base: float = 100.0):
+        super().__init__()
+        v = preset.vit
+        self.patch_size, self.dim, self.pos_grid = v.patch_size, v.dim, v.pos_grid
+        self.alt_start = preset.alt_start
+        self.out_layers = tuple(preset.out_layers)
+        self.cat_token = preset.cat_token
+        self.grad_checkpointing = False
+        self.patch_embed = nn.Conv2d(3, v.dim, kernel_size=v.patch_size, stride=v.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, v.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, v.pos_grid**2 + 1, v.dim))
+        if self.alt_start >= 0:
+            self.camera_token = nn.Parameter(torch.randn(1, 2, v.dim))
+        rope = RoPE2D(rope_base) if self.alt_start >= 0 else None
+        self.blocks = nn.ModuleList([
+            Block(v.dim, v.heads, ffn=v.ffn, qk_norm=0 <= self.alt_start <= i,
+                  rope=rope if 0 <= self.alt_start <= i else None)
+            for i in range(v.depth)])
+        self.norm = nn.LayerNorm(v.dim)
+
+    def is_cross_view(self, i: int) -> bool:
+        return self.alt_start >= 0 and i >= self.alt_start and i % 2 == 1
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """Learned position embedding bicubic-resized to an h x w grid, ``(1, 1 + h*w, C)``."""
+        M = self.pos_grid
+        if h * w == M * M and h == w:
+            return self.pos_embed
+        pe = self.pos_embed.float()
+        grid = pe[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
+        # DINOv2 resizes by a scale factor with a +0.1 offset; kept for checkpoint fidelity.
+        grid = F.interpolate(grid, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic",
+                             antialias=False)
+        if grid.shape[-2:] != (h, w):
+            raise RuntimeError(f"position embedding resized to {tuple(grid.shape[-2:])}, not {(h, w)}")
+        grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+        return torch.cat([pe[:, :1], grid], dim=1).to(self.pos_embed.dtype)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, V, 3, H, W)`` normalised images -> tokens ``(B, V, 1 + h*w, C)``."""
+        B, V, _, H, W = x.shape
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {self.patch_size}")
+        t = self.patch_embed(x.reshape(B * V, 3, H, W)).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(B * V, -1, -1), t], dim=1)
+        t = t + self._pos_embed(H // self.patch_size, W // self.patch_size)
+        return t.reshape(B, V, *t.shape[1:])
+
+    def _run_block(self, blk: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, pos, use_reentrant=False)
+        return blk(x, pos)
+
+    def forward(self, x: torch.Tensor, cam_token: torch.Tensor | None = None,
+                ref_view_strategy: str = "saddle_balanced") -> BackboneOutput:
+        """``x: (B, V, 3, H, W)``; ``cam_token: (B, V, C)`` from the camera encoder or None."""
+        B, V, _, H, W = x.shape
+        h, w = H // self.patch_size, W // self.patch_size
+        x = self.embed(x)
+        N = x.shape[2]
+        local_pos = patch_positions(B * V, h, w, 1, x.device)
+        global_pos = constant_positions(B * V, N, 1, x.device).reshape(B, V * N, 2)
+        order = None
+        ref = None
+        local_x = x
+        feats, cams = [], []
+        for i, blk in enumerate(self.blocks):
+            if (self.alt_start >= 0 and i == self.alt_start - 1 and cam_token is None
+                    and V >= MIN_VIEWS):
+                ref = select_reference_view(x[:, :, 0], ref_view_strategy)
+                order = reference_first_order(ref, V)
+                x, local_x = gather_views(x, order), gather_views(local_x, order)
+            if self.alt_start >= 0 and i == self.alt_start:
+                if cam_token is None:
+                    cam_token = torch.cat([self.camera_token[:, :1].expand(B, 1, -1),
+                                           self.camera_token[:, 1:].expand(B, V - 1, -1)], dim=1)
+                x = torch.cat([cam_token[:, :, None].to(x.dtype), x[:, :, 1:]], dim=2)
+            if self.is_cross_view(i):
+                x = self._run_block(blk, x.reshape(B, V * N, -1), global_pos).reshape(B, V, N, -1)
+            else:
+                x = self._run_block(blk, x.reshape(B * V, N, -1), local_pos).reshape(B, V, N, -1)
+                local_x = x
+            if i in self.out_layers:
+                if self.cat_token:
+                    out = torch.cat([local_x, self.norm(x)], dim=-1)
+                    cam = torch.cat([local_x[:, :, 0], x[:, :, 0]], dim=-1)
+                else:
+                    out, cam = self.norm(x), x[:, :, 0]
+                if order is not None:
+                    inv = inverse_order(order)
+                    out, cam = gather_views(out, inv), gather_views(cam, inv)
+                feats.append(out[:, :, 1:])
+                cams.append(cam)
+        return BackboneOutput(feats, cams, ref)

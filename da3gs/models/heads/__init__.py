@@ -1,0 +1,1 @@
+"""Prediction heads: Dual-DPT (depth + rays), DPT (mono/metric depth + sky), GS-DPT, camera."""

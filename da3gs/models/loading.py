@@ -1,0 +1,162 @@
+"""``load_model``: official Hugging Face repos, local official folders, da3gs checkpoints.
+
+Accepted sources:
+  * a preset name prefixed with ``random:`` (``random:small``): random weights, for tests;
+  * a folder with ``config.json`` + ``model.safetensors`` in the official layout (config key
+    ``model_name``, e.g. ``da3-large``) or in ours (config key ``preset``);
+  * a ``.safetensors`` file written by da3gs (preset in its metadata);
+  * a Hugging Face repo id (``depth-anything/DA3-LARGE``), fetched with ``huggingface_hub``
+    into its cache (offline: the cache is used, else a one-line error says what to do).
+Weights are read with safetensors only; no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from da3gs.errors import ModelSourceError
+from da3gs.models.convert import CheckpointMismatch, is_official_state, load_into, official_to_ours
+from da3gs.models.model import DA3Model
+from da3gs.models.net import build_net
+from da3gs.models.presets import OFFICIAL_NAMES, PRESETS, get_preset
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+OFFICIAL_REPOS = {
+    "small": "depth-anything/DA3-SMALL", "base": "depth-anything/DA3-BASE",
+    "large": "depth-anything/DA3-LARGE-1.1", "giant": "depth-anything/DA3-GIANT-1.1",
+    "nested-giant-large": "depth-anything/DA3NESTED-GIANT-LARGE-1.1",
+    "mono-large": "depth-anything/DA3MONO-LARGE", "metric-large": "depth-anything/DA3METRIC-LARGE",
+}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:  # safetensors raises several types for bad files
+        raise ModelSourceError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def infer_preset_name(state: dict[str, torch.Tensor]) -> str:
+    """Guess the preset from weight shapes (used when a config does not name it)."""
+    ours = official_to_ours(state) if is_official_state(state) else state
+    if any(k.startswith("anyview.") for k in ours):
+        return "nested-giant-large"
+    dim = ours["backbone.cls_token"].shape[-1]
+    depth = 1 + max(int(k.split(".")[2]) for k in ours if k.startswith("backbone.blocks."))
+    for name, p in PRESETS.items():
+        if p.vit.dim == dim and p.vit.depth == depth:
+            has_cam = "backbone.camera_token" in ours
+            if has_cam == (p.kind == "anyview"):
+                return name
+    raise ModelSourceError(f"weights of width {dim} and depth {depth} match no known preset")
+
+
+def _preset_from_config(cfg: dict, path: Path) -> str | None:
+    name = cfg.get("preset") or cfg.get("model_name")
+    if name is None and isinstance(cfg.get("config"), dict):
+        name = cfg["config"].get("model_name")
+    if name is None:
+        return None
+    try:
+        return get_preset(name).name
+    except ValueError as e:
+        raise ModelSourceError(f"{path}: {e}") from None
+
+
+def _build(preset: str, state: dict[str, torch.Tensor], source: str) -> DA3Model:
+    if is_official_state(state):
+        state = official_to_ours(state)
+    net = build_net(preset)
+    try:
+        load_into(net, state, source)
+    except CheckpointMismatch as e:
+        raise ModelSourceError(str(e)) from None
+    return DA3Model(net.preset, net)
+
+
+def load_folder(folder: Path, preset: str | None = None) -> DA3Model:
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ModelSourceError(f"{folder}: no {WEIGHTS} in this folder")
+    cfg = {}
+    if (folder / CONFIG).is_file():
+        try:
+            cfg = json.loads((folder / CONFIG).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelSourceError(f"{folder / CONFIG}: invalid JSON ({e})") from None
+    state, meta = _read_safetensors(weights)
+    name = preset or _preset_from_config(cfg, folder / CONFIG) or meta.get("da3gs_preset")
+    return _build(name or infer_preset_name(state), state, str(folder))
+
+
+def load_file(path: Path, preset: str | None = None) -> DA3Model:
+    if path.suffix != ".safetensors":
+        raise ModelSourceError(f"{path}: expected a .safetensors file or a model folder")
+    state, meta = _read_safetensors(path)
+    name = preset or meta.get("da3gs_preset") or infer_preset_name(state)
+    return _build(get_preset(name).name, state, str(path))
+
+
+def download(repo_id: str) -> Path:
+    """Snapshot of ``repo_id`` (config + weights) from the local cache or the hub."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [CONFIG, WEIGHTS]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:
+        kind = type(e).__name__
+        raise ModelSourceError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({kind}); offline? Download "
+            f"it elsewhere (huggingface-cli download {repo_id} --local-dir DIR) and pass DIR "
+            "as the model source") from None
+
+
+def save_model(model: DA3Model, path: str | Path) -> Path:
+    """Write ``model`` as a da3gs folder (config.json + model.safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"da3gs_preset": model.preset.name})
+    (tmp / CONFIG).write_text(json.dumps({"format": "da3gs", "preset": model.preset.name}, indent=2))
+    if path.exists():
+        raise ModelSourceError(f"{path}: already exists; not overwriting")
+    tmp.rename(path)
+    return path
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu",
+               preset: str | None = None) -> DA3Model:
+    """Load a model (see the module docstring for the accepted sources), in eval mode."""
+    src = str(source)
+    path = Path(src).expanduser()
+    if src.startswith("random:"):
+        model = DA3Model(get_preset(src[len("random:"):]))
+    elif path.is_dir():
+        model = load_folder(path, preset)
+    elif path.is_file():
+        model = load_file(path, preset)
+    elif src in OFFICIAL_REPOS or src in OFFICIAL_NAMES:
+        model = load_folder(download(OFFICIAL_REPOS[get_preset(src).name]), preset)
+    elif src.count("/") == 1 and not src.startswith((".", "/", "~")):
+        model = load_folder(download(src), preset)
+    else:
+        raise ModelSourceError(f"model source {src!r}: no such file or folder, and not a hub repo id")
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as e:
+        raise ModelSourceError(f"device {device!r}: {e}") from None

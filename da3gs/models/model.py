@@ -1,0 +1,177 @@
+"""``DA3Model``: a DA3 network plus pre/post-processing behind ``infer``."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from da3gs.errors import Da3gsError
+from da3gs.geometry import GeometryError, as_homogeneous, c2w_to_w2c, umeyama, w2c_to_c2w
+from da3gs.io.images import imagenet_normalize, prepare_images
+from da3gs.models.net import build_net
+from da3gs.models.presets import NestedPreset, Preset
+from da3gs.models.reference_view import STRATEGIES
+from da3gs.types import Prediction
+
+RANSAC_ALIGN_VIEWS = 10  # as the official package: robust alignment from 10 input views on
+
+
+def normalize_input_poses(w2c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-base ``w2c: (B, V, 4, 4)`` on view 0 and divide translations by the median camera
+    distance (clamped to >= 0.1), as the official package does before conditioning.
+
+    Returns (normalised w2c, median distance ``(B,)``)."""
+    w2c = w2c @ w2c_to_c2w(w2c[:, :1])
+    dist = w2c_to_c2w(w2c)[..., :3, 3].norm(dim=-1)  # (B, V)
+    median = torch.median(dist.reshape(-1)).clamp(min=0.1)
+    w2c = w2c.clone()
+    w2c[..., :3, 3] = w2c[..., :3, 3] / median
+    return w2c, median.reshape(1).expand(w2c.shape[0])
+
+
+def scale_to_input(pred_c2w: torch.Tensor, in_c2w: torch.Tensor) -> float:
+    """Scale taking the network's camera frame to the input poses' frame (``(V, 4, 4)`` each).
+
+    Umeyama on camera centres (RANSAC from 10 views), the ratio of spreads for 2 views, and
+    1 for a single view (no scale information)."""
+    V = pred_c2w.shape[0]
+    src, dst = pred_c2w[:, :3, 3].double(), in_c2w[:, :3, 3].double()
+    if V == 1:
+        return 1.0
+    if V == 2:
+        a, b = (src[1] - src[0]).norm(), (dst[1] - dst[0]).norm()
+        return float(b / a) if a > 1e-12 else 1.0
+    try:
+        return float(umeyama(src, dst, ransac=V >= RANSAC_ALIGN_VIEWS).s)
+    except GeometryError:
+        a = (src - src.mean(0)).norm()
+        return float((dst - dst.mean(0)).norm() / a) if a > 1e-12 else 1.0
+
+
+class DA3Model(nn.Module):
+    """A DA3 network (``self.net``) with image preparation and output conversion.
+
+    ``model.net(x)`` runs the raw network on ImageNet-normalised ``x: (B, V, 3, H, W)`` and
+    returns the official output names; ``model.infer`` is the user-level entry point.
+    """
+
+    def __init__(self, preset: Preset | NestedPreset | str, net: nn.Module | None = None):
+        super().__init__()
+        self.net = net if net is not None else build_net(preset)
+        self.preset = self.net.preset
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def has_cameras(self) -> bool:
+        return bool(self.net.has_cameras)
+
+    @property
+    def has_gs_head(self) -> bool:
+        net = getattr(self.net, "anyview", self.net)
+        return net.gs_head is not None
+
+    @property
+    def is_metric(self) -> bool:
+        return isinstance(self.preset, NestedPreset) or self.preset.name.startswith("metric")
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute backbone blocks in the backward pass to save memory while training."""
+        for m in self.modules():
+            if hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enabled
+
+    def _autocast(self, precision: str):
+        dev = self.device.type
+        if precision == "auto":
+            precision = "bf16" if dev == "cuda" else "fp32"
+        if precision == "fp32":
+            return nullcontext()
+        if precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            return torch.autocast(device_type=dev, dtype=dtype)
+        raise Da3gsError(f"precision: expected auto, fp32, bf16 or fp16, got {precision!r}")
+
+    @torch.no_grad()
+    def infer(self, images: Sequence | torch.Tensor, c2w: torch.Tensor | None = None,
+              K: torch.Tensor | None = None, *, process_res: int = 504,
+              process_method: str = "upper_bound_resize", ref_view: str = "saddle_balanced",
+              precision: str = "auto", infer_gs: bool = False) -> Prediction:
+        """Depth, confidence and cameras for a set of views.
+
+        Args:
+          images: list of paths / arrays / PIL images, or ``(V, 3, H, W)`` float in [0, 1].
+          c2w: optional ``(V, 4, 4)`` OpenCV camera-to-world poses (needs ``K``).
+          K: optional ``(V, 3, 3)`` intrinsics in pixels of the input images.
+          process_res, process_method: resize rule (see ``da3gs.io.images.prepare_images``).
+          ref_view: reference-view strategy for pose-free input (``saddle_balanced`` default).
+          precision: ``auto`` (bf16 backbone on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+          infer_gs: also run the GS head (only for models that have one).
+        With poses, the camera encoder conditions the network (poses re-based on view 0 and
+        scale-normalised) and the outputs come back in the frame and scale of the input poses.
+        """
+        if ref_view not in STRATEGIES:
+            raise Da3gsError(f"ref_view: expected one of {', '.join(STRATEGIES)}, got {ref_view!r}")
+        if (c2w is None) != (K is None):
+            raise Da3gsError("c2w and K must be given together (the camera encoder needs both)")
+        prep = prepare_images(images, K=K, process_res=process_res, method=process_method)
+        V = prep.images.shape[0]
+        in_c2w = None
+        if c2w is not None:
+            in_c2w = _check_poses(c2w, V)
+            if not self.has_cameras:
+                raise Da3gsError(f"preset {self.preset.name} has no camera encoder; omit c2w and K")
+        dev = self.device
+        x = imagenet_normalize(prep.images.to(dev))[None]
+        ext = intr = None
+        if in_c2w is not None:
+            ext, _ = normalize_input_poses(c2w_to_w2c(in_c2w.to(dev, torch.float32))[None])
+            intr = prep.K.to(dev, torch.float32)[None]
+        with self._autocast(precision):
+            out = self.net(x, ext, intr, ref_view_strategy=ref_view, infer_gs=infer_gs)
+        return self._to_prediction(out, prep, in_c2w)
+
+    def _to_prediction(self, out: dict, prep, in_c2w: torch.Tensor | None) -> Prediction:
+        f = {k: (v[0].float() if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+             for k, v in out.items()}
+        pred = Prediction(images=prep.images, depth=f["depth"], depth_conf=f.get("depth_conf"),
+                          rays=f.get("ray"), ray_conf=f.get("ray_conf"), sky=f.get("sky"),
+                          original_sizes=prep.original_sizes, paths=prep.paths,
+                          is_metric=self.is_metric)
+        if "scale_factor" in out:
+            pred.scale_factor = float(out["scale_factor"])
+        if "ref_view" in out:
+            pred.ref_view = int(out["ref_view"][0])
+        if "extrinsics" in f:
+            w2c = as_homogeneous(f["extrinsics"])
+            pred.w2c, pred.c2w, pred.K = w2c, w2c_to_c2w(w2c), f["intrinsics"]
+        if in_c2w is not None:
+            s = scale_to_input(pred.c2w.double().cpu(), in_c2w.double().cpu())
+            pred.depth = pred.depth * s
+            pred.c2w = in_c2w.to(pred.depth.device, torch.float32)
+            pred.w2c = c2w_to_w2c(pred.c2w)
+            pred.K = prep.K.to(pred.depth.device, torch.float32)
+            pred.scale_factor, pred.pose_conditioned = s, True
+        return pred
+
+
+def _check_poses(c2w, V: int) -> torch.Tensor:
+    c2w = torch.as_tensor(c2w)
+    if c2w.dim() != 3 or c2w.shape[-2:] not in ((4, 4), (3, 4)):
+        raise Da3gsError(f"c2w: expected shape ({V}, 4, 4), got {tuple(c2w.shape)}")
+    if c2w.shape[0] != V:
+        raise Da3gsError(f"c2w: {c2w.shape[0]} poses for {V} images")
+    if not torch.isfinite(c2w).all():
+        raise Da3gsError("c2w: contains NaN or infinite values")
+    c2w = as_homogeneous(c2w.double())
+    R = c2w[:, :3, :3]
+    err = (R.transpose(1, 2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax()
+    if err > 1e-3 or (torch.linalg.det(R) < 0).any():
+        raise Da3gsError("c2w: rotation parts are not proper rotations (orthonormal, det +1)")
+    return c2w

@@ -1,0 +1,116 @@
+"""The DA3 networks: any-view (backbone + Dual-DPT + camera head [+ GS-DPT]), monocular /
+metric (backbone + DPT with sky), and the nested any-view + metric model.
+
+``forward`` takes ImageNet-normalised ``x: (B, V, 3, H, W)`` and returns the raw outputs under
+the official names: ``depth (B, V, H, W)``, ``depth_conf``, ``extrinsics`` (w2c, ``(B, V, 3, 4)``),
+``intrinsics (B, V, 3, 3)``, plus ``ray (B, V, h, w, 6)``, ``ray_conf``, ``sky`` (mono/metric),
+``raw_gs``/``raw_gs_conf`` (GS head, when asked), ``scale_factor`` (nested) and ``ref_view``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from da3gs.geometry import c2w_to_w2c, decode_pose
+from da3gs.models.backbone import Backbone
+from da3gs.models.camera_encoder import CameraEncoder
+from da3gs.models.heads.camera import CameraDecoder
+from da3gs.models.heads.dpt import DPT
+from da3gs.models.heads.dual_dpt import DualDPT
+from da3gs.models.heads.gs_dpt import GSDPT
+from da3gs.models.metric import fill_sky, metric_scale
+from da3gs.models.presets import NestedPreset, Preset, get_preset
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+class DA3Net(nn.Module):
+    """One DA3 network built from a :class:`Preset`."""
+
+    def __init__(self, preset: Preset, head_chunk: int = 8):
+        super().__init__()
+        self.preset = preset
+        self.backbone = Backbone(preset)
+        d, f, oc = preset.head_dim_in, preset.head_features, preset.head_out_channels
+        if preset.kind == "anyview":
+            self.depth_head = DualDPT(d, f, oc, chunk_size=head_chunk)
+            self.camera_encoder = CameraEncoder(preset.vit.dim, preset.cam_enc_heads)
+            self.camera_decoder = CameraDecoder(d)
+        else:
+            self.depth_head = DPT(d, f, oc, chunk_size=head_chunk)
+        sh = (preset.sh_degree + 1) ** 2
+        self.gs_head = GSDPT(d, f, oc, out_dim=2 + 3 + 4 + 3 * sh + 1 + 1,
+                             chunk_size=head_chunk) if preset.gs_head else None
+
+    @property
+    def has_cameras(self) -> bool:
+        return self.preset.kind == "anyview"
+
+    def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
+                intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
+                infer_gs: bool = False) -> dict[str, torch.Tensor]:
+        """``x: (B, V, 3, H, W)`` normalised; optional ``extrinsics`` (w2c) ``(B, V, 4, 4)`` and
+        ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only)."""
+        B, V, _, H, W = x.shape
+        dev = x.device.type
+        cam_token = None
+        if extrinsics is not None and self.has_cameras:
+            if intrinsics is None:
+                raise ValueError("intrinsics are required together with extrinsics")
+            with _no_autocast(dev):
+                cam_token = self.camera_encoder(extrinsics.float(), intrinsics.float(), (H, W))
+        bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy)
+        with _no_autocast(dev):
+            feats = [f.float() for f in bb.feats]
+            out = dict(self.depth_head(feats, H, W))
+            if self.has_cameras:
+                c2w, K = decode_pose(self.camera_decoder(bb.cam_tokens[-1].float()), (H, W))
+                out["extrinsics"] = c2w_to_w2c(c2w)[..., :3, :]
+                out["intrinsics"] = K
+            if infer_gs and self.gs_head is not None:
+                out.update(self.gs_head(feats, x.float(), H, W))
+        if "sky" in out:
+            out["depth"], _ = fill_sky(out["depth"], out["sky"])
+        if bb.ref_view is not None:
+            out["ref_view"] = bb.ref_view
+        return out
+
+
+class NestedDA3Net(nn.Module):
+    """Any-view model whose depth and camera translations are scaled to metres by a metric model;
+    sky pixels are pushed to the far (capped) depth with confidence 1."""
+
+    def __init__(self, preset: NestedPreset, head_chunk: int = 8):
+        super().__init__()
+        self.preset = preset
+        self.anyview = DA3Net(get_preset(preset.anyview), head_chunk)
+        self.metric = DA3Net(get_preset(preset.metric), head_chunk)
+
+    has_cameras = True
+
+    def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
+                intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
+                infer_gs: bool = False) -> dict[str, torch.Tensor]:
+        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, infer_gs)
+        metric = self.metric(x)
+        with _no_autocast(x.device.type):
+            scale = metric_scale(out["depth"], out["depth_conf"], metric["depth"], metric["sky"],
+                                 out["intrinsics"])
+            out["depth"] = out["depth"] * scale
+            ext = out["extrinsics"].clone()
+            ext[..., :3, 3] = ext[..., :3, 3] * scale
+            out["extrinsics"] = ext
+            out["scale_factor"] = scale
+            out["depth"], out["depth_conf"] = fill_sky(out["depth"], metric["sky"],
+                                                       out["depth_conf"], cap=200.0)
+            out["sky"] = metric["sky"]
+        return out
+
+
+def build_net(preset: str | Preset | NestedPreset, head_chunk: int = 8) -> nn.Module:
+    """Network for a preset name (ours or official) or preset object, randomly initialised."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return NestedDA3Net(p, head_chunk) if isinstance(p, NestedPreset) else DA3Net(p, head_chunk)

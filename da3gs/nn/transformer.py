@@ -1,0 +1,96 @@
+"""Transformer pieces: attention with optional QK-norm and RoPE, MLP / SwiGLU, LayerScale, Block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from da3gs.nn.rope import RoPE2D
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable residual scale (``gamma``)."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP (``fc1``, ``fc2``)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward of DINOv2 ViT-g: hidden = round_up(2/3 * hidden, 8) (``w12``, ``w3``)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 bias: bool = True):
+        super().__init__()
+        hidden = (int(hidden_features * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(in_features, 2 * hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, out_features or in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``x: (B, N, C)``; ``pos: (B, N, 2)`` feeds the RoPE if any."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
+                 rope: RoPE2D | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None and pos is not None:
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale: x + ls1(attn(norm1 x)); x + ls2(mlp(norm2 x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, ffn: str = "mlp",
+                 init_values: float | None = 1.0, qk_norm: bool = False,
+                 rope: RoPE2D | None = None, ln_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
+        ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[ffn]
+        self.mlp = ffn_cls(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+        return x + self.ls2(self.mlp(self.norm2(x)))

@@ -1,0 +1,60 @@
+"""Typed results returned by the public API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Prediction:
+    """What ``model.infer`` returns for V views processed at H x W.
+
+    Fields:
+      images: (V, 3, H, W) float in [0, 1], the processed input images.
+      depth: (V, H, W) z-depth in the frame of ``c2w`` (metres for metric/nested models).
+      depth_conf: (V, H, W) confidence (>= 1; higher is better); None for mono models.
+      c2w, w2c: (V, 4, 4) OpenCV camera-to-world / world-to-camera; None for mono models.
+      K: (V, 3, 3) intrinsics in pixels of the processed images.
+      rays: (V, h, w, 6) predicted ray map (0:3 unnormalised direction, 3:6 origin) in the
+        network's own frame (before alignment to input poses); None for mono models.
+      ray_conf: (V, h, w) ray confidence.
+      sky: (V, H, W) sky score (>= 0.3 is sky) for mono/metric/nested models, else None.
+      is_metric: depth and translations are in metres.
+      scale_factor: metric scale applied by the nested model, or the scale taking the
+        network's frame to the input poses' frame when poses were given.
+      ref_view: index of the reference view chosen by the backbone (pose-free, >= 3 views).
+      pose_conditioned: whether input poses conditioned the network.
+      original_sizes: (H, W) of each input before processing.
+      paths: input file paths when images were given as paths.
+      gaussians: per-pixel Gaussians when the model has a GS head and they were requested.
+    """
+
+    images: torch.Tensor
+    depth: torch.Tensor
+    depth_conf: torch.Tensor | None = None
+    c2w: torch.Tensor | None = None
+    w2c: torch.Tensor | None = None
+    K: torch.Tensor | None = None
+    rays: torch.Tensor | None = None
+    ray_conf: torch.Tensor | None = None
+    sky: torch.Tensor | None = None
+    is_metric: bool = False
+    scale_factor: float | None = None
+    ref_view: int | None = None
+    pose_conditioned: bool = False
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    paths: list[Path] | None = None
+    gaussians: object | None = None
+
+    @property
+    def num_views(self) -> int:
+        return int(self.depth.shape[0])
+
+    def to(self, device) -> "Prediction":
+        """Copy with every tensor moved to ``device``."""
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+              for k, v in self.__dict__.items()}
+        return Prediction(**kw)
