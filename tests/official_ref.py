@@ -27,8 +27,11 @@ requires_official = pytest.mark.skipif(not official_available(),
 
 
 def build_official(name: str, seed: int = 0) -> torch.nn.Module:
-    """Official network ``name`` (``da3-small``...) with random weights: default init plus
-    N(0, 0.02) noise on every parameter so that no two LayerNorms or biases are alike."""
+    """Official network ``name`` (``da3-small``...) with random weights.
+
+    Default init plus noise on every parameter (0.02 + half the parameter's own spread), so
+    that no two LayerNorms or biases are alike and outputs vary across pixels and views; the
+    FOV bias is lifted so that focal lengths are not clamped."""
     from depth_anything_3.cfg import create_object, load_config
     from depth_anything_3.registry import MODEL_REGISTRY
 
@@ -37,7 +40,13 @@ def build_official(name: str, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+            spread = float(p.std()) if p.numel() > 1 else 0.0
+            p.add_(torch.randn(p.shape, generator=g) * (0.02 + 0.5 * spread))
+        for m in net.modules():
+            if type(m).__name__ == "CameraDec":
+                fov = m.fc_fov[0]
+                fov.weight.mul_(0.1 / max(float(fov.weight.std()), 1e-6) / fov.in_features ** 0.5)
+                fov.bias.add_(1.0 - fov.bias.mean())
     return net.eval()
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import GeometryError, check_finite, check_shape
+from .errors import GeometryError, check_finite, check_pose_matrix, check_shape
 from .quaternion import mat_to_quat, quat_to_mat
 
 __all__ = [
@@ -39,20 +39,16 @@ def as_homogeneous(m: torch.Tensor) -> torch.Tensor:
 
     A (..., 4, 4) input is returned unchanged.
     """
-    check_shape(m, "m", (None, 4))
+    check_pose_matrix(m, "m")
     if m.shape[-2] == 4:
         return m
-    if m.shape[-2] != 3:
-        raise GeometryError(f"m: expected shape (..., 3, 4) or (..., 4, 4), got {tuple(m.shape)}")
     bottom = torch.zeros(m.shape[:-2] + (1, 4), dtype=m.dtype, device=m.device)
     bottom[..., 0, 3] = 1.0
     return torch.cat([m, bottom], dim=-2)
 
 
 def _rigid_inverse(m: torch.Tensor, name: str) -> torch.Tensor:
-    check_shape(m, name, (None, 4))
-    if m.shape[-2] not in (3, 4):
-        raise GeometryError(f"{name}: expected shape (..., 4, 4) or (..., 3, 4), got {tuple(m.shape)}")
+    check_pose_matrix(m, name)
     check_finite(m, name)
     R = m[..., :3, :3]
     t = m[..., :3, 3:]

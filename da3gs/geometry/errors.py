@@ -11,10 +11,12 @@ from typing import Sequence
 
 import torch
 
+from da3gs.errors import Da3gsError
+
 __all__ = ["GeometryError"]
 
 
-class GeometryError(ValueError):
+class GeometryError(Da3gsError):
     """Invalid or degenerate geometric input (bad shape, non-finite values, rank deficiency)."""
 
 
@@ -77,3 +79,11 @@ def check_broadcast(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, 
         raise GeometryError(
             f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)}: batch dimensions do not broadcast"
         ) from None
+
+
+def check_pose_matrix(x, name: str) -> torch.Tensor:
+    """Raise unless ``x`` is a float tensor of shape (..., 4, 4) or (..., 3, 4)."""
+    check_tensor(x, name)
+    if x.ndim < 2 or x.shape[-1] != 4 or x.shape[-2] not in (3, 4):
+        raise GeometryError(f"{name}: expected shape (..., 4, 4) or (..., 3, 4), got {tuple(x.shape)}")
+    return x

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .conventions import as_homogeneous
-from .errors import GeometryError, check_broadcast, check_hw, check_shape
+from .errors import check_broadcast, check_hw, check_pose_matrix, check_shape
 from .quaternion import _rotation_from_components, mat_to_quat, wxyz_to_xyzw
 
 __all__ = ["encode_pose", "decode_pose", "POSE_ENCODING_DIM"]
@@ -39,9 +39,7 @@ def encode_pose(c2w: torch.Tensor, K: torch.Tensor, image_hw, keep_dtype: bool =
     Returns:
         enc: (..., 9)
     """
-    check_shape(c2w, "c2w", (None, 4))
-    if c2w.shape[-2] not in (3, 4):
-        raise GeometryError(f"c2w: expected shape (..., 4, 4) or (..., 3, 4), got {tuple(c2w.shape)}")
+    check_pose_matrix(c2w, "c2w")
     check_shape(K, "K", (3, 3))
     check_broadcast("c2w", c2w, "K", K, 2, 2)
     H, W = check_hw(image_hw)

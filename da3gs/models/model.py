@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from da3gs.errors import Da3gsError
-from da3gs.geometry import GeometryError, as_homogeneous, c2w_to_w2c, umeyama, w2c_to_c2w
+from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
 from da3gs.io.images import imagenet_normalize, prepare_images
 from da3gs.models.net import build_net
 from da3gs.models.presets import NestedPreset, Preset
@@ -35,20 +35,12 @@ def normalize_input_poses(w2c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def scale_to_input(pred_c2w: torch.Tensor, in_c2w: torch.Tensor) -> float:
     """Scale taking the network's camera frame to the input poses' frame (``(V, 4, 4)`` each).
 
-    Umeyama on camera centres (RANSAC from 10 views), the ratio of spreads for 2 views, and
-    1 for a single view (no scale information)."""
+    Umeyama on camera centres (RANSAC from 10 views on, as the official package); for one or
+    two views or collinear centres, the ratio of centre spreads (1 for a single view)."""
     V = pred_c2w.shape[0]
-    src, dst = pred_c2w[:, :3, 3].double(), in_c2w[:, :3, 3].double()
-    if V == 1:
-        return 1.0
-    if V == 2:
-        a, b = (src[1] - src[0]).norm(), (dst[1] - dst[0]).norm()
-        return float(b / a) if a > 1e-12 else 1.0
-    try:
-        return float(umeyama(src, dst, ransac=V >= RANSAC_ALIGN_VIEWS).s)
-    except GeometryError:
-        a = (src - src.mean(0)).norm()
-        return float((dst - dst.mean(0)).norm() / a) if a > 1e-12 else 1.0
+    sim3, _ = align_cameras(pred_c2w.double(), in_c2w.double(), ransac=V >= RANSAC_ALIGN_VIEWS,
+                            orientation_fallback=True)
+    return float(sim3.s)
 
 
 class DA3Model(nn.Module):

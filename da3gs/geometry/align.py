@@ -1,0 +1,232 @@
+"""Similarity (Sim(3)) alignment: Umeyama and camera-trajectory alignment.
+
+Convention: a :class:`Sim3` maps points ``p`` of the source frame to
+``s R p + t`` in the destination frame. Applied to a camera, it maps the
+source ``c2w`` to ``[R R_i | s R t_i + t]`` (the rotation stays orthonormal).
+
+Degenerate input: :func:`umeyama` raises :class:`GeometryError` when the
+rotation is ambiguous, i.e. fewer than 3 points with positive weight, or
+collinear / coincident points in either set (rank of the cross-covariance
+< 2, relative tolerance ``rank_tol``). :func:`align_cameras` can instead fall
+back to the camera orientations (``orientation_fallback=True``), which makes
+1- and 2-view alignment (and straight-line trajectories) well defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import GeometryError, check_finite, check_shape
+
+__all__ = ["Sim3", "umeyama", "align_cameras", "apply_sim3_to_c2w"]
+
+
+@dataclass
+class Sim3:
+    """``x -> s R x + t``. R: (..., 3, 3), t: (..., 3), s: (...)."""
+
+    R: torch.Tensor
+    t: torch.Tensor
+    s: torch.Tensor
+
+    def apply(self, points: torch.Tensor) -> torch.Tensor:
+        """points: (..., N, 3) -> (..., N, 3)."""
+        check_shape(points, "points", (None, 3))
+        R, t, s = self.R.to(points.dtype), self.t.to(points.dtype), self.s.to(points.dtype)
+        return s[..., None, None] * (points @ R.transpose(-1, -2)) + t[..., None, :]
+
+    def matrix(self) -> torch.Tensor:
+        """(..., 4, 4) homogeneous matrix ``[[s R, t], [0, 1]]``."""
+        top = torch.cat([self.s[..., None, None] * self.R, self.t[..., :, None]], dim=-1)
+        bottom = torch.zeros(top.shape[:-2] + (1, 4), dtype=top.dtype, device=top.device)
+        bottom[..., 0, 3] = 1.0
+        return torch.cat([top, bottom], dim=-2)
+
+    def inverse(self) -> "Sim3":
+        Rt = self.R.transpose(-1, -2)
+        return Sim3(Rt, -(Rt @ self.t[..., :, None])[..., 0] / self.s[..., None], 1.0 / self.s)
+
+
+def umeyama(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    with_scale: bool = True,
+    rank_tol: float = 1e-8,
+) -> Sim3:
+    """Least-squares similarity with ``dst ~= s R src + t`` (Umeyama 1991).
+
+    Args:
+        src, dst: (..., N, 3) corresponding points.
+        weights: (..., N) non-negative, or None for uniform.
+        with_scale: if False, ``s = 1`` (rigid alignment).
+        rank_tol: the second singular value of the weighted cross-covariance
+            must exceed ``rank_tol`` times the first.
+    Returns:
+        :class:`Sim3` with batch dims ``...``, computed in float64 and returned
+        in the promoted dtype of ``src``/``dst``.
+    Raises:
+        GeometryError: bad shapes, non-finite values, negative weights, or an
+            ambiguous rotation (fewer than 3 weighted points, collinear or
+            coincident points).
+    """
+    check_shape(src, "src", (None, 3))
+    check_shape(dst, "dst", (None, 3))
+    if src.ndim < 2 or src.shape != dst.shape:
+        raise GeometryError(f"src/dst: expected equal shapes (..., N, 3), got {tuple(src.shape)} and {tuple(dst.shape)}")
+    check_finite(src, "src")
+    check_finite(dst, "dst")
+    out_dtype = torch.promote_types(src.dtype, dst.dtype)
+    f64 = torch.float64
+    x, y = src.to(f64), dst.to(f64)
+    if weights is None:
+        w = torch.ones(src.shape[:-1], dtype=f64, device=src.device)
+    else:
+        check_shape(weights, "weights", (src.shape[-2],))
+        if weights.shape != src.shape[:-1]:
+            raise GeometryError(f"weights: expected shape {tuple(src.shape[:-1])}, got {tuple(weights.shape)}")
+        check_finite(weights, "weights")
+        if bool((weights < 0).any()):
+            raise GeometryError("weights: must be non-negative")
+        w = weights.to(f64)
+    n_pos = (w > 0).sum(-1)
+    if bool((n_pos < 3).any()):
+        raise GeometryError(
+            f"src/dst: need at least 3 non-collinear points with positive weight, got {int(n_pos.min())}"
+        )
+    w = w / w.sum(-1, keepdim=True)
+    mu_x = (w[..., None] * x).sum(-2)
+    mu_y = (w[..., None] * y).sum(-2)
+    xc, yc = x - mu_x[..., None, :], y - mu_y[..., None, :]
+    var_x = (w * (xc * xc).sum(-1)).sum(-1)
+    cov = (yc * w[..., None]).transpose(-1, -2) @ xc  # (..., 3, 3)
+    U, D, Vh = torch.linalg.svd(cov)
+    if not bool((D[..., 1] > rank_tol * D[..., 0]).all()):
+        raise GeometryError(
+            "src/dst: need at least 3 non-collinear points (collinear or coincident points "
+            "make the rotation ambiguous)"
+        )
+    S = torch.ones_like(D)
+    S[..., 2] = torch.sign(torch.linalg.det(U) * torch.linalg.det(Vh))
+    S[..., 2] = torch.where(S[..., 2] == 0, torch.ones_like(S[..., 2]), S[..., 2])
+    R = U @ (S[..., :, None] * Vh)
+    s = (D * S).sum(-1) / var_x if with_scale else torch.ones_like(var_x)
+    t = mu_y - s[..., None] * (R @ mu_x[..., :, None])[..., 0]
+    return Sim3(R.to(out_dtype), t.to(out_dtype), s.to(out_dtype))
+
+
+def apply_sim3_to_c2w(sim3: Sim3, c2w: torch.Tensor) -> torch.Tensor:
+    """Transform cameras: ``c2w: (..., 4, 4)`` -> (..., 4, 4) ``[R R_i | s R t_i + t]``.
+
+    Batch dims of ``sim3`` broadcast against those of ``c2w`` (right-aligned).
+    """
+    check_shape(c2w, "c2w", (4, 4))
+    R, t, s = sim3.R.to(c2w.dtype), sim3.t.to(c2w.dtype), sim3.s.to(c2w.dtype)
+    Rn = R @ c2w[..., :3, :3]
+    tn = s[..., None] * (R @ c2w[..., :3, 3:])[..., 0] + t
+    top = torch.cat([Rn, tn[..., None]], dim=-1)
+    bottom = torch.zeros(top.shape[:-2] + (1, 4), dtype=top.dtype, device=top.device)
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=-2)
+
+
+def _project_so3(M: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(M)
+    S = torch.ones(3, dtype=M.dtype, device=M.device)
+    S[2] = 1.0 if float(torch.linalg.det(U @ Vh)) >= 0 else -1.0
+    return U @ (S[:, None] * Vh)
+
+
+def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale) -> Sim3:
+    """Rotation = chordal mean of ``R_dst_i R_src_i^T``; scale from centre spreads."""
+    R = _project_so3((c2w_dst[:, :3, :3] @ c2w_src[:, :3, :3].transpose(-1, -2)).sum(0))
+    mu_s, mu_d = cs.mean(0), cd.mean(0)
+    var_s = ((cs - mu_s) ** 2).sum()
+    s = torch.ones((), dtype=cs.dtype, device=cs.device)
+    if with_scale and float(var_s) > 1e-20 * max(float((cs**2).sum()), 1.0):
+        s = (((cd - mu_d) ** 2).sum() / var_s).sqrt()
+    return Sim3(R, mu_d - s * (R @ mu_s), s)
+
+
+def _ransac_sim3(cs, cd, with_scale, seed, n_iters, sub_n, inlier_thresh) -> Sim3:
+    n = cs.shape[0]
+    sub_n = max(3, (n + 1) // 2) if sub_n is None else max(3, min(sub_n, n))
+    sim0 = umeyama(cs, cd, with_scale=with_scale)
+    if inlier_thresh is None:  # median distance of aligned src centres to their nearest dst centre
+        inlier_thresh = float(torch.cdist(sim0.apply(cs), cd).min(-1).values.median())
+    gen = torch.Generator().manual_seed(seed)
+    best, best_inl, best_key = sim0, None, (-1, float("inf"))
+    for _ in range(n_iters):
+        idx = torch.randperm(n, generator=gen)[:sub_n].to(cs.device)
+        try:
+            sim = umeyama(cs[idx], cd[idx], with_scale=with_scale)
+        except GeometryError:
+            continue
+        err = (sim.apply(cs) - cd).norm(dim=-1)
+        inl = err <= inlier_thresh
+        k = int(inl.sum())
+        mean_err = float(err[inl].mean()) if k > 0 else float("inf")
+        if k > best_key[0] or (k == best_key[0] and mean_err < best_key[1]):
+            best, best_inl, best_key = sim, inl, (k, mean_err)
+    if best_inl is not None and int(best_inl.sum()) >= 3:
+        try:
+            return umeyama(cs[best_inl], cd[best_inl], with_scale=with_scale)
+        except GeometryError:
+            pass
+    return best
+
+
+def align_cameras(
+    c2w_src: torch.Tensor,
+    c2w_dst: torch.Tensor,
+    ransac: bool = False,
+    seed: int = 0,
+    with_scale: bool = True,
+    orientation_fallback: bool = False,
+    ransac_iters: int = 10,
+    sub_n: int | None = None,
+    inlier_thresh: float | None = None,
+) -> tuple[Sim3, torch.Tensor]:
+    """Align a source trajectory to a destination one by their camera centres.
+
+    Args:
+        c2w_src, c2w_dst: (N, 4, 4) corresponding OpenCV camera-to-world poses.
+        ransac: robust variant of the official DA3 evaluation: ``ransac_iters``
+            Umeyama fits on random subsets of ``sub_n`` (default
+            ``max(3, ceil(N/2))``) centres, inliers within ``inlier_thresh``
+            (default: median nearest-centre distance after a plain Umeyama
+            pre-alignment), refit on the best inlier set. Deterministic in ``seed``.
+        with_scale: estimate the scale (Sim(3)) or not (SE(3)).
+        orientation_fallback: when the centres are degenerate (N < 3, collinear
+            or coincident), take the rotation as the chordal mean of
+            ``R_dst R_src^T``, the scale as the ratio of centre spreads (1 if
+            none) and the translation from the centroids, instead of raising.
+    Returns:
+        (sim3, c2w_aligned) with ``c2w_aligned = apply_sim3_to_c2w(sim3, c2w_src)``
+        (N, 4, 4) ~= ``c2w_dst``; ``sim3`` is float64 and ``c2w_aligned`` has
+        ``c2w_src.dtype``.
+    """
+    for name, c in (("c2w_src", c2w_src), ("c2w_dst", c2w_dst)):
+        check_shape(c, name, (4, 4))
+        if c.ndim != 3 or c.shape[0] < 1:
+            raise GeometryError(f"{name}: expected shape (N, 4, 4) with N >= 1, got {tuple(c.shape)}")
+        check_finite(c, name)
+    if c2w_src.shape != c2w_dst.shape:
+        raise GeometryError(f"c2w_src/c2w_dst: shapes differ, {tuple(c2w_src.shape)} vs {tuple(c2w_dst.shape)}")
+    a, b = c2w_src.to(torch.float64), c2w_dst.to(torch.float64)
+    cs, cd = a[:, :3, 3], b[:, :3, 3]
+    try:
+        if ransac:
+            sim = _ransac_sim3(cs, cd, with_scale, seed, ransac_iters, sub_n, inlier_thresh)
+        else:
+            sim = umeyama(cs, cd, with_scale=with_scale)
+    except GeometryError as e:
+        if not orientation_fallback:
+            raise GeometryError(
+                "c2w_src/c2w_dst: need at least 3 non-collinear camera centres "
+                f"({e}); pass orientation_fallback=True to use camera orientations"
+            ) from None
+        sim = _align_with_orientations(a, b, cs, cd, with_scale)
+    return sim, apply_sim3_to_c2w(sim, c2w_src)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with da3gs and its test dependencies. Idempotent.
+# CPU machines: torch 2.14.1 + torchvision 0.29.1 (they import together; see DESIGN notes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+if ! python -c "import torch, torchvision" 2>/dev/null; then
+    python -m pip install -q --upgrade pip
+    python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
+python -m pip install -q -e ".[dev]"
+# The official package is a test-only reference: its model code needs only addict/omegaconf/einops.
+python -m pip install -q --no-deps "depth-anything-3==0.1.1"
