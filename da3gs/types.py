@@ -58,3 +58,58 @@ class Prediction:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
               for k, v in self.__dict__.items()}
         return Prediction(**kw)
+
+
+@dataclass
+class Gaussians:
+    """A cloud of N 3D Gaussians in a world frame (OpenCV cameras).
+
+    Fields:
+      means: (N, 3) float centres.
+      quats: (N, 4) float rotations, wxyz, unit norm.
+      scales: (N, 3) float standard deviations along the local axes (linear, not log).
+      opacities: (N,) float in [0, 1].
+      sh: (N, K, 3) float spherical-harmonic coefficients, K = (degree + 1) ** 2, DC first
+        (colour = 0.5 + C0 * sh[:, 0] for degree 0, C0 = 0.28209479177387814).
+      conf: (N,) optional per-Gaussian confidence (depth confidence of its pixel).
+      view: (N,) optional long index of the view each Gaussian came from.
+      pixel: (N, 2) optional long (row, col) of the pixel it came from in that view.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    sh: torch.Tensor
+    conf: torch.Tensor | None = None
+    view: torch.Tensor | None = None
+    pixel: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        return int(round(self.sh.shape[1] ** 0.5)) - 1
+
+    def subset(self, index: torch.Tensor) -> "Gaussians":
+        """Gaussians selected by a boolean mask or an index tensor over N."""
+        return Gaussians(**{k: (v[index] if isinstance(v, torch.Tensor) else v)
+                            for k, v in self.__dict__.items()})
+
+    def to(self, device) -> "Gaussians":
+        return Gaussians(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                            for k, v in self.__dict__.items()})
+
+    def detach(self) -> "Gaussians":
+        return Gaussians(**{k: (v.detach() if isinstance(v, torch.Tensor) else v)
+                            for k, v in self.__dict__.items()})
+
+    @staticmethod
+    def cat(parts: list["Gaussians"]) -> "Gaussians":
+        """Concatenate clouds (optional fields kept only if every part has them)."""
+        out = {}
+        for k in parts[0].__dict__:
+            vals = [getattr(p, k) for p in parts]
+            out[k] = None if any(v is None for v in vals) else torch.cat(vals)
+        return Gaussians(**out)
