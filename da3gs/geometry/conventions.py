@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import GeometryError, check_finite, check_pose_matrix, check_shape
+from .errors import GeometryError, check_finite, check_hw, check_pose_matrix, check_shape
 from .quaternion import mat_to_quat, quat_to_mat
 
 __all__ = [
@@ -167,7 +167,9 @@ def opencv_to_llff(c2w: torch.Tensor, K: torch.Tensor, hw, bounds: torch.Tensor,
         )
     check_finite(c2w, "c2w")
     check_finite(K, "K")
-    H, W = hw
+    H, W = check_hw(hw, "hw")
+    if not downscale > 0:
+        raise GeometryError(f"downscale: expected > 0, got {downscale}")
     n = c2w.shape[0]
     c2w = c2w.detach().to("cpu", torch.float64)
     mats = torch.zeros(n, 3, 5, dtype=torch.float64)

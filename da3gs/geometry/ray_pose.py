@@ -128,7 +128,10 @@ def _solve_one(src, d, o, w, hw, thr, n_iter, k, top_ratio, max_eval, gen):
     n_cand = min(max(k, int(N * top_ratio)), n_valid)
     k = min(k, n_cand)
     cand = order[:n_cand]
-    samples = torch.multinomial(torch.ones(n_iter, n_cand), k, replacement=False, generator=gen)
+    if n_cand <= 4096:  # distinct indices per sample
+        samples = torch.rand(n_iter, n_cand, generator=gen).argsort(-1)[:, :k]
+    else:  # rare duplicates are harmless (k >= 4 distinct points remain likely), much cheaper
+        samples = torch.randint(0, n_cand, (n_iter, k), generator=gen)
     idx = cand[samples.to(d.device)]  # (n_iter, k)
     H_hyp, _ = _dlt(src[idx], dst_n[idx], w[idx])
     H_hyp = T_inv @ H_hyp

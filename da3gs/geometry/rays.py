@@ -13,6 +13,8 @@ frame direction has z = 1, so a point at z-depth ``D`` is ``P = t + D * d``.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .errors import GeometryError, check_broadcast, check_finite, check_shape, check_tensor
@@ -21,7 +23,11 @@ __all__ = ["pixel_grid", "ray_directions", "ray_map", "unproject_depth", "projec
 
 
 def _check_size(H, W) -> tuple[int, int]:
-    if not (isinstance(H, int) and isinstance(W, int) and H > 0 and W > 0):
+    try:
+        H, W = operator.index(H), operator.index(W)
+    except TypeError:
+        raise GeometryError(f"H, W: expected positive ints, got ({H!r}, {W!r})") from None
+    if not (H > 0 and W > 0):
         raise GeometryError(f"H, W: expected positive ints, got ({H!r}, {W!r})")
     return H, W
 
@@ -40,7 +46,7 @@ def pixel_grid(
     Returns:
         uv: (H, W, 2) with ``uv[i, j] = (j + offset, i + offset)`` (x first).
     """
-    _check_size(H, W)
+    H, W = _check_size(H, W)
     u = torch.arange(W, device=device, dtype=dtype) + offset
     v = torch.arange(H, device=device, dtype=dtype) + offset
     vv, uu = torch.meshgrid(v, u, indexing="ij")
@@ -77,7 +83,7 @@ def ray_directions(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, offset: f
     Returns:
         d: (..., H, W, 3); ``R^T d`` has z-component exactly 1.
     """
-    _check_size(H, W)
+    H, W = _check_size(H, W)
     _check_cam(c2w, K)
     dtype = torch.promote_types(c2w.dtype, K.dtype)
     dcam = _camera_directions(K, H, W, offset, dtype)

@@ -70,15 +70,17 @@ def _preset_from_config(cfg: dict, path: Path) -> str | None:
         raise ModelSourceError(f"{path}: {e}") from None
 
 
-def _build(preset: str, state: dict[str, torch.Tensor], source: str) -> DA3Model:
-    if is_official_state(state):
+def _build(preset: str, state: dict[str, torch.Tensor], source: str,
+           gs_geometry: str | None = None) -> DA3Model:
+    official = is_official_state(state)
+    if official:
         state = official_to_ours(state)
     net = build_net(preset)
     try:
         load_into(net, state, source)
     except CheckpointMismatch as e:
         raise ModelSourceError(str(e)) from None
-    return DA3Model(net.preset, net)
+    return DA3Model(net.preset, net, gs_geometry or ("official" if official else "da3gs"))
 
 
 def load_folder(folder: Path, preset: str | None = None) -> DA3Model:
@@ -93,7 +95,8 @@ def load_folder(folder: Path, preset: str | None = None) -> DA3Model:
             raise ModelSourceError(f"{folder / CONFIG}: invalid JSON ({e})") from None
     state, meta = _read_safetensors(weights)
     name = preset or _preset_from_config(cfg, folder / CONFIG) or meta.get("da3gs_preset")
-    return _build(name or infer_preset_name(state), state, str(folder))
+    geometry = cfg.get("gs_geometry") or meta.get("da3gs_gs_geometry")
+    return _build(name or infer_preset_name(state), state, str(folder), geometry)
 
 
 def load_file(path: Path, preset: str | None = None) -> DA3Model:
@@ -101,7 +104,7 @@ def load_file(path: Path, preset: str | None = None) -> DA3Model:
         raise ModelSourceError(f"{path}: expected a .safetensors file or a model folder")
     state, meta = _read_safetensors(path)
     name = preset or meta.get("da3gs_preset") or infer_preset_name(state)
-    return _build(get_preset(name).name, state, str(path))
+    return _build(get_preset(name).name, state, str(path), meta.get("da3gs_gs_geometry"))
 
 
 def download(repo_id: str) -> Path:
@@ -131,8 +134,10 @@ def save_model(model: DA3Model, path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"da3gs_preset": model.preset.name})
-    (tmp / CONFIG).write_text(json.dumps({"format": "da3gs", "preset": model.preset.name}, indent=2))
+    meta = {"da3gs_preset": model.preset.name, "da3gs_gs_geometry": model.gs_geometry}
+    save_file(state, str(tmp / WEIGHTS), metadata=meta)
+    cfg = {"format": "da3gs", "preset": model.preset.name, "gs_geometry": model.gs_geometry}
+    (tmp / CONFIG).write_text(json.dumps(cfg, indent=2))
     if path.exists():
         raise ModelSourceError(f"{path}: already exists; not overwriting")
     tmp.rename(path)

@@ -11,8 +11,9 @@ from torch import nn
 from da3gs.errors import Da3gsError
 from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
 from da3gs.io.images import imagenet_normalize, prepare_images
+from da3gs.models.gaussian_adapter import GEOMETRIES, build_gaussians
 from da3gs.models.net import build_net
-from da3gs.models.presets import NestedPreset, Preset
+from da3gs.models.presets import NestedPreset, Preset, get_preset
 from da3gs.models.reference_view import STRATEGIES
 from da3gs.types import Prediction
 
@@ -50,10 +51,16 @@ class DA3Model(nn.Module):
     returns the official output names; ``model.infer`` is the user-level entry point.
     """
 
-    def __init__(self, preset: Preset | NestedPreset | str, net: nn.Module | None = None):
+    def __init__(self, preset: Preset | NestedPreset | str, net: nn.Module | None = None,
+                 gs_geometry: str = "da3gs"):
         super().__init__()
+        if gs_geometry not in GEOMETRIES:
+            raise Da3gsError(f"gs_geometry: expected one of {GEOMETRIES}, got {gs_geometry!r}")
         self.net = net if net is not None else build_net(preset)
         self.preset = self.net.preset
+        #: how GS-head outputs become Gaussians: "official" for the published weights (trained
+        #: with the official adapter's geometry), "da3gs" for heads trained here.
+        self.gs_geometry = gs_geometry
         self.eval()
 
     @property
@@ -104,7 +111,8 @@ class DA3Model(nn.Module):
           process_res, process_method: resize rule (see ``da3gs.io.images.prepare_images``).
           ref_view: reference-view strategy for pose-free input (``saddle_balanced`` default).
           precision: ``auto`` (bf16 backbone on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
-          infer_gs: also run the GS head (only for models that have one).
+          infer_gs: also run the GS head and return ``pred.gaussians`` (models with a GS head;
+            others raise). Gaussians live in the frame of the returned cameras.
         With poses, the camera encoder conditions the network (poses re-based on view 0 and
         scale-normalised) and the outputs come back in the frame and scale of the input poses.
         """
@@ -119,6 +127,8 @@ class DA3Model(nn.Module):
             in_c2w = _check_poses(c2w, V)
             if not self.has_cameras:
                 raise Da3gsError(f"preset {self.preset.name} has no camera encoder; omit c2w and K")
+        if infer_gs and not self.has_gs_head:
+            raise Da3gsError(f"preset {self.preset.name} has no GS head; cannot predict Gaussians")
         dev = self.device
         x = imagenet_normalize(prep.images.to(dev))[None]
         ext = intr = None
@@ -150,7 +160,16 @@ class DA3Model(nn.Module):
             pred.w2c = c2w_to_w2c(pred.c2w)
             pred.K = prep.K.to(pred.depth.device, torch.float32)
             pred.scale_factor, pred.pose_conditioned = s, True
+        if "raw_gs" in f:
+            s = pred.scale_factor if pred.pose_conditioned else 1.0
+            pred.gaussians = build_gaussians(
+                f["raw_gs"], f["raw_gs_conf"], f["depth"], pred.c2w, pred.K, self.preset_sh_degree,
+                self.gs_geometry, conf=pred.depth_conf, depth_scale=s)
         return pred
+
+    @property
+    def preset_sh_degree(self) -> int:
+        return getattr(self.preset, "sh_degree", None) or get_preset(self.preset.anyview).sh_degree
 
 
 def _check_poses(c2w, V: int) -> torch.Tensor:

@@ -104,6 +104,10 @@ class NestedDA3Net(nn.Module):
             ext[..., :3, 3] = ext[..., :3, 3] * scale
             out["extrinsics"] = ext
             out["scale_factor"] = scale
+            if "raw_gs" in out:  # the depth offset channel is in the same units as depth
+                raw = out["raw_gs"].clone()
+                raw[..., -1] = raw[..., -1] * scale
+                out["raw_gs"] = raw
             out["depth"], out["depth_conf"] = fill_sky(out["depth"], metric["sky"],
                                                        out["depth_conf"], cap=200.0)
             out["sky"] = metric["sky"]

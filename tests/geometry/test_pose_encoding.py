@@ -90,3 +90,16 @@ def test_matches_official_exactly():
     c2w2, K2 = decode_pose(noisy, hw)
     assert torch.equal(c2w2[..., :3, :], ref_ext)
     assert torch.equal(K2, ref_K)
+
+
+def test_differentiable():
+    c2w, K, hw = _cams(4)
+    c2w.requires_grad_(True)
+    K.requires_grad_(True)
+    enc = encode_pose(c2w, K, hw, keep_dtype=True)
+    enc.sum().backward()
+    assert torch.isfinite(c2w.grad).all() and torch.isfinite(K.grad).all()
+    enc = enc.detach().requires_grad_(True)
+    c2w2, K2 = decode_pose(enc, hw)
+    (c2w2.sum() + K2.sum()).backward()
+    assert torch.isfinite(enc.grad).all() and enc.grad.abs().sum() > 0

@@ -1,0 +1,118 @@
+"""Real spherical harmonics up to degree 3, with gsplat's constants and sign conventions.
+
+The basis ordering, constants and signs follow gsplat's ``spherical_harmonics`` (the
+Sloan 2013 "efficient SH evaluation" form, the same as the Inria 3DGS rasteriser):
+
+    Y_0 = C0,  Y_1 = -C1 y,  Y_2 = C1 z,  Y_3 = -C1 x,  ...
+
+with ``C0 = 0.28209479177387814`` and ``C1 = 0.48860251190292``. Directions need not be
+unit length; they are normalised here (degree 0 ignores them).
+
+Colour convention (as gsplat's ``rasterization`` and Inria's CUDA rasteriser):
+``rgb = clamp_min(sum_k Y_k(d) * sh_k + 0.5, 0)``; see :func:`sh_to_color`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["C0", "eval_sh_bases", "eval_sh", "sh_to_color", "rgb_to_sh0", "sh0_to_rgb",
+           "num_sh_bases", "sh_degree_from_bases"]
+
+C0 = 0.28209479177387814
+C1 = 0.48860251190292
+
+
+def num_sh_bases(degree: int) -> int:
+    """Number of SH coefficients K = (degree + 1) ** 2."""
+    return (int(degree) + 1) ** 2
+
+
+def sh_degree_from_bases(k: int) -> int:
+    """Degree d with (d + 1) ** 2 == k; raises ValueError if k is not a square."""
+    d = int(round(k ** 0.5)) - 1
+    if (d + 1) ** 2 != k:
+        raise ValueError(f"number of SH coefficients must be a square, got {k}")
+    return d
+
+
+def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
+    """SH basis functions at directions.
+
+    Args:
+      degree: 0..3.
+      dirs: (..., 3) directions (any length; normalised here).
+    Returns:
+      (..., (degree + 1) ** 2) basis values, DC first.
+    """
+    if not 0 <= degree <= 3:
+        raise ValueError(f"sh degree must be in 0..3, got {degree}")
+    ones = torch.full(dirs.shape[:-1], C0, dtype=dirs.dtype, device=dirs.device)
+    if degree == 0:
+        return ones[..., None]
+    d = F.normalize(dirs, dim=-1)
+    x, y, z = d.unbind(-1)
+    out = [ones, -C1 * y, C1 * z, -C1 * x]
+    if degree >= 2:
+        z2 = z * z
+        tmp_b = -1.092548430592079 * z
+        c1 = x * x - y * y
+        s1 = 2.0 * x * y
+        out += [
+            0.5462742152960395 * s1,                      # 4
+            tmp_b * y,                                    # 5
+            0.9461746957575601 * z2 - 0.3153915652525201,  # 6
+            tmp_b * x,                                    # 7
+            0.5462742152960395 * c1,                      # 8
+        ]
+        if degree >= 3:
+            tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
+            tmp_b3 = 1.445305721320277 * z
+            c2 = x * c1 - y * s1
+            s2 = x * s1 + y * c1
+            out += [
+                -0.5900435899266435 * s2,                           # 9
+                tmp_b3 * s1,                                        # 10
+                tmp_c * y,                                          # 11
+                z * (1.865881662950577 * z2 - 1.119528997770346),   # 12
+                tmp_c * x,                                          # 13
+                tmp_b3 * c1,                                        # 14
+                -0.5900435899266435 * c2,                           # 15
+            ]
+    return torch.stack(out, dim=-1)
+
+
+def eval_sh(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Raw SH sum (no +0.5, no clamp), like gsplat's ``spherical_harmonics``.
+
+    Args:
+      degree: degree to use, (degree + 1) ** 2 <= K.
+      dirs: (..., 3) view directions (Gaussian centre minus camera centre).
+      coeffs: (..., K, 3) SH coefficients, broadcastable with dirs' batch dims.
+    Returns:
+      (..., 3).
+    """
+    k = num_sh_bases(degree)
+    if coeffs.shape[-2] < k:
+        raise ValueError(f"sh degree {degree} needs {k} coefficients, got {coeffs.shape[-2]}")
+    bases = eval_sh_bases(degree, dirs)  # (..., k)
+    return (bases[..., :, None] * coeffs[..., :k, :]).sum(dim=-2)
+
+
+def sh_to_color(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Colour as gsplat's ``rasterization`` computes it: ``clamp_min(eval_sh + 0.5, 0)``.
+
+    Args/returns as :func:`eval_sh`; the result is >= 0 but not clamped above 1.
+    """
+    return torch.clamp_min(eval_sh(degree, dirs, coeffs) + 0.5, 0.0)
+
+
+def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
+    """DC coefficient giving colour ``rgb`` (any shape): ``(rgb - 0.5) / C0``."""
+    return (rgb - 0.5) / C0
+
+
+def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
+    """Colour of a DC coefficient (any shape, unclamped): ``0.5 + C0 * sh0``."""
+    return sh0 * C0 + 0.5
