@@ -70,3 +70,26 @@ __all__ = [
     "align_cameras",
     "apply_sim3_to_c2w",
 ]
+
+from .trajectory import (  # noqa: E402
+    evaluate_path,
+    extend_path,
+    interpolate_path,
+    look_at,
+    nearest_view,
+    orbit_path,
+    path_intrinsics,
+    scene_center,
+)
+
+__all__ += [
+    # trajectory
+    "look_at",
+    "evaluate_path",
+    "interpolate_path",
+    "orbit_path",
+    "extend_path",
+    "scene_center",
+    "nearest_view",
+    "path_intrinsics",
+]

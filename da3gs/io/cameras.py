@@ -1,0 +1,300 @@
+"""Camera files: our ``cameras.json``, nerfstudio ``transforms.json`` and COLMAP text.
+
+All functions take/return OpenCV camera-to-world ``c2w (V, 4, 4)``, intrinsics
+``K (V, 3, 3)`` (or one shared (3, 3)) in pixels, ``image_hw`` = one (H, W) or
+one per view, and ``names`` (one relative image path per view). Axis changes go
+through :mod:`da3gs.geometry.conventions` only. The pixel convention (centre of
+the top-left pixel at (0.5, 0.5)) is the one of COLMAP and nerfstudio, so ``K``
+is written unchanged. Floats are written with ``repr`` (round-trip exact).
+
+* ``cameras.json``: a JSON list of ``{name, width, height, K, c2w, w2c}`` (OpenCV).
+* ``transforms.json``: ``camera_model: OPENCV`` (zero distortion), per frame
+  ``fl_x fl_y cx cy w h``, ``file_path`` and ``transform_matrix`` = nerfstudio
+  (OpenGL-axes) camera-to-world; the world frame itself is not changed. Optional
+  top-level ``ply_file_path`` (splatfacto initialisation).
+* COLMAP text model: ``cameras.txt`` (one PINHOLE camera per image),
+  ``images.txt`` (world-to-camera qvec wxyz + tvec, empty 2D-points line),
+  ``points3D.txt`` (optional points, error 0, empty tracks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from da3gs.geometry import c2w_opencv_to_opengl, c2w_opengl_to_opencv, c2w_to_colmap, c2w_to_w2c, colmap_to_c2w
+
+from .atomic import atomic_path
+from .errors import InputError
+
+__all__ = ["CameraSet", "write_cameras_json", "read_cameras_json", "write_transforms_json",
+           "read_transforms_json", "write_colmap_text", "read_colmap_text"]
+
+
+@dataclass
+class CameraSet:
+    """Cameras read from a file: float64 OpenCV ``c2w (V,4,4)``, ``K (V,3,3)``, sizes and names."""
+
+    c2w: torch.Tensor
+    K: torch.Tensor
+    image_hw: list[tuple[int, int]]
+    names: list[str]
+    ply_file_path: str | None = None
+
+
+def _t64(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
+    return x.detach().to("cpu", torch.float64)
+
+
+def _check(c2w, K, image_hw, names):
+    c2w = _t64(c2w, "c2w")
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
+        raise InputError(f"c2w: expected shape (V, 4, 4), got {tuple(c2w.shape)}")
+    v = c2w.shape[0]
+    K = _t64(K, "K")
+    if K.shape == (3, 3):
+        K = K.expand(v, 3, 3)
+    if K.shape != (v, 3, 3):
+        raise InputError(f"K: expected shape (3, 3) or ({v}, 3, 3), got {tuple(K.shape)}")
+    if not (bool(torch.isfinite(c2w).all()) and bool(torch.isfinite(K).all())):
+        raise InputError("c2w/K: contain NaN or Inf")
+    hw = np.asarray(image_hw, dtype=np.int64)
+    if hw.shape == (2,):
+        hw = np.broadcast_to(hw, (v, 2))
+    if hw.shape != (v, 2) or (hw <= 0).any():
+        raise InputError(f"image_hw: expected a positive (H, W) or {v} of them, got {image_hw!r}")
+    names = [str(PurePosixPath(*Path(str(n)).parts)) if str(n) else "" for n in names]
+    if len(names) != v or any(not n for n in names):
+        raise InputError(f"names: expected {v} non-empty names, got {len(names)}")
+    if any(PurePosixPath(n).is_absolute() or Path(n).is_absolute() for n in names):
+        raise InputError("names: expected relative image paths")
+    return c2w, K, [(int(h), int(w)) for h, w in hw], names
+
+
+def _mat(m: torch.Tensor) -> list:
+    return [[float(x) for x in row] for row in m.tolist()]
+
+
+def _write_json(path: Path, obj) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from None
+
+
+def write_cameras_json(path, c2w, K, image_hw, names) -> Path:
+    """Write our ``cameras.json``: a list of ``{name, width, height, K, c2w, w2c}`` (OpenCV)."""
+    c2w, K, hw, names = _check(c2w, K, image_hw, names)
+    w2c = c2w_to_w2c(c2w)
+    cams = [{"name": n, "width": w, "height": h, "K": _mat(K[i]), "c2w": _mat(c2w[i]), "w2c": _mat(w2c[i])}
+            for i, (n, (h, w)) in enumerate(zip(names, hw))]
+    return _write_json(Path(path), cams)
+
+
+def read_cameras_json(path) -> CameraSet:
+    """Read a ``cameras.json`` written by :func:`write_cameras_json`."""
+    path = Path(path)
+    data = _read_json(path)
+    try:
+        c2w = torch.tensor([c["c2w"] for c in data], dtype=torch.float64).reshape(-1, 4, 4)
+        K = torch.tensor([c["K"] for c in data], dtype=torch.float64).reshape(-1, 3, 3)
+        hw = [(int(c["height"]), int(c["width"])) for c in data]
+        names = [str(c["name"]) for c in data]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path}: not a cameras.json list of {{name, width, height, K, c2w}} ({e!r})") from None
+    return CameraSet(c2w, K, hw, names)
+
+
+def write_transforms_json(path, c2w, K, image_hw, names, ply_file_path=None, image_dir: str | None = None) -> Path:
+    """Write a nerfstudio ``transforms.json`` (camera_model OPENCV, per-frame intrinsics).
+
+    ``file_path`` of frame i is ``names[i]`` (relative to the json's folder), prefixed
+    by ``image_dir`` when given. ``ply_file_path`` (relative to the json's folder) is
+    stored as is; nerfstudio reads it as a coloured point cloud (see
+    :func:`da3gs.io.ply.write_point_cloud_ply`) to initialise splatfacto.
+    """
+    c2w, K, hw, names = _check(c2w, K, image_hw, names)
+    gl = c2w_opencv_to_opengl(c2w)
+    frames = []
+    for i, (n, (h, w)) in enumerate(zip(names, hw)):
+        fp = str(PurePosixPath(image_dir) / n) if image_dir else n
+        frames.append({"file_path": fp, "transform_matrix": _mat(gl[i]),
+                       "fl_x": float(K[i, 0, 0]), "fl_y": float(K[i, 1, 1]),
+                       "cx": float(K[i, 0, 2]), "cy": float(K[i, 1, 2]), "w": w, "h": h})
+    meta = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
+    if ply_file_path is not None:
+        p = PurePosixPath(*Path(str(ply_file_path)).parts)
+        if p.is_absolute():
+            raise InputError(f"ply_file_path: expected a path relative to {Path(path).parent}, got {ply_file_path}")
+        meta["ply_file_path"] = str(p)
+    return _write_json(Path(path), meta)
+
+
+def read_transforms_json(path) -> CameraSet:
+    """Read a nerfstudio/Blender ``transforms.json`` -> OpenCV :class:`CameraSet`.
+
+    Intrinsics come from each frame, else the top level (``fl_x``/``fl_y`` or
+    ``camera_angle_x``; ``cx``/``cy`` default to the image centre).
+    """
+    path = Path(path)
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+        raise InputError(f"{path}: not a transforms.json (no 'frames' list)")
+    mats, Ks, hws, names = [], [], [], []
+    for j, fr in enumerate(meta["frames"]):
+        def get(key, default=None):
+            return fr.get(key, meta.get(key, default))
+        try:
+            mats.append(np.asarray(fr["transform_matrix"], dtype=np.float64).reshape(4, 4))
+            w, h = get("w"), get("h")
+            if w is None or h is None:
+                raise KeyError("w/h")
+            fx = get("fl_x")
+            if fx is None and get("camera_angle_x") is not None:
+                fx = 0.5 * float(w) / math.tan(0.5 * float(get("camera_angle_x")))
+            if fx is None:
+                raise KeyError("fl_x")
+            fy = get("fl_y", fx)
+            cx, cy = get("cx", float(w) / 2.0), get("cy", float(h) / 2.0)
+            Ks.append([[float(fx), 0.0, float(cx)], [0.0, float(fy), float(cy)], [0.0, 0.0, 1.0]])
+            hws.append((int(h), int(w)))
+            names.append(str(fr["file_path"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: frame {j} lacks or has a bad {e.args[0] if e.args else 'field'}") from None
+    c2w = c2w_opengl_to_opencv(torch.from_numpy(np.stack(mats) if mats else np.zeros((0, 4, 4))))
+    K = torch.tensor(Ks, dtype=torch.float64).reshape(-1, 3, 3)
+    return CameraSet(c2w, K, hws, names, meta.get("ply_file_path"))
+
+
+def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None) -> Path:
+    """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into ``folder``.
+
+    ``points``: optional (P, 3); ``colors``: (P, 3) uint8 or float in [0, 1] (default grey).
+    """
+    c2w, K, hw, names = _check(c2w, K, image_hw, names)
+    if any(any(c.isspace() for c in n) for n in names):
+        raise InputError("names: COLMAP image names must not contain whitespace")
+    if bool((K[:, 0, 1] != 0).any()):
+        warnings.warn("write_colmap_text: K has skew, which PINHOLE cannot store; skew dropped", stacklevel=2)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    r = repr
+    cams = ["# Camera list with one line of data per camera:",
+            "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(names)}"]
+    qvec, tvec = c2w_to_colmap(c2w)
+    imgs = ["# Image list with two lines of data per image:",
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+            "#   POINTS2D[] as (X, Y, POINT3D_ID)", f"# Number of images: {len(names)}"]
+    for i, (n, (h, w)) in enumerate(zip(names, hw)):
+        k = K[i]
+        cams.append(f"{i + 1} PINHOLE {w} {h} {r(float(k[0, 0]))} {r(float(k[1, 1]))} "
+                    f"{r(float(k[0, 2]))} {r(float(k[1, 2]))}")
+        q, t = qvec[i].tolist(), tvec[i].tolist()
+        imgs.append(f"{i + 1} " + " ".join(r(float(x)) for x in q + t) + f" {i + 1} {n}")
+        imgs.append("")
+    pts = ["# 3D point list with one line of data per point:",
+           "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
+    if points is not None:
+        P = _t64(points, "points").numpy()
+        if P.ndim != 2 or P.shape[1] != 3:
+            raise InputError(f"points: expected shape (P, 3), got {P.shape}")
+        if colors is None:
+            C = np.full(P.shape, 128, np.uint8)
+        else:
+            C = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
+            if C.shape != P.shape:
+                raise InputError(f"colors: expected shape {P.shape}, got {C.shape}")
+            if not np.issubdtype(C.dtype, np.integer):
+                C = np.round(np.clip(C.astype(np.float64), 0, 1) * 255)
+            C = np.clip(C, 0, 255).astype(np.uint8)
+        pts.append(f"# Number of points: {P.shape[0]}, mean track length: 0")
+        pts += [f"{j + 1} {r(float(p[0]))} {r(float(p[1]))} {r(float(p[2]))} {c[0]} {c[1]} {c[2]} 0"
+                for j, (p, c) in enumerate(zip(P, C))]
+    for fname, lines in (("cameras.txt", cams), ("images.txt", imgs), ("points3D.txt", pts)):
+        with atomic_path(folder / fname) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _data_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return path.read_text().splitlines()
+
+
+def read_colmap_text(folder):
+    """Read a COLMAP text model -> ``(CameraSet, points (P,3) float64 | None, colors (P,3) uint8 | None)``.
+
+    Images are returned sorted by IMAGE_ID. Supported camera models: PINHOLE,
+    SIMPLE_PINHOLE, and SIMPLE_RADIAL/RADIAL/OPENCV (distortion ignored, with a warning).
+    """
+    folder = Path(folder)
+    cams = {}
+    for ln in _data_lines(folder / "cameras.txt"):
+        if not ln.strip() or ln.lstrip().startswith("#"):
+            continue
+        e = ln.split()
+        try:
+            cid, model, w, h, prm = int(e[0]), e[1], int(e[2]), int(e[3]), [float(x) for x in e[4:]]
+            if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+                fx = fy = prm[0]
+                cx, cy, dist = prm[1], prm[2], prm[3:]
+            elif model in ("PINHOLE", "OPENCV"):
+                fx, fy, cx, cy, dist = prm[0], prm[1], prm[2], prm[3], prm[4:]
+            else:
+                raise InputError(f"{folder / 'cameras.txt'}: unsupported camera model {model}")
+        except (IndexError, ValueError):
+            raise InputError(f"{folder / 'cameras.txt'}: malformed line {ln!r}") from None
+        if any(d != 0 for d in dist):
+            warnings.warn(f"{folder / 'cameras.txt'}: camera {cid} distortion ignored", stacklevel=2)
+        cams[cid] = ([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], (h, w))
+    lines, images, i = _data_lines(folder / "images.txt"), [], 0
+    while i < len(lines):
+        ln = lines[i]
+        i += 1
+        if not ln.strip() or ln.lstrip().startswith("#"):
+            continue
+        e = ln.split(maxsplit=9)
+        try:
+            images.append((int(e[0]), [float(x) for x in e[1:5]], [float(x) for x in e[5:8]], int(e[8]), e[9]))
+        except (IndexError, ValueError):
+            raise InputError(f"{folder / 'images.txt'}: malformed line {ln!r}") from None
+        if images[-1][3] not in cams:
+            raise InputError(f"{folder / 'images.txt'}: image {e[0]} uses unknown camera {e[8]}")
+        i += 1  # the POINTS2D line (possibly empty) that follows every image line
+    images.sort(key=lambda x: x[0])
+    q = torch.tensor([im[1] for im in images], dtype=torch.float64).reshape(-1, 4)
+    t = torch.tensor([im[2] for im in images], dtype=torch.float64).reshape(-1, 3)
+    c2w = colmap_to_c2w(q, t)
+    K = torch.tensor([cams[im[3]][0] for im in images], dtype=torch.float64).reshape(-1, 3, 3)
+    cs = CameraSet(c2w, K, [cams[im[3]][1] for im in images], [im[4] for im in images])
+    points = colors = None
+    pfile = folder / "points3D.txt"
+    if pfile.is_file():
+        rows = [ln.split() for ln in _data_lines(pfile) if ln.strip() and not ln.lstrip().startswith("#")]
+        try:
+            points = np.array([[float(x) for x in r[1:4]] for r in rows], np.float64).reshape(-1, 3)
+            colors = np.array([[int(x) for x in r[4:7]] for r in rows], np.uint8).reshape(-1, 3)
+        except ValueError:
+            raise InputError(f"{pfile}: malformed point line") from None
+        if points.shape[0] == 0:
+            points = colors = None
+    return cs, points, colors

@@ -1,0 +1,247 @@
+"""3D Gaussian splat PLY files (INRIA 3DGS layout) and plain coloured point clouds.
+
+Layout written by :func:`write_ply` (one ``vertex`` element, binary little
+endian, every property ``float``/float32, in this order)::
+
+    x y z  nx ny nz (zeros)  f_dc_0 f_dc_1 f_dc_2  f_rest_0 .. f_rest_{3(K-1)-1}
+    opacity (logit)  scale_0 scale_1 scale_2 (log)  rot_0 rot_1 rot_2 rot_3 (wxyz)
+
+``f_rest`` is channel-major: ``f_rest_{c*(K-1) + (k-1)} = sh[:, k, c]`` for
+channel ``c`` and coefficient ``k >= 1`` (K = (degree + 1)^2), as INRIA writes
+``features_rest.transpose(1, 2).flatten(1)``. Opacities are written as
+``logit(clip(p))`` (logits clipped to +-40, so 0 and 1 stay finite), scales as
+``log(max(s, 1e-30))`` and rotations unit-normalised.
+
+Exactness
+---------
+``read_ply`` returns float32 activations (``sigmoid``, ``exp``, normalised
+quaternions). ``read_ply(write_ply(g))`` equals ``g`` to float32 rounding
+(about 1e-6 relative). The activations are not injective in float32, so to make
+``write_ply(read_ply(f))`` reproduce ``f`` byte for byte (for files in this
+layout, with float32 properties), ``read_ply`` remembers the raw stored
+``opacity``/``scale_*``/``rot_*`` values of the tensors it returns (looked up by
+tensor identity, held while the tensor lives); ``write_ply`` writes those raw
+values back when given those very tensors *and* they still decode to the
+tensors' current values (checked, so edits of any kind are detected). Any other
+tensor (new, edited, subset, moved to another device) goes through the
+activations' inverses.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from plyfile import PlyData, PlyElement
+
+from da3gs.types import Gaussians
+
+from .atomic import atomic_path
+from .errors import InputError
+
+__all__ = ["write_ply", "read_ply", "write_point_cloud_ply", "ply_property_names"]
+
+_LOGIT_CLIP = 40.0
+_MIN_SCALE = 1e-30
+
+# id(tensor) -> (weakref to tensor, kind, raw float32 array as stored in the file)
+_RAW: dict[int, tuple] = {}
+
+
+def _decode(kind: str, raw: np.ndarray) -> np.ndarray:
+    """Stored values -> float32 activations (the one place defining read_ply's maps)."""
+    x = raw.astype(np.float64)
+    if kind == "opacity":
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    if kind == "scale":
+        return np.exp(x).astype(np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), np.array([1.0, 0, 0, 0])).astype(np.float32)
+
+
+def _remember(t: torch.Tensor, kind: str, raw: np.ndarray) -> None:
+    key = id(t)
+    ref = weakref.ref(t, lambda _r, key=key: _RAW.pop(key, None) if _RAW.get(key, (None,))[0] is _r else None)
+    _RAW[key] = (ref, kind, raw)
+
+
+def _recall(t: torch.Tensor, kind: str) -> np.ndarray | None:
+    """The raw values ``t`` was decoded from, if ``t`` came from read_ply and still holds those values."""
+    entry = _RAW.get(id(t))
+    if entry is None or entry[0]() is not t or entry[1] != kind or t.dtype != torch.float32:
+        return None
+    raw = entry[2]
+    if not np.array_equal(_decode(kind, raw), t.detach().cpu().numpy()):
+        return None
+    return raw
+
+
+def ply_property_names(sh_degree: int) -> list[str]:
+    """Property names, in file order, of a splat PLY of SH degree ``sh_degree``."""
+    n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(n_rest)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+def _np32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _check_gaussians(g: Gaussians, path: Path) -> int:
+    if not isinstance(g, Gaussians):
+        raise InputError(f"{path}: expected a Gaussians object, got {type(g).__name__}")
+    n = len(g)
+    shapes = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,)}
+    for name, shape in shapes.items():
+        t = getattr(g, name)
+        if tuple(t.shape) != shape:
+            raise InputError(f"{path}: gaussians.{name} has shape {tuple(t.shape)}, expected {shape}")
+    k = g.sh.shape[1] if g.sh.ndim == 3 else -1
+    if g.sh.ndim != 3 or g.sh.shape[0] != n or g.sh.shape[2] != 3 or math.isqrt(k) ** 2 != k:
+        raise InputError(f"{path}: gaussians.sh has shape {tuple(g.sh.shape)}, expected (N, (deg+1)^2, 3)")
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        if not bool(torch.isfinite(getattr(g, name)).all()):
+            raise InputError(f"{path}: gaussians.{name} contains NaN or Inf")
+    if n and bool((g.scales < 0).any()):
+        raise InputError(f"{path}: gaussians.scales has negative values")
+    return k
+
+
+def write_ply(path, gaussians: Gaussians) -> Path:
+    """Write ``gaussians`` as an INRIA-layout 3DGS PLY (atomically). Returns the path."""
+    path = Path(path)
+    g = gaussians
+    k = _check_gaussians(g, path)
+    n = len(g)
+
+    opa = _recall(g.opacities, "opacity")
+    if opa is None:
+        p = g.opacities.detach().to("cpu", torch.float64).clamp(0.0, 1.0)
+        opa = (torch.log(p) - torch.log1p(-p)).clamp(-_LOGIT_CLIP, _LOGIT_CLIP).to(torch.float32).numpy()
+    scl = _recall(g.scales, "scale")
+    if scl is None:
+        scl = torch.log(g.scales.detach().to("cpu", torch.float64).clamp_min(_MIN_SCALE)).to(torch.float32).numpy()
+    rot = _recall(g.quats, "rot")
+    if rot is None:
+        q = g.quats.detach().to("cpu", torch.float64)
+        norm = q.norm(dim=-1, keepdim=True)
+        if n and bool((norm == 0).any()):
+            raise InputError(f"{path}: gaussians.quats has zero-length quaternions")
+        rot = (q / norm).to(torch.float32).numpy()
+
+    sh = _np32(g.sh)
+    cols = [_np32(g.means), np.zeros((n, 3), np.float32), sh[:, 0, :],
+            sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
+            opa.reshape(n, 1), scl, rot]
+    data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
+    names = ply_property_names(math.isqrt(k) - 1)
+    vertex = data.view(np.dtype([(name, "<f4") for name in names])).reshape(n)
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
+    return path
+
+
+def _read_vertex(path: Path):
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        ply = PlyData.read(str(path))
+    except Exception as e:  # plyfile raises a variety of exception types on bad files
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise InputError(f"{path}: not a readable PLY file ({msg})") from None
+    try:
+        vertex = ply["vertex"]
+    except KeyError:
+        raise InputError(f"{path}: PLY has no 'vertex' element") from None
+    return vertex
+
+
+def read_ply(path) -> Gaussians:
+    """Read a 3DGS PLY (ours, INRIA, degree 0-N, extra properties, ASCII) -> float32 CPU ``Gaussians``.
+
+    The SH degree comes from the number of ``f_rest_*`` properties (0 when absent).
+    Unknown properties are ignored. Raises :class:`InputError` naming the file and
+    what is missing when it is not a Gaussian splat PLY.
+    """
+    path = Path(path)
+    vertex = _read_vertex(path)
+    names = [p.name for p in vertex.properties]
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [r for r in required if r not in names]
+    if missing:
+        raise InputError(f"{path}: not a 3D Gaussian splat PLY, vertex lacks properties {', '.join(missing)}")
+    n_rest = sum(1 for nm in names if nm.startswith("f_rest_"))
+    k = n_rest // 3 + 1
+    if n_rest % 3 or math.isqrt(k) ** 2 != k:
+        raise InputError(f"{path}: {n_rest} f_rest_* properties is not 3 * ((degree + 1)^2 - 1) for any degree")
+    rest_names = [f"f_rest_{i}" for i in range(n_rest)]
+    absent = [r for r in rest_names if r not in names]
+    if absent:
+        raise InputError(f"{path}: f_rest_* properties are not numbered 0..{n_rest - 1} (missing {absent[0]})")
+
+    def cols(keys):
+        if not keys:
+            return np.zeros((vertex.count, 0), np.float32)
+        return np.stack([np.asarray(vertex[key], dtype=np.float32) for key in keys], axis=1)
+
+    means = cols(["x", "y", "z"])
+    dc = cols(["f_dc_0", "f_dc_1", "f_dc_2"])
+    rest = cols(rest_names)
+    opa = cols(["opacity"])[:, 0].copy()
+    scl = cols(["scale_0", "scale_1", "scale_2"])
+    rot = cols(["rot_0", "rot_1", "rot_2", "rot_3"])
+    n = means.shape[0]
+    for name, arr in (("x/y/z", means), ("f_dc", dc), ("f_rest", rest), ("opacity", opa),
+                      ("scale", scl), ("rot", rot)):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{path}: {name} properties contain NaN or Inf")
+
+    sh = np.concatenate([dc[:, None, :], rest.reshape(n, 3, k - 1).transpose(0, 2, 1)], axis=1)
+    g = Gaussians(
+        means=torch.from_numpy(means.copy()),
+        quats=torch.from_numpy(_decode("rot", rot)),
+        scales=torch.from_numpy(_decode("scale", scl)),
+        opacities=torch.from_numpy(_decode("opacity", opa)),
+        sh=torch.from_numpy(np.ascontiguousarray(sh, dtype=np.float32)),
+    )
+    _remember(g.opacities, "opacity", opa)
+    _remember(g.scales, "scale", scl)
+    _remember(g.quats, "rot", rot)
+    return g
+
+
+def write_point_cloud_ply(path, points, colors=None) -> Path:
+    """Write a plain point cloud PLY: ``x y z`` float32 and ``red green blue`` uchar (atomically).
+
+    Args:
+        points: (N, 3) numpy array or tensor.
+        colors: (N, 3) uint8 (0-255) or float in [0, 1] (clipped, rounded); None -> no colour.
+    """
+    path = Path(path)
+    pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise InputError(f"{path}: points must have shape (N, 3), got {pts.shape}")
+    n = pts.shape[0]
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if colors is not None:
+        col = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
+        if col.shape != (n, 3):
+            raise InputError(f"{path}: colors must have shape ({n}, 3), got {col.shape}")
+        if col.dtype != np.uint8:
+            if np.issubdtype(col.dtype, np.integer):
+                col = np.clip(col, 0, 255).astype(np.uint8)
+            else:
+                col = np.round(np.clip(np.nan_to_num(col.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(n, dtype=fields)
+    vertex["x"], vertex["y"], vertex["z"] = (pts[:, i].astype(np.float32) for i in range(3))
+    if colors is not None:
+        vertex["red"], vertex["green"], vertex["blue"] = col[:, 0], col[:, 1], col[:, 2]
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
+    return path

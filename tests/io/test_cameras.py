@@ -1,0 +1,131 @@
+"""cameras.json, nerfstudio transforms.json and COLMAP text: writers, readers, round trips."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from da3gs.errors import Da3gsError
+from da3gs.geometry import c2w_opencv_to_opengl, c2w_to_w2c
+from da3gs.io import (
+    read_cameras_json,
+    read_colmap_text,
+    read_transforms_json,
+    write_cameras_json,
+    write_colmap_text,
+    write_transforms_json,
+)
+
+
+def _rot(axis, angle):
+    a = torch.as_tensor(axis, dtype=torch.float64)
+    a = a / a.norm()
+    k = torch.tensor([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+
+
+def _cams(v=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(v, 1, 1)
+    for i in range(v):
+        c2w[i, :3, :3] = _rot(torch.randn(3, generator=gen, dtype=torch.float64), 0.4 * i + 0.3)
+        c2w[i, :3, 3] = torch.randn(3, generator=gen, dtype=torch.float64)
+    K = torch.zeros(v, 3, 3, dtype=torch.float64)
+    K[:, 0, 0] = 500.0 + torch.arange(v)
+    K[:, 1, 1] = 510.0
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = 320.5, 240.25, 1.0
+    hw = [(480, 640)] * (v - 1) + [(300, 400)]
+    names = [f"frame_{i:04d}.png" for i in range(v)]
+    return c2w, K, hw, names
+
+
+def test_cameras_json(tmp_path):
+    c2w, K, hw, names = _cams()
+    write_cameras_json(tmp_path / "cameras.json", c2w.float(), K, hw, names)
+    data = json.loads((tmp_path / "cameras.json").read_text())
+    assert isinstance(data, list) and set(data[0]) == {"name", "width", "height", "K", "c2w", "w2c"}
+    assert data[3]["width"] == 400 and data[3]["height"] == 300
+    torch.testing.assert_close(torch.tensor(data[1]["w2c"], dtype=torch.float64),
+                               c2w_to_w2c(c2w.float().double())[1], atol=1e-12, rtol=0)
+    cs = read_cameras_json(tmp_path / "cameras.json")
+    torch.testing.assert_close(cs.c2w, c2w.float().double(), atol=0, rtol=0)
+    assert cs.image_hw == hw and cs.names == names
+
+
+def test_transforms_json(tmp_path):
+    c2w, K, hw, names = _cams()
+    write_transforms_json(tmp_path / "transforms.json", c2w, K, hw, names, ply_file_path="sparse_pc.ply",
+                          image_dir="images")
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    assert meta["camera_model"] == "OPENCV" and meta["ply_file_path"] == "sparse_pc.ply"
+    gl = c2w_opencv_to_opengl(c2w)
+    for i, fr in enumerate(meta["frames"]):
+        assert fr["file_path"] == f"images/frame_{i:04d}.png"
+        torch.testing.assert_close(torch.tensor(fr["transform_matrix"], dtype=torch.float64), gl[i], atol=0, rtol=0)
+        assert (fr["fl_x"], fr["fl_y"], fr["cx"], fr["cy"]) == (500.0 + i, 510.0, 320.5, 240.25)
+        assert (fr["h"], fr["w"]) == hw[i]
+    cs = read_transforms_json(tmp_path / "transforms.json")
+    torch.testing.assert_close(cs.c2w, c2w, atol=1e-12, rtol=0)
+    torch.testing.assert_close(cs.K, K, atol=0, rtol=0)
+    assert cs.image_hw == hw and cs.ply_file_path == "sparse_pc.ply"
+
+
+def test_transforms_json_blender_style(tmp_path):
+    meta = {"camera_angle_x": 2 * math.atan(0.5), "w": 100, "h": 80,
+            "frames": [{"file_path": "r_0", "transform_matrix": np.eye(4).tolist()}]}
+    (tmp_path / "t.json").write_text(json.dumps(meta))
+    cs = read_transforms_json(tmp_path / "t.json")
+    assert cs.K[0, 0, 0].item() == pytest.approx(100.0) and cs.K[0, 1, 2].item() == 40.0
+    torch.testing.assert_close(cs.c2w[0], torch.diag(torch.tensor([1.0, -1, -1, 1], dtype=torch.float64)))
+    (tmp_path / "bad.json").write_text(json.dumps({"frames": [{"file_path": "x"}]}))
+    with pytest.raises(Da3gsError, match="bad.json.*frame 0"):
+        read_transforms_json(tmp_path / "bad.json")
+
+
+def test_colmap_round_trip(tmp_path):
+    c2w, K, hw, names = _cams(v=5)
+    pts = np.random.default_rng(0).normal(size=(7, 3))
+    cols = np.random.default_rng(1).integers(0, 256, (7, 3)).astype(np.uint8)
+    write_colmap_text(tmp_path / "sparse" / "0", c2w, K, hw, names, points=pts, colors=cols)
+    lines = (tmp_path / "sparse" / "0" / "images.txt").read_text().splitlines()
+    data = [ln for ln in lines if not ln.startswith("#")]
+    assert len(data) == 10 and all(data[i] == "" for i in range(1, 10, 2))
+    assert data[0].split()[-1] == names[0] and data[0].split()[0] == "1"
+    cams = [ln for ln in (tmp_path / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1] != "#"]
+    assert cams[4].split()[:4] == ["5", "PINHOLE", "400", "300"]
+    cs, p, c = read_colmap_text(tmp_path / "sparse" / "0")
+    torch.testing.assert_close(cs.c2w, c2w, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cs.K, K, atol=1e-6, rtol=0)
+    assert cs.image_hw == hw and cs.names == names
+    np.testing.assert_allclose(p, pts, atol=1e-6)
+    np.testing.assert_array_equal(c, cols)
+    # no points: header-only points3D.txt
+    write_colmap_text(tmp_path / "np", c2w, K, (480, 640), names)
+    cs, p, c = read_colmap_text(tmp_path / "np")
+    assert p is None and c is None and cs.image_hw == [(480, 640)] * 5
+
+
+def test_colmap_reads_points2d_lines(tmp_path):
+    (tmp_path / "cameras.txt").write_text("# c\n1 SIMPLE_PINHOLE 64 48 50 32 24\n")
+    (tmp_path / "images.txt").write_text(
+        "# header\n2 1 0 0 0 0 0 1 1 b.png\n10.0 20.0 -1 11 12 3\n1 1 0 0 0 0 0 0 1 a.png\n\n")
+    cs, p, _ = read_colmap_text(tmp_path)
+    assert cs.names == ["a.png", "b.png"] and p is None
+    assert cs.c2w[1, 2, 3].item() == -1.0 and cs.K[0, 1, 1].item() == 50.0
+
+
+def test_bad_inputs(tmp_path):
+    c2w, K, hw, names = _cams()
+    with pytest.raises(Da3gsError, match="names"):
+        write_cameras_json(tmp_path / "c.json", c2w, K, hw, names[:2])
+    with pytest.raises(Da3gsError, match="K"):
+        write_transforms_json(tmp_path / "t.json", c2w, K[:2], hw, names)
+    with pytest.raises(Da3gsError, match="image_hw"):
+        write_colmap_text(tmp_path, c2w, K, [(1, 2)], names)
+    with pytest.raises(Da3gsError, match="no such file"):
+        read_colmap_text(tmp_path / "nothing")
+    assert list(tmp_path.iterdir()) == []
