@@ -1,0 +1,154 @@
+"""``da3gs render`` end to end on the CPU with tiny random-weight models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image
+
+from da3gs.cli import main
+from da3gs.io.ply import read_ply
+
+FERN = Path(__file__).resolve().parents[2].parent / "shared/data/llff_fern"
+
+
+def _make_views(folder: Path, n: int = 3, size=(64, 48)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        x = np.linspace(0, 1, size[0])[None, :, None]
+        y = np.linspace(0, 1, size[1])[:, None, None]
+        arr = np.concatenate([x + 0 * y, y + 0 * x, 0.5 + 0 * x * y], -1)
+        arr = (np.clip(arr + rng.normal(0, 0.05, arr.shape), 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+        paths.append(folder / f"img{i}.png")
+    return paths
+
+
+def _run(*args) -> int:
+    return main(["render", "--device", "cpu", "-q", "--process-res", "70", *map(str, args)])
+
+
+def _check_outputs(out: Path, names: list[str], frames: int | None, splats: bool = True):
+    s = json.loads((out / "summary.json").read_text())
+    assert s["views"] == len(names)
+    H, W = s["processed_size"]
+    for n in names:
+        assert (out / "images" / f"{n}.png").is_file()
+        d = np.load(out / "depth" / f"{n}.npy")
+        assert d.shape == (H, W) and np.isfinite(d).all() and (d > 0).all()
+        assert (out / "depth" / f"{n}.png").is_file() and (out / "depth" / f"{n}_vis.png").is_file()
+    cams = json.loads((out / "cameras.json").read_text())
+    assert [c["name"] for c in cams] == [f"{n}.png" for n in names]
+    tf = json.loads((out / "transforms.json").read_text())
+    assert len(tf["frames"]) == len(names) and (out / tf["ply_file_path"]).is_file()
+    for f in ("cameras.txt", "images.txt", "points3D.txt"):
+        assert (out / "colmap" / f).is_file()
+    if splats:
+        g = read_ply(out / "gaussians.ply")
+        assert len(g) == s["gaussians"]["final"] > 0 and g.sh_degree == 2
+    else:
+        assert not (out / "gaussians.ply").exists() and s["points"] > 0
+    if frames:
+        video = iio.imread(out / "video.mp4", plugin="pyav") if False else None  # noqa: F841
+        import imageio
+
+        with imageio.get_reader(out / "video.mp4") as r:
+            assert sum(1 for _ in r) == frames
+    for k in ("load_model", "inference", "total"):
+        assert k in s["timings_s"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    return s
+
+
+def test_render_pose_free(tmp_path):
+    _make_views(tmp_path / "v")
+    (tmp_path / "v" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out,
+                "--frames", 4, "--video-depth") == 0
+    s = _check_outputs(out, ["img0", "img1", "img2"], frames=4)
+    assert s["skipped_files"] == ["notes.txt"] and not s["pose_conditioned"]
+
+
+def test_render_with_poses_and_trajectories(tmp_path):
+    _make_views(tmp_path / "v", 4)
+    frames = []
+    for i in range(4):
+        c2w = np.eye(4)
+        c2w[0, 3] = 0.3 * i
+        frames.append({"file_path": f"img{i}.png",
+                       "transform_matrix": (c2w @ np.diag([1, -1, -1, 1])).tolist()})
+    (tmp_path / "v" / "transforms.json").write_text(json.dumps(
+        {"fl_x": 60.0, "fl_y": 60.0, "cx": 32.0, "cy": 24.0, "w": 64, "h": 48, "frames": frames}))
+    for traj in ("orbit", "extend"):
+        out = tmp_path / f"out_{traj}"
+        assert _run("--views", tmp_path / "v", "--poses", tmp_path / "v" / "transforms.json",
+                    "--model", "random:tiny-gs", "--out", out, "--frames", 3,
+                    "--trajectory", traj) == 0
+        s = _check_outputs(out, [f"img{i}" for i in range(4)], frames=3)
+        assert s["pose_conditioned"]
+        cams = json.loads((out / "cameras.json").read_text())
+        assert np.allclose(np.array(cams[2]["c2w"])[0, 3], 0.6, atol=1e-6)
+
+
+def test_render_without_gs_head(tmp_path, capsys):
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    assert main(["render", "--device", "cpu", "--views", str(tmp_path / "v"), "--model",
+                 "random:tiny", "--out", str(out), "--no-video"]) == 0
+    _check_outputs(out, ["img0", "img1", "img2"], frames=None, splats=False)
+    assert "no Gaussian head" in capsys.readouterr().out
+
+
+def test_render_errors(tmp_path, capsys):
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert _run("--views", tmp_path / "nope", "--model", "random:tiny-gs") == 2
+    (tmp_path / "empty").mkdir()
+    assert _run("--views", tmp_path / "empty", "--model", "random:tiny-gs") == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "empty" in err and "Traceback" not in err
+    bad = tmp_path / "bad"
+    _make_views(bad)
+    data = (bad / "img1.png").read_bytes()
+    (bad / "img1.png").write_bytes(data[: len(data) // 2])
+    assert _run("--views", bad, "--model", "random:tiny-gs", "--out", tmp_path / "o2") == 2
+    assert "img1.png" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    (tmp_path / "v" / "transforms.json").write_text(json.dumps(
+        {"fl_x": 60.0, "fl_y": 60.0, "cx": 32.0, "cy": 24.0, "w": 64, "h": 48,
+         "frames": [{"file_path": "img0.png", "transform_matrix": np.eye(4).tolist()}]}))
+    assert _run("--views", tmp_path / "v", "--poses", tmp_path / "v" / "transforms.json",
+                "--model", "random:tiny-gs", "--out", tmp_path / "o3") == 2
+    assert "no camera for img1.png" in capsys.readouterr().err
+    assert _run("--views", tmp_path / "v", "--model", "does/not-exist-anywhere",
+                "--out", tmp_path / "o4") == 2
+    assert "huggingface-cli download" in capsys.readouterr().err
+
+
+def test_overwrite_replaces(tmp_path):
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out,
+                "--overwrite", "--no-video") == 0
+    assert not (out / "old.txt").exists() and (out / "gaussians.ply").is_file()
+
+
+@pytest.mark.skipif(not (FERN / "images_8").is_dir(), reason="../shared/data/llff_fern absent")
+def test_render_llff_fern(tmp_path):
+    out = tmp_path / "fern"
+    assert _run("--views", FERN / "images_8", "--model", "random:tiny-gs", "--out", out,
+                "--process-res", 126, "--frames", 3, "--max-views", 8) == 0
+    names = sorted(p.stem for p in (out / "images").iterdir())
+    assert len(names) == 8
+    _check_outputs(out, names, frames=3)
