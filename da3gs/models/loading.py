@@ -150,7 +150,15 @@ def load_model(source: str | Path, device: str | torch.device = "cpu",
     src = str(source)
     path = Path(src).expanduser()
     if src.startswith("random:"):
-        model = DA3Model(get_preset(src[len("random:"):]))
+        try:
+            preset = get_preset(src[len("random:"):])
+        except ValueError as e:
+            raise ModelSourceError(f"model source {src!r}: {e}") from None
+        try:
+            with torch.device(device):  # initialise in place: fast for large presets on GPU
+                model = DA3Model(preset)
+        except (RuntimeError, AssertionError) as e:
+            raise ModelSourceError(f"device {device!r}: {e}") from None
     elif path.is_dir():
         model = load_folder(path, preset)
     elif path.is_file():
