@@ -57,6 +57,9 @@ def _add_render(sub) -> None:
                    help="drop Gaussians from pixels within this many pixels of the image border")
     p.add_argument("--voxel", type=float, default=0.0,
                    help="merge Gaussians of all views falling in one voxel of this size (world units)")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="test-time refinement steps of the pruned Gaussians on the input views "
+                   "(default 0: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (random: models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"da3gs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_render(sub)
+    from da3gs.apps.eval import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -78,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.render import run_render
 
             run_render(args)
+        elif args.command == "eval":
+            from da3gs.apps.eval import run_eval
+
+            run_eval(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)

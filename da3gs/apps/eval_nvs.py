@@ -1,0 +1,199 @@
+"""``da3gs eval nvs``: novel-view synthesis protocol (see :mod:`da3gs.apps.eval`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from da3gs.apps import eval_views as ev
+from da3gs.errors import Da3gsError
+
+__all__ = ["run_nvs", "score_views"]
+
+
+def _background(args, scene) -> tuple[float, float, float]:
+    if args.background is None:
+        return tuple(scene.background) if scene.background is not None else (0.0, 0.0, 0.0)
+    try:
+        bg = tuple(float(v) for v in str(args.background).split(","))
+    except ValueError:
+        bg = ()
+    if len(bg) != 3 or not all(0 <= v <= 1 for v in bg):
+        raise Da3gsError(f"--background: expected R,G,B in [0, 1], got {args.background!r}")
+    return bg
+
+
+def _lpips_models(spec: str, device) -> dict:
+    from da3gs.metrics import LPIPSWeightsError, load_lpips
+
+    spec = "vgg,alex" if spec.strip().lower() == "both" else spec
+    nets = [] if spec.strip().lower() == "none" else [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in nets if n not in ("vgg", "alex")]
+    if bad or (not nets and spec.strip().lower() != "none"):
+        raise Da3gsError(f"--lpips: expected vgg,alex, vgg, alex, both or none, got {spec!r}")
+    models = {}
+    for n in nets:
+        try:
+            models[n] = load_lpips(n, device=device)
+        except LPIPSWeightsError as e:
+            raise Da3gsError(f"{e}; or pass --lpips none") from None
+    return models
+
+
+def score_views(g, scene, targets, bg, ssim_mode: str, lpips_models: dict, keep: bool = False):
+    """Render each target with its scene camera at the stored size and score it.
+
+    Returns (per-view metric dicts, list of (prediction, truth) float arrays when ``keep``)."""
+    from da3gs.geometry import c2w_to_w2c
+    from da3gs.io.images import read_image
+    from da3gs.metrics import psnr, ssim
+    from da3gs.render import render
+
+    dev = g.means.device
+    bgt = torch.tensor(bg, dtype=torch.float32, device=dev)
+    rows, imgs = [], []
+    for i in targets:
+        H, W = scene.image_hw[i]
+        gt_np = read_image(scene.image_paths[i], background=bg)
+        if gt_np.shape[:2] != (H, W):
+            raise Da3gsError(f"{scene.image_paths[i]}: image is {gt_np.shape[1]}x{gt_np.shape[0]} "
+                             f"after EXIF rotation, the scene's cameras expect {W}x{H}")
+        w2c = c2w_to_w2c(scene.c2w[i].float()).to(dev)
+        with torch.no_grad():
+            out = render(g, w2c, scene.K[i].float().to(dev), W, H, background=bgt)
+        p = out.color[0].permute(2, 0, 1).clamp(0, 1)[None]
+        t = torch.from_numpy(gt_np).permute(2, 0, 1)[None].to(dev, torch.float32)
+        row = {"index": int(i), "name": scene.names[i], "psnr": float(psnr(p, t)[0]),
+               "ssim": float(ssim(p, t, mode=ssim_mode)[0])}
+        with torch.no_grad():
+            for net, model in lpips_models.items():
+                row[f"lpips_{net}"] = float(model(p, t)[0])
+        rows.append(row)
+        if keep:
+            imgs.append((p[0].permute(1, 2, 0).cpu().numpy(), gt_np))
+    return rows, imgs
+
+
+def _mean(rows: list[dict]) -> dict:
+    keys = [k for k, v in rows[0].items() if k not in ("index", "name") and isinstance(v, float)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def _fmt(mean: dict, before: dict | None) -> str:
+    parts = []
+    for k, label, f in (("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
+                        ("lpips_vgg", "LPIPS-vgg", "{:.4f}"), ("lpips_alex", "LPIPS-alex", "{:.4f}")):
+        if k in mean:
+            val = f.format(mean[k])
+            parts.append(f"{label} {f.format(before[k])} -> {val}" if before else f"{label} {val}")
+    return " | ".join(parts)
+
+
+def _refine(g, scene, ctx, bg, args, timer):
+    from da3gs.geometry import c2w_to_w2c
+    from da3gs.train.refine import refine_gaussians
+
+    sizes = {scene.image_hw[i] for i in ctx}
+    if len(sizes) != 1:
+        raise Da3gsError(f"--refine-steps: context views have different sizes {sorted(sizes)}; "
+                         "refinement needs one image size")
+    imgs = torch.from_numpy(np.stack(scene.subset(ctx).load_images(bg))).permute(0, 3, 1, 2)
+    w2c = c2w_to_w2c(scene.c2w[ctx].float())
+    with timer("refine"):
+        return refine_gaussians(g, imgs, w2c, scene.K[ctx].float(), int(args.refine_steps),
+                                refine_cameras=args.refine_cameras, background=bg, seed=args.seed,
+                                log_every=0 if args.quiet else max(1, args.refine_steps // 10))
+
+
+def run_nvs(args) -> dict:
+    from da3gs.apps.eval import _finish, _header, _infer, _load_model, _load_scene, _out_dir, _pose_errors
+    from da3gs.apps.render import _Timer, resolve_device
+    from da3gs.geometry import GeometryError, align_cameras, umeyama
+    from da3gs.geometry.gaussians import transform_gaussians
+
+    t0, timer = time.perf_counter(), _Timer()
+    if args.refine_steps < 0:
+        raise Da3gsError(f"--refine-steps: expected a non-negative number, got {args.refine_steps}")
+    if args.refine_cameras and args.refine_steps == 0:
+        raise Da3gsError("--refine-cameras needs --refine-steps K > 0")
+    if args.context_list is not None and args.select not in (None, "list"):
+        raise Da3gsError(f"--context-list picks the context itself; drop --select {args.select}")
+    select = "list" if args.context_list is not None else (args.select or "fps")
+    scene = _load_scene(args, args.targets)
+    out = _out_dir(args, "nvs")
+    targets = ev.parse_targets(args.targets, scene)
+    cands = ev.context_candidates(scene, targets, args.targets)
+    ctx, overlap, notes = ev.select_context(scene, cands, targets, args.context, select,
+                                            args.context_list)
+    n_all = len(targets)
+    if args.max_targets is not None:
+        if args.max_targets < 1:
+            raise Da3gsError(f"--max-targets: expected a positive number, got {args.max_targets}")
+        if args.max_targets < n_all:
+            targets = [targets[i] for i in np.round(np.linspace(0, n_all - 1, args.max_targets)).astype(int)]
+            notes.append(f"note: scoring {len(targets)} of {n_all} targets (--max-targets)")
+    if scene.distortion is not None:
+        notes.append("note: the scene's lens distortion is ignored (pinhole rendering)")
+    for n in notes:
+        print(f"da3gs eval nvs: {n}", file=sys.stderr)
+    bg = _background(args, scene)
+    device = resolve_device(args.device)
+    lp = _lpips_models(args.lpips, device)
+    with timer("load_model"):
+        model, source = _load_model(args, device, need_gs=True)
+    conditioned = args.pose_mode == "conditioned"
+    with timer("inference"):
+        pred = _infer(model, scene, ctx, args, bg, conditioned, True)
+    g = pred.gaussians
+    alignment = None
+    if not conditioned:
+        with timer("align"):
+            pc, gc = pred.c2w.double().cpu(), scene.c2w[ctx]
+            try:
+                umeyama(pc[:, :3, 3], gc[:, :3, 3])
+                method = "umeyama_sim3_camera_centres"
+            except GeometryError:
+                method = "orientation_fallback"
+            sim, aligned = align_cameras(pc, gc, orientation_fallback=True)
+            g = transform_gaussians(g, sim)
+            alignment = {"method": method, "scale": float(sim.s),
+                         "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
+                         "context_pose_errors": _pose_errors(aligned, gc)}
+    keep = args.refine_steps == 0
+    with timer("render_score"):
+        rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=keep)
+    before, refinement = None, None
+    if args.refine_steps > 0:
+        g, rep = _refine(g, scene, ctx, bg, args, timer)
+        refinement = rep.as_dict()
+        before = rows
+        with timer("render_score_refined"):
+            rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=True)
+        for r, b in zip(rows, before):
+            r["before_refinement"] = {k: v for k, v in b.items() if k not in ("index", "name")}
+    used: set[str] = set()
+    files = {f"views/{ev.view_file_name(scene.names[i], used)}.png": ev.comparison_panel(p, t)
+             for i, (p, t) in zip(targets, imgs)}
+    m = _header(args, "nvs", scene, source, device)
+    m["protocol"] = {
+        "targets": args.targets, "target_indices": targets, "targets_available": n_all,
+        "target_names": [scene.names[i] for i in targets], "context_select": select,
+        "context_indices": ctx, "context_names": [scene.names[i] for i in ctx],
+        "overlap": overlap, "pose_mode": args.pose_mode, "background": list(bg),
+        "ssim_mode": args.ssim_mode, "lpips_nets": list(lp), "render_size": "stored image size",
+        "alignment": "Sim(3) on context camera centres" if not conditioned else "none (conditioned)"}
+    m.update({"preset": model.preset.name, "num_gaussians": len(g), "notes": notes,
+              "alignment": alignment, "scale_factor": pred.scale_factor,
+              "refinement": refinement, "per_view": rows, "mean": _mean(rows)})
+    if before is not None:
+        m["mean_before_refinement"] = _mean(before)
+    _finish(out, m, t0, timer, files)
+    if not args.quiet:
+        mode = "pose-free" if not conditioned else "conditioned"
+        ref = f", {args.refine_steps} refine steps" if args.refine_steps else ""
+        print(f"da3gs eval nvs: {_fmt(m['mean'], m.get('mean_before_refinement'))} "
+              f"({len(targets)} targets, {len(ctx)} context, {mode}{ref}) -> {out}")
+    return m

@@ -1,0 +1,270 @@
+"""Test-time refinement of feed-forward Gaussians on their context views.
+
+:func:`refine_gaussians` runs a short 3DGS-style optimisation of a predicted cloud against the
+views it was predicted from: Adam on means, log-scales, quaternions (normalised in the forward
+pass), logit opacities and SH (DC and higher bands with separate learning rates), loss
+``(1 - w) * L1 + w * (1 - SSIM)`` (w = ``ssim_weight``, SSIM in the Gaussian-window
+convention of :func:`da3gs.metrics.ssim`), one context view per step drawn by a seeded
+generator (deterministic for a given seed, device and backend).
+
+Learning rates follow the 3DGS defaults: means ``1.6e-4 * extent`` (``extent`` = 1.1 times the
+largest distance of a camera centre from their mean, as 3DGS's ``cameras_extent``; with a
+single camera the median distance of the Gaussians from it), scales 5e-3 (on log-scales),
+quaternions 1e-3, opacity 5e-2 (on logits), SH DC 2.5e-3 and higher bands 2.5e-3 / 20.
+3DGS decays the position rate exponentially over 30k steps; refinement runs are short
+(hundreds of steps), so rates are constant.
+
+No densification (cloning, splitting) and no opacity reset: a feed-forward cloud already holds
+one Gaussian per input pixel, far denser than what 3DGS reaches by densification, and the
+short schedule would not amortise the growth; the pruned cloud is only adjusted.
+
+Optional camera refinement (``refine_cameras=True``): each context view but view 0 gets an
+se(3) correction (axis-angle ``omega``, translation ``tau``) applied on the camera side,
+``w2c_v <- [exp(omega_v) | tau_v] @ w2c_v``, learnt with small rates. View 0 stays fixed,
+which removes the gauge freedom of moving all cameras and the cloud together (the scale gauge
+is held by the cloud itself).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from da3gs.errors import Da3gsError
+
+__all__ = ["RefineReport", "refine_gaussians", "scene_extent", "so3_exp"]
+
+
+@dataclass
+class RefineReport:
+    """What a refinement run did.
+
+    Fields:
+      steps: optimisation steps run.
+      loss: per-step training loss.
+      psnr_before / psnr_after: mean PSNR (dB) over the context views, renders clamped to [0, 1].
+      psnr_before_per_view / psnr_after_per_view: per context view.
+      time_s: wall time of the optimisation loop (without the before/after renders).
+      num_gaussians: size of the cloud.
+      extent: scene extent used to scale the position learning rate.
+      lrs: learning rates used.
+      refine_cameras: whether cameras were refined.
+      camera_rotation_deg / camera_translation: size of each view's camera correction
+        (0 for view 0), when cameras were refined.
+      w2c: (V, 4, 4) refined cameras (the input cameras when not refined); not serialised.
+    """
+
+    steps: int
+    loss: list[float] = field(default_factory=list)
+    psnr_before: float = float("nan")
+    psnr_after: float = float("nan")
+    psnr_before_per_view: list[float] = field(default_factory=list)
+    psnr_after_per_view: list[float] = field(default_factory=list)
+    time_s: float = 0.0
+    num_gaussians: int = 0
+    extent: float = 0.0
+    lrs: dict = field(default_factory=dict)
+    refine_cameras: bool = False
+    camera_rotation_deg: list[float] | None = None
+    camera_translation: list[float] | None = None
+    w2c: torch.Tensor | None = None
+
+    def as_dict(self, curve_points: int = 100) -> dict:
+        """JSON-ready summary; the loss curve is averaged into at most ``curve_points`` bins
+        (``[[last step of the bin, mean loss], ...]``, steps counted from 1)."""
+        n = len(self.loss)
+        curve = []
+        if n:
+            bins = min(curve_points, n)
+            for b in range(bins):
+                lo, hi = b * n // bins, (b + 1) * n // bins
+                curve.append([hi, round(sum(self.loss[lo:hi]) / (hi - lo), 6)])
+        d = {
+            "steps": self.steps, "psnr_before": round(self.psnr_before, 4),
+            "psnr_after": round(self.psnr_after, 4),
+            "psnr_before_per_view": [round(v, 4) for v in self.psnr_before_per_view],
+            "psnr_after_per_view": [round(v, 4) for v in self.psnr_after_per_view],
+            "loss_first": self.loss[0] if n else None, "loss_last": self.loss[-1] if n else None,
+            "loss_curve": curve, "time_s": round(self.time_s, 4),
+            "num_gaussians": self.num_gaussians, "extent": self.extent, "lrs": self.lrs,
+            "refine_cameras": self.refine_cameras, "densification": False,
+        }
+        if self.refine_cameras:
+            d["camera_rotation_deg"] = self.camera_rotation_deg
+            d["camera_translation"] = self.camera_translation
+        return d
+
+
+def so3_exp(omega: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: axis-angle ``(..., 3)`` -> rotation ``(..., 3, 3)``, smooth at 0."""
+    t2 = (omega * omega).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
+    theta = t2.clamp_min(1e-12).sqrt()
+    small = t2 < 1e-8
+    a = torch.where(small, 1 - t2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - t2 / 24, (1 - torch.cos(theta)) / theta.square())
+    x, y, z = omega.unbind(-1)
+    zero = torch.zeros_like(x)
+    hat = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(omega.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand_as(hat)
+    return eye + a * hat + b * (hat @ hat)
+
+
+def scene_extent(w2c: torch.Tensor, means: torch.Tensor) -> float:
+    """3DGS ``cameras_extent``: 1.1 x the largest camera-centre distance from their mean;
+    for one camera (or coincident ones) the median distance of ``means`` from the cameras."""
+    R, t = w2c[:, :3, :3].double(), w2c[:, :3, 3].double()
+    centres = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    ext = 1.1 * float((centres - centres.mean(0)).norm(dim=-1).max())
+    if ext <= 1e-9:
+        ext = float((means.double() - centres.mean(0)).norm(dim=-1).median()) if len(means) else 1.0
+    return ext if ext > 1e-9 else 1.0
+
+
+def _check(g, images, w2c, K, steps):
+    if not isinstance(steps, int) or steps < 0:
+        raise Da3gsError(f"refine steps: expected a non-negative integer, got {steps!r}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise Da3gsError(f"refine: images must be (V, 3, H, W), got {tuple(images.shape)}")
+    V = images.shape[0]
+    if tuple(w2c.shape) != (V, 4, 4) or tuple(K.shape) != (V, 3, 3):
+        raise Da3gsError(f"refine: expected w2c ({V}, 4, 4) and K ({V}, 3, 3), got "
+                         f"{tuple(w2c.shape)} and {tuple(K.shape)}")
+    if len(g) == 0:
+        raise Da3gsError("refine: the Gaussian cloud is empty")
+
+
+@torch.no_grad()
+def _psnr_views(g, images, w2c, K, backend, bg) -> list[float]:
+    from da3gs.metrics import psnr
+    from da3gs.render import render
+
+    H, W = images.shape[-2:]
+    out = []
+    for v in range(images.shape[0]):
+        c = render(g, w2c[v], K[v], W, H, backend=backend, background=bg).color
+        out.append(float(psnr(c[0].permute(2, 0, 1).clamp(0, 1), images[v])[0]))
+    return out
+
+
+def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, steps: int,
+                     lr: dict | None = None, refine_cameras: bool = False, backend: str = "auto",
+                     ssim_weight: float = 0.2, log_every: int = 0, background=None,
+                     seed: int = 0, extent: float | None = None,
+                     lr_camera_rot: float = 1e-3, lr_camera_trans: float = 1e-3):
+    """Fit Gaussians ``g`` to context views for ``steps`` Adam steps (module docstring).
+
+    Args:
+      g: :class:`~da3gs.types.Gaussians` (its device is used for everything).
+      images: (V, 3, H, W) target colours in [0, 1] (composited on ``background``).
+      w2c: (V, 4, 4) OpenCV world-to-camera; K: (V, 3, 3) intrinsics in pixels of ``images``.
+      steps: optimisation steps (0: only the PSNR of the input cloud is measured).
+      lr: overrides of the rates ``{"means", "scales", "quats", "opacities", "sh_dc",
+        "sh_rest"}``; ``means`` is multiplied by ``extent``.
+      refine_cameras: also learn per-view se(3) corrections (view 0 fixed).
+      backend: renderer (``auto``: gsplat on CUDA, torch elsewhere).
+      ssim_weight: w in ``(1 - w) L1 + w (1 - SSIM)``.
+      log_every: print the loss to stderr every that many steps (0: silent).
+      background: (3,) colour under the splats (None: black), as in the images.
+      seed: seed of the view sampler.
+      extent: scene extent for the position rate (default: :func:`scene_extent`).
+      lr_camera_rot, lr_camera_trans: camera rates (radians; translation times ``extent``).
+    Returns:
+      (refined Gaussians (detached, same optional fields), :class:`RefineReport`).
+    """
+    from da3gs.metrics import ssim
+    from da3gs.render import render
+    from da3gs.types import Gaussians
+
+    _check(g, images, w2c, K, steps)
+    dev = g.means.device
+    images = images.to(dev, torch.float32)
+    w2c, K = w2c.to(dev, torch.float32), K.to(dev, torch.float32)
+    bg = None if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
+    V, _, H, W = images.shape
+    ext = float(extent) if extent is not None else scene_extent(w2c, g.means.detach())
+    rates = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2,
+             "sh_dc": 2.5e-3, "sh_rest": 2.5e-3 / 20}
+    unknown = set(lr or {}) - set(rates)
+    if unknown:
+        raise Da3gsError(f"refine lr: unknown groups {sorted(unknown)}; expected {sorted(rates)}")
+    rates.update(lr or {})
+    report = RefineReport(steps=steps, num_gaussians=len(g), extent=ext, refine_cameras=refine_cameras,
+                          lrs={**rates, "means_scaled": rates["means"] * ext})
+    report.psnr_before_per_view = _psnr_views(g, images, w2c, K, backend, bg)
+
+    f32 = dict(dtype=torch.float32, device=dev)
+    P = {
+        "means": g.means.detach().to(**f32).clone(),
+        "scales": g.scales.detach().to(**f32).clamp_min(1e-10).log(),
+        "quats": g.quats.detach().to(**f32).clone(),
+        "opacities": torch.logit(g.opacities.detach().to(**f32).clamp(1e-4, 1 - 1e-4)),
+        "sh_dc": g.sh.detach()[:, :1].to(**f32).clone(),
+        "sh_rest": g.sh.detach()[:, 1:].to(**f32).clone(),
+    }
+    groups = []
+    for k, p in P.items():
+        p.requires_grad_(True)
+        if p.numel():
+            groups.append({"params": [p], "lr": rates[k] * (ext if k == "means" else 1.0), "name": k})
+    omega = torch.zeros(max(V - 1, 0), 3, **f32, requires_grad=True)
+    tau = torch.zeros(max(V - 1, 0), 3, **f32, requires_grad=True)
+    if refine_cameras and V > 1:
+        groups += [{"params": [omega], "lr": lr_camera_rot, "name": "cam_rot"},
+                   {"params": [tau], "lr": lr_camera_trans * ext, "name": "cam_trans"}]
+    opt = torch.optim.Adam(groups, eps=1e-15)
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def current() -> Gaussians:
+        q = P["quats"] / P["quats"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return Gaussians(means=P["means"], quats=q, scales=P["scales"].exp(),
+                         opacities=torch.sigmoid(P["opacities"]),
+                         sh=torch.cat([P["sh_dc"], P["sh_rest"]], 1),
+                         conf=g.conf, view=g.view, pixel=g.pixel)
+
+    def cameras() -> torch.Tensor:
+        if not (refine_cameras and V > 1):
+            return w2c
+        top = torch.cat([so3_exp(omega), tau[..., None]], -1)  # (V - 1, 3, 4)
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], **f32).expand(V - 1, 1, 4)
+        delta = torch.cat([top, bottom], 1)
+        return torch.cat([w2c[:1], delta @ w2c[1:]], 0)
+
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        v = int(torch.randint(V, (1,), generator=gen))
+        cams = cameras()
+        out = render(current(), cams[v], K[v], W, H, backend=backend, background=bg)
+        pred = out.color[0].permute(2, 0, 1)[None]
+        gt = images[v][None]
+        loss = (1 - ssim_weight) * (pred - gt).abs().mean()
+        if ssim_weight > 0:
+            loss = loss + ssim_weight * (1 - ssim(pred, gt, mode="gaussian")[0])
+        if loss.requires_grad:  # False when no Gaussian reaches this view: nothing to learn
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        report.loss.append(float(loss.detach()))
+        if log_every and (step % log_every == 0 or step == steps):
+            print(f"refine: step {step}/{steps} loss {report.loss[-1]:.5f}", file=sys.stderr)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    report.time_s = time.perf_counter() - t0
+
+    with torch.no_grad():
+        out_g = current().detach()
+        out_g = Gaussians(**{k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                             for k, v in out_g.__dict__.items()})
+        cams = cameras().detach()
+    report.w2c = cams
+    report.psnr_after_per_view = _psnr_views(out_g, images, cams, K, backend, bg)
+    report.psnr_before = sum(report.psnr_before_per_view) / V
+    report.psnr_after = sum(report.psnr_after_per_view) / V
+    if refine_cameras:
+        rel = cams @ torch.linalg.inv(w2c)
+        cos = ((rel[:, 0, 0] + rel[:, 1, 1] + rel[:, 2, 2] - 1) / 2).clamp(-1, 1)
+        report.camera_rotation_deg = [round(float(a), 6) for a in torch.rad2deg(torch.acos(cos))]
+        report.camera_translation = [round(float(d), 8) for d in rel[:, :3, 3].norm(dim=-1)]
+    return out_g.to(g.means.device), report

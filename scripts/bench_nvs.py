@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Novel-view-synthesis benchmark: ``da3gs eval nvs`` over scenes, results as a markdown table.
+
+    python scripts/bench_nvs.py --scenes ../shared/data/llff_fern ../shared/data/lego_400 \
+        --model depth-anything/DA3-GIANT --pose-mode free conditioned --refine-steps 0 500
+
+Each scene is ``PATH`` or ``PATH:PRESET``; presets (auto-detected when omitted):
+  * ``llff`` (``poses_bounds.npy``): every 8th view a target, context = all the other views
+    (``--context`` set to their number, so the 16-view default cap does not apply), images
+    ``images_{--llff-factor}`` (default 8: 504 x 378 for the LLFF release);
+  * ``blender`` (``transforms_test.json``): ``split:test`` targets, ``--blender-context`` (default
+    4) train views by farthest-point sampling, white background;
+  * ``default``: ``every8`` targets and eval's default context.
+Every (scene, pose mode, refine steps) combination runs as its own ``da3gs eval nvs`` process;
+outputs go to ``--out-root/<scene>_<mode>_r<steps>``. The table (``--output``, default
+``docs/nvs_results.md``) lists scene, model, pose mode, context, refine steps, PSNR / SSIM /
+LPIPS (before -> after when refined), time, device, date and the exact command. ``--append``
+keeps the rows already in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ("| scene | model | pose mode | context | refine steps | PSNR | SSIM | LPIPS-vgg | "
+          "LPIPS-alex | time (s) | device | date | command |")
+INTRO = """# Novel-view synthesis results
+
+Written by `scripts/bench_nvs.py` (`da3gs eval nvs`). PSNR per target image, then the mean;
+SSIM in the mode stated in each run's metrics.json (default: Gaussian window 11, sigma 1.5,
+torchmetrics convention); LPIPS v0.1 with VGG and AlexNet. Pose-free runs are Sim(3)-aligned
+to the ground-truth context cameras before the targets are rendered. With refinement the
+columns read `before -> after`. Time: the eval's total from metrics.json (model load,
+inference, alignment, refinement, rendering and scoring; not the process start-up).
+
+"""
+
+
+def preset_of(path: Path, name: str | None) -> str:
+    if name:
+        if name not in ("llff", "blender", "default"):
+            raise SystemExit(f"bench_nvs: unknown preset {name!r} (llff, blender, default)")
+        return name
+    if (path / "poses_bounds.npy").is_file():
+        return "llff"
+    if (path / "transforms_test.json").is_file():
+        return "blender"
+    return "default"
+
+
+def protocol_args(path: Path, preset: str, args) -> list[str]:
+    if preset == "llff":
+        from da3gs.data import load_scene
+
+        n = len(load_scene(path, "llff", factor=args.llff_factor))
+        return ["--targets", "every8", "--scene-opt", f"factor={args.llff_factor}",
+                "--context", str(n - math.ceil(n / 8)), "--select", "fps"]
+    if preset == "blender":
+        return ["--targets", "split:test", "--context", str(args.blender_context), "--select", "fps"]
+    return ["--targets", "every8"]
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(torch.device("cuda" if device == "auto" else device))
+    return "cpu"
+
+
+def cell(mean: dict, before: dict | None, key: str, fmt: str) -> str:
+    if key not in mean:
+        return "-"
+    after = fmt.format(mean[key])
+    return f"{fmt.format(before[key])} -> {after}" if before and key in before else after
+
+
+def row(m: dict, cmd: list[str], steps: int, device: str) -> str:
+    mean, before = m["mean"], m.get("mean_before_refinement")
+    p = m["protocol"]
+    cols = [Path(m["scene"]).name, m["model"], p["pose_mode"],
+            f"{len(p['context_indices'])} ({p['context_select']})", str(steps),
+            cell(mean, before, "psnr", "{:.2f}"), cell(mean, before, "ssim", "{:.4f}"),
+            cell(mean, before, "lpips_vgg", "{:.4f}"), cell(mean, before, "lpips_alex", "{:.4f}"),
+            f"{m['timings_s']['total']:.1f}", device, m["date"][:10],
+            "`" + " ".join(shlex.quote(c) for c in cmd) + "`"]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenes", nargs="+", required=True, help="PATH or PATH:PRESET (llff, blender, default)")
+    ap.add_argument("--model", default="depth-anything/DA3-GIANT")
+    ap.add_argument("--pose-mode", nargs="+", default=["free"], choices=["free", "conditioned"])
+    ap.add_argument("--refine-steps", nargs="+", type=int, default=[0])
+    ap.add_argument("--refine-cameras", action="store_true")
+    ap.add_argument("--process-res", type=int, default=504)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--llff-factor", type=int, default=8)
+    ap.add_argument("--blender-context", type=int, default=4)
+    ap.add_argument("--lpips", default="vgg,alex")
+    ap.add_argument("--max-targets", type=int, default=None, help="quick runs: score at most N targets")
+    ap.add_argument("--out-root", default="bench_out/nvs", help="folder for the eval outputs")
+    ap.add_argument("--output", default=str(ROOT / "docs" / "nvs_results.md"))
+    ap.add_argument("--append", action="store_true", help="keep the rows already in --output")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = ap.parse_args(argv)
+
+    rows, failed = [], 0
+    dev = device_name(args.device) if not args.dry_run else args.device
+    for spec in args.scenes:
+        path_s, _, name = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+        path = Path(path_s)
+        preset = preset_of(path, name or None)
+        proto = protocol_args(path, preset, args)
+        for mode in args.pose_mode:
+            for steps in args.refine_steps:
+                out = Path(args.out_root) / f"{path.name}_{mode}_r{steps}"
+                cmd = ["da3gs", "eval", "nvs", "--scene", str(path), "--model", args.model,
+                       "--pose-mode", mode, "--process-res", str(args.process_res),
+                       "--device", args.device, "--lpips", args.lpips, *proto,
+                       "--out", str(out), "--overwrite", "-q"]
+                if steps:
+                    cmd += ["--refine-steps", str(steps)]
+                    cmd += ["--refine-cameras"] if args.refine_cameras else []
+                if args.max_targets:
+                    cmd += ["--max-targets", str(args.max_targets)]
+                print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+                if args.dry_run:
+                    continue
+                res = subprocess.run([sys.executable, "-m", "da3gs.cli", *cmd[1:]])
+                if res.returncode != 0:
+                    print(f"bench_nvs: {path.name} ({mode}, {steps} steps) failed with status "
+                          f"{res.returncode}", file=sys.stderr)
+                    failed += 1
+                    continue
+                m = json.loads((out / "metrics.json").read_text())
+                rows.append(row(m, cmd, steps, dev))
+                print(rows[-1], flush=True)
+    if args.dry_run:
+        return 0
+    output = Path(args.output)
+    old = []
+    if args.append and output.is_file():
+        lines = output.read_text().splitlines()
+        old = [ln for ln in lines if ln.startswith("| ") and ln != HEADER]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|", *old, *rows]
+    output.write_text(INTRO + "\n".join(table) + "\n")
+    print(f"bench_nvs: {len(rows)} rows -> {output}" + (f"; {failed} runs failed" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
