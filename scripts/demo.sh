@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh || exit 1
 . .venv/bin/activate
 MODEL=${DA3GS_MODEL:-depth-anything/DA3-GIANT}
-da3gs render --views examples/toy_scene --out out/toy_scene --overwrite --model "$MODEL" "$@"
+da3gs render --views examples/toy_scene --out out/toy_scene --overwrite --process-res 252 --frames 60 --model "$MODEL" "$@"
 rc=$?
 if [ $rc -eq 2 ] && [ -z "${DA3GS_MODEL:-}" ]; then
     echo "demo: could not load $MODEL (offline?); running with random weights (random:tiny-gs)" >&2
-    da3gs render --views examples/toy_scene --out out/toy_scene --overwrite --model random:tiny-gs "$@"
+    da3gs render --views examples/toy_scene --out out/toy_scene --overwrite --process-res 252 --frames 60 --model random:tiny-gs "$@"
     rc=$?
 fi
 [ $rc -eq 0 ] && echo "demo: outputs in out/toy_scene (gaussians.ply, video.mp4, depth/, cameras.json, transforms.json, colmap/)"
