@@ -67,12 +67,15 @@ def select_views(images: list[Path], max_views: int | None) -> list[Path]:
 
 def match_poses(poses_path: str, images: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """c2w (V, 4, 4) and K (V, 3, 3) for ``images`` from a pose file or folder, K rescaled to
-    the images' actual size. Frames are matched by file name (stem)."""
+    the images' actual size. Frames are matched by file name (stem). For LLFF
+    ``poses_bounds.npy`` the images are those of ``--views`` (any ``images_N`` folder)."""
     from PIL import Image
 
     from da3gs.data import load_scene
+    from da3gs.data.scene import detect_format
 
-    scene = load_scene(poses_path)
+    opts = {"images_dir": images[0].parent} if detect_format(poses_path) == "llff" else {}
+    scene = load_scene(poses_path, **opts)
     by_name = {Path(p).stem: i for i, p in enumerate(scene.image_paths)}
     missing = [p.name for p in images if p.stem not in by_name]
     if missing:

@@ -152,3 +152,12 @@ def test_render_llff_fern(tmp_path):
     names = sorted(p.stem for p in (out / "images").iterdir())
     assert len(names) == 8
     _check_outputs(out, names, frames=3)
+
+
+@pytest.mark.skipif(not (FERN / "images_8").is_dir(), reason="../shared/data/llff_fern absent")
+def test_render_llff_poses(tmp_path):
+    out = tmp_path / "fern_posed"
+    assert _run("--views", FERN / "images_8", "--poses", FERN / "poses_bounds.npy", "--model",
+                "random:tiny-gs", "--out", out, "--max-views", 4, "--no-video") == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["pose_conditioned"] and s["views"] == 4
