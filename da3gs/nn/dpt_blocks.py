@@ -163,3 +163,20 @@ def output_conv2(in_ch: int, out_ch: int, layer_norm: bool = False) -> nn.Sequen
         layers.append(ChannelsLastLayerNorm(32))
     layers += [nn.ReLU(inplace=True), nn.Conv2d(32, out_ch, 1, 1, 0)]
     return nn.Sequential(*layers)
+
+
+def chunked_views(fn, feats, chunk_size: int | None, *per_view: torch.Tensor) -> dict:
+    """Run a head ``fn(feats_chunk, *per_view_chunk) -> dict`` over views in chunks.
+
+    ``feats[i]: (B, V, N, C)`` and ``per_view`` tensors ``(B, V, ...)`` are flattened to B*V
+    items, processed ``chunk_size`` at a time (all at once when None/0), and the outputs
+    reshaped back to ``(B, V, ...)``.
+    """
+    B, V, N, C = feats[0].shape
+    flat = [f.reshape(B * V, N, C) for f in feats]
+    extra = [t.reshape(B * V, *t.shape[2:]) for t in per_view]
+    step = chunk_size or B * V
+    outs = [fn([f[s:s + step] for f in flat], *[t[s:s + step] for t in extra])
+            for s in range(0, B * V, step)]
+    return {k: torch.cat([o[k] for o in outs]).reshape(B, V, *outs[0][k].shape[1:])
+            for k in outs[0]}

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from da3gs.nn.dpt_blocks import FusionChain, LayerAdapters, Reassemble, interpolate, output_conv2
+from da3gs.nn.dpt_blocks import (FusionChain, LayerAdapters, Reassemble, chunked_views, interpolate,
+                                 output_conv2)
 
 
 class DPT(nn.Module):
@@ -29,12 +30,7 @@ class DPT(nn.Module):
         self.sky_out2 = output_conv2(features // 2, 1)
 
     def forward(self, feats: Sequence[torch.Tensor], H: int, W: int) -> dict[str, torch.Tensor]:
-        B, V, N, C = feats[0].shape
-        flat = [f.reshape(B * V, N, C) for f in feats]
-        step = self.chunk_size or B * V
-        outs = [self._forward_chunk([f[s:s + step] for f in flat], H, W)
-                for s in range(0, B * V, step)]
-        return {k: torch.cat([o[k] for o in outs]).reshape(B, V, H, W) for k in outs[0]}
+        return chunked_views(lambda f: self._forward_chunk(f, H, W), feats, self.chunk_size)
 
     def _forward_chunk(self, feats, H: int, W: int) -> dict[str, torch.Tensor]:
         ph, pw = H // self.patch_size, W // self.patch_size

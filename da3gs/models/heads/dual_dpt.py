@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from da3gs.nn.dpt_blocks import (FusionChain, LayerAdapters, Reassemble, add_uv_embedding,
-                                 interpolate, output_conv2)
+                                 chunked_views, interpolate, output_conv2)
+
 
 
 def _ray_neck(ch: int) -> nn.Sequential:
@@ -46,13 +47,7 @@ class DualDPT(nn.Module):
             [output_conv2(features // 2, 7, layer_norm=True) for _ in range(self.RAY_LEVELS)])
 
     def forward(self, feats: Sequence[torch.Tensor], H: int, W: int) -> dict[str, torch.Tensor]:
-        B, V, N, C = feats[0].shape
-        flat = [f.reshape(B * V, N, C) for f in feats]
-        step = self.chunk_size or B * V
-        outs = [self._forward_chunk([f[s:s + step] for f in flat], H, W)
-                for s in range(0, B * V, step)]
-        return {k: torch.cat([o[k] for o in outs]).reshape(B, V, *outs[0][k].shape[1:])
-                for k in outs[0]}
+        return chunked_views(lambda f: self._forward_chunk(f, H, W), feats, self.chunk_size)
 
     def _forward_chunk(self, feats, H: int, W: int) -> dict[str, torch.Tensor]:
         ph, pw = H // self.patch_size, W // self.patch_size

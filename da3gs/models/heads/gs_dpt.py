@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from da3gs.nn.dpt_blocks import (FusionChain, LayerAdapters, Reassemble, add_uv_embedding,
-                                 interpolate, output_conv2)
+                                 chunked_views, interpolate, output_conv2)
+
 
 
 class GSDPT(nn.Module):
@@ -37,14 +38,8 @@ class GSDPT(nn.Module):
             nn.Conv2d(m // 2, m, 3, 1, 1), nn.GELU())
 
     def forward(self, feats: Sequence[torch.Tensor], images: torch.Tensor, H: int, W: int):
-        B, V, N, C = feats[0].shape
-        flat = [f.reshape(B * V, N, C) for f in feats]
-        imgs = images.reshape(B * V, *images.shape[2:])
-        step = self.chunk_size or B * V
-        outs = [self._forward_chunk([f[s:s + step] for f in flat], imgs[s:s + step], H, W)
-                for s in range(0, B * V, step)]
-        return {k: torch.cat([o[k] for o in outs]).reshape(B, V, *outs[0][k].shape[1:])
-                for k in outs[0]}
+        return chunked_views(lambda f, im: self._forward_chunk(f, im, H, W), feats,
+                             self.chunk_size, images)
 
     def _forward_chunk(self, feats, images, H: int, W: int) -> dict[str, torch.Tensor]:
         ph, pw = H // self.patch_size, W // self.patch_size
