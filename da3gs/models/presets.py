@@ -99,8 +99,29 @@ NESTED: dict[str, NestedPreset] = {p.name: p for p in [
 OFFICIAL_NAMES = {p.official_name: n for n, p in {**PRESETS, **NESTED}.items() if p.official_name}
 
 
+def preset_from_yaml(path) -> Preset | NestedPreset:
+    """A preset from a YAML file in the layout of ``configs/models/*.yaml`` (custom networks)."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+        if d.get("kind") == "nested":
+            return NestedPreset(**d)
+        d["vit"] = ViTSpec(**d["vit"])
+        d["out_layers"] = tuple(d["out_layers"])
+        d["head_out_channels"] = tuple(d["head_out_channels"])
+        return Preset(**d)
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: not a preset YAML ({e})") from None
+
+
 def get_preset(name: str) -> Preset | NestedPreset:
-    """Look up a preset by our name or the official config name (``da3-large``...)."""
+    """Look up a preset by our name, the official config name (``da3-large``...) or the path
+    of a preset YAML file (``configs/models/large.yaml``)."""
+    if str(name).endswith((".yaml", ".yml")):
+        return preset_from_yaml(name)
     name = OFFICIAL_NAMES.get(name, name)
     if name in PRESETS:
         return PRESETS[name]
