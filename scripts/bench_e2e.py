@@ -32,7 +32,7 @@ def main() -> None:
     from da3gs.io.images import list_images
 
     imgs, _ = list_images(args.images)
-    print(f"| views | model | load s | inference s | write s | video s | total s | Gaussians |")
+    print("| views | model | load s | inference s | write s | video s | total s | Gaussians |")
     print("|---|---|---|---|---|---|---|---|")
     for V in args.views:
         work = Path(tempfile.mkdtemp())

@@ -6,7 +6,7 @@ the same file system, which is why the temporary name lives in the same folder).
 On any exception (including ``KeyboardInterrupt``) the temporary is removed and
 the original destination, if any, is left untouched.
 
-Temporary names are hidden (``.name.tmp-XXXXXXXX.ext``) and keep the final
+Temporary names are hidden (``.name.tmp-<8 hex digits>.ext``) and keep the final
 suffix, so writers that pick a format from the extension (imageio, Pillow) work.
 """
 

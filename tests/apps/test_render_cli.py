@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import imageio.v3 as iio
+import imageio
 import numpy as np
 import pytest
 from PIL import Image
@@ -55,9 +55,6 @@ def _check_outputs(out: Path, names: list[str], frames: int | None, splats: bool
     else:
         assert not (out / "gaussians.ply").exists() and s["points"] > 0
     if frames:
-        video = iio.imread(out / "video.mp4", plugin="pyav") if False else None  # noqa: F841
-        import imageio
-
         with imageio.get_reader(out / "video.mp4") as r:
             assert sum(1 for _ in r) == frames
     for k in ("load_model", "inference", "total"):
