@@ -33,8 +33,6 @@ from .atomic import atomic_dir, atomic_path  # noqa: E402
 from .cameras import (  # noqa: E402
     CameraSet,
     read_cameras_json,
-    read_colmap_text,
-    read_transforms_json,
     write_cameras_json,
     write_colmap_text,
     write_transforms_json,
@@ -51,9 +49,7 @@ __all__ += [
     "write_cameras_json",
     "read_cameras_json",
     "write_transforms_json",
-    "read_transforms_json",
     "write_colmap_text",
-    "read_colmap_text",
     "save_depth",
     "load_depth",
     "load_depth_png",

@@ -12,6 +12,8 @@ is written unchanged. Floats are written with ``repr`` (round-trip exact).
   ``fl_x fl_y cx cy w h``, ``file_path`` and ``transform_matrix`` = nerfstudio
   (OpenGL-axes) camera-to-world; the world frame itself is not changed. Optional
   top-level ``ply_file_path`` (splatfacto initialisation).
+Readers for transforms.json and COLMAP models are the scene readers in :mod:`da3gs.data`.
+
 * COLMAP text model: ``cameras.txt`` (one PINHOLE camera per image),
   ``images.txt`` (world-to-camera qvec wxyz + tvec, empty 2D-points line),
   ``points3D.txt`` (optional points, error 0, empty tracks).
@@ -20,7 +22,6 @@ is written unchanged. Floats are written with ``repr`` (round-trip exact).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,13 +29,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from da3gs.geometry import c2w_opencv_to_opengl, c2w_opengl_to_opencv, c2w_to_colmap, c2w_to_w2c, colmap_to_c2w
+from da3gs.geometry import c2w_opencv_to_opengl, c2w_to_colmap, c2w_to_w2c
 
 from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = ["CameraSet", "write_cameras_json", "read_cameras_json", "write_transforms_json",
-           "read_transforms_json", "write_colmap_text", "read_colmap_text"]
+           "write_colmap_text"]
 
 
 @dataclass
@@ -148,42 +149,6 @@ def write_transforms_json(path, c2w, K, image_hw, names, ply_file_path=None, ima
     return _write_json(Path(path), meta)
 
 
-def read_transforms_json(path) -> CameraSet:
-    """Read a nerfstudio/Blender ``transforms.json`` -> OpenCV :class:`CameraSet`.
-
-    Intrinsics come from each frame, else the top level (``fl_x``/``fl_y`` or
-    ``camera_angle_x``; ``cx``/``cy`` default to the image centre).
-    """
-    path = Path(path)
-    meta = _read_json(path)
-    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
-        raise InputError(f"{path}: not a transforms.json (no 'frames' list)")
-    mats, Ks, hws, names = [], [], [], []
-    for j, fr in enumerate(meta["frames"]):
-        def get(key, default=None):
-            return fr.get(key, meta.get(key, default))
-        try:
-            mats.append(np.asarray(fr["transform_matrix"], dtype=np.float64).reshape(4, 4))
-            w, h = get("w"), get("h")
-            if w is None or h is None:
-                raise KeyError("w/h")
-            fx = get("fl_x")
-            if fx is None and get("camera_angle_x") is not None:
-                fx = 0.5 * float(w) / math.tan(0.5 * float(get("camera_angle_x")))
-            if fx is None:
-                raise KeyError("fl_x")
-            fy = get("fl_y", fx)
-            cx, cy = get("cx", float(w) / 2.0), get("cy", float(h) / 2.0)
-            Ks.append([[float(fx), 0.0, float(cx)], [0.0, float(fy), float(cy)], [0.0, 0.0, 1.0]])
-            hws.append((int(h), int(w)))
-            names.append(str(fr["file_path"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: frame {j} lacks or has a bad {e.args[0] if e.args else 'field'}") from None
-    c2w = c2w_opengl_to_opencv(torch.from_numpy(np.stack(mats) if mats else np.zeros((0, 4, 4))))
-    K = torch.tensor(Ks, dtype=torch.float64).reshape(-1, 3, 3)
-    return CameraSet(c2w, K, hws, names, meta.get("ply_file_path"))
-
-
 def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None) -> Path:
     """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into ``folder``.
 
@@ -232,69 +197,3 @@ def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None)
         with atomic_path(folder / fname) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
     return folder
-
-
-def _data_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    return path.read_text().splitlines()
-
-
-def read_colmap_text(folder):
-    """Read a COLMAP text model -> ``(CameraSet, points (P,3) float64 | None, colors (P,3) uint8 | None)``.
-
-    Images are returned sorted by IMAGE_ID. Supported camera models: PINHOLE,
-    SIMPLE_PINHOLE, and SIMPLE_RADIAL/RADIAL/OPENCV (distortion ignored, with a warning).
-    """
-    folder = Path(folder)
-    cams = {}
-    for ln in _data_lines(folder / "cameras.txt"):
-        if not ln.strip() or ln.lstrip().startswith("#"):
-            continue
-        e = ln.split()
-        try:
-            cid, model, w, h, prm = int(e[0]), e[1], int(e[2]), int(e[3]), [float(x) for x in e[4:]]
-            if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
-                fx = fy = prm[0]
-                cx, cy, dist = prm[1], prm[2], prm[3:]
-            elif model in ("PINHOLE", "OPENCV"):
-                fx, fy, cx, cy, dist = prm[0], prm[1], prm[2], prm[3], prm[4:]
-            else:
-                raise InputError(f"{folder / 'cameras.txt'}: unsupported camera model {model}")
-        except (IndexError, ValueError):
-            raise InputError(f"{folder / 'cameras.txt'}: malformed line {ln!r}") from None
-        if any(d != 0 for d in dist):
-            warnings.warn(f"{folder / 'cameras.txt'}: camera {cid} distortion ignored", stacklevel=2)
-        cams[cid] = ([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], (h, w))
-    lines, images, i = _data_lines(folder / "images.txt"), [], 0
-    while i < len(lines):
-        ln = lines[i]
-        i += 1
-        if not ln.strip() or ln.lstrip().startswith("#"):
-            continue
-        e = ln.split(maxsplit=9)
-        try:
-            images.append((int(e[0]), [float(x) for x in e[1:5]], [float(x) for x in e[5:8]], int(e[8]), e[9]))
-        except (IndexError, ValueError):
-            raise InputError(f"{folder / 'images.txt'}: malformed line {ln!r}") from None
-        if images[-1][3] not in cams:
-            raise InputError(f"{folder / 'images.txt'}: image {e[0]} uses unknown camera {e[8]}")
-        i += 1  # the POINTS2D line (possibly empty) that follows every image line
-    images.sort(key=lambda x: x[0])
-    q = torch.tensor([im[1] for im in images], dtype=torch.float64).reshape(-1, 4)
-    t = torch.tensor([im[2] for im in images], dtype=torch.float64).reshape(-1, 3)
-    c2w = colmap_to_c2w(q, t)
-    K = torch.tensor([cams[im[3]][0] for im in images], dtype=torch.float64).reshape(-1, 3, 3)
-    cs = CameraSet(c2w, K, [cams[im[3]][1] for im in images], [im[4] for im in images])
-    points = colors = None
-    pfile = folder / "points3D.txt"
-    if pfile.is_file():
-        rows = [ln.split() for ln in _data_lines(pfile) if ln.strip() and not ln.lstrip().startswith("#")]
-        try:
-            points = np.array([[float(x) for x in r[1:4]] for r in rows], np.float64).reshape(-1, 3)
-            colors = np.array([[int(x) for x in r[4:7]] for r in rows], np.uint8).reshape(-1, 3)
-        except ValueError:
-            raise InputError(f"{pfile}: malformed point line") from None
-        if points.shape[0] == 0:
-            points = colors = None
-    return cs, points, colors

@@ -1,4 +1,5 @@
-"""cameras.json, nerfstudio transforms.json and COLMAP text: writers, readers, round trips."""
+"""cameras.json, nerfstudio transforms.json and COLMAP text: writers, and round trips through
+the project's scene readers (``da3gs.data``)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,36 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image
+
+from da3gs.data import load_scene
+from da3gs.data.colmap import read_model
 from da3gs.errors import Da3gsError
-from da3gs.geometry import c2w_opencv_to_opengl, c2w_to_w2c
-from da3gs.io import (
-    read_cameras_json,
-    read_colmap_text,
-    read_transforms_json,
-    write_cameras_json,
-    write_colmap_text,
-    write_transforms_json,
-)
+from da3gs.geometry import c2w_opencv_to_opengl, c2w_to_w2c, colmap_to_c2w
+from da3gs.io import read_cameras_json, write_cameras_json, write_colmap_text, write_transforms_json
+
+
+def _images(folder, names, hw):
+    """Blank images of the given sizes (the scene readers check that images exist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, (h, w) in zip(names, hw):
+        Image.new("RGB", (w, h)).save(folder / n)
+
+
+def _colmap(folder):
+    """(c2w, K, hw, names, points, colors) of a COLMAP model, sorted by image name."""
+    cams, images, points = read_model(folder)
+    images = sorted(images, key=lambda im: im[0])
+    q = torch.tensor([im[1] for im in images], dtype=torch.float64).reshape(-1, 4)
+    t = torch.tensor([im[2] for im in images], dtype=torch.float64).reshape(-1, 3)
+    K, hw = [], []
+    for im in images:
+        model, w, h, prm = cams[im[3]]
+        fx, fy, cx, cy = (prm[0], prm[0], prm[1], prm[2]) if model.startswith("SIMPLE") else prm[:4]
+        K.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        hw.append((h, w))
+    return (colmap_to_c2w(q, t), torch.tensor(K, dtype=torch.float64), hw, [im[0] for im in images],
+            *(points if points is not None else (None, None)))
 
 
 def _rot(axis, angle):
@@ -68,22 +89,25 @@ def test_transforms_json(tmp_path):
         torch.testing.assert_close(torch.tensor(fr["transform_matrix"], dtype=torch.float64), gl[i], atol=0, rtol=0)
         assert (fr["fl_x"], fr["fl_y"], fr["cx"], fr["cy"]) == (500.0 + i, 510.0, 320.5, 240.25)
         assert (fr["h"], fr["w"]) == hw[i]
-    cs = read_transforms_json(tmp_path / "transforms.json")
-    torch.testing.assert_close(cs.c2w, c2w, atol=1e-12, rtol=0)
-    torch.testing.assert_close(cs.K, K, atol=0, rtol=0)
-    assert cs.image_hw == hw and cs.ply_file_path == "sparse_pc.ply"
+    _images(tmp_path / "images", names, hw)
+    scene = load_scene(tmp_path / "transforms.json")
+    torch.testing.assert_close(scene.c2w, c2w, atol=1e-12, rtol=0)
+    torch.testing.assert_close(scene.K, K, atol=0, rtol=0)
+    assert scene.image_hw == hw
 
 
 def test_transforms_json_blender_style(tmp_path):
     meta = {"camera_angle_x": 2 * math.atan(0.5), "w": 100, "h": 80,
             "frames": [{"file_path": "r_0", "transform_matrix": np.eye(4).tolist()}]}
-    (tmp_path / "t.json").write_text(json.dumps(meta))
-    cs = read_transforms_json(tmp_path / "t.json")
-    assert cs.K[0, 0, 0].item() == pytest.approx(100.0) and cs.K[0, 1, 2].item() == 40.0
-    torch.testing.assert_close(cs.c2w[0], torch.diag(torch.tensor([1.0, -1, -1, 1], dtype=torch.float64)))
-    (tmp_path / "bad.json").write_text(json.dumps({"frames": [{"file_path": "x"}]}))
-    with pytest.raises(Da3gsError, match="bad.json.*frame 0"):
-        read_transforms_json(tmp_path / "bad.json")
+    (tmp_path / "transforms_train.json").write_text(json.dumps(meta))
+    _images(tmp_path, ["r_0.png"], [(80, 100)])
+    scene = load_scene(tmp_path / "transforms_train.json")
+    assert scene.K[0, 0, 0].item() == pytest.approx(100.0) and scene.K[0, 1, 2].item() == 40.0
+    torch.testing.assert_close(scene.c2w[0], torch.diag(torch.tensor([1.0, -1, -1, 1], dtype=torch.float64)))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "transforms.json").write_text(json.dumps({"frames": [{"file_path": "x"}]}))
+    with pytest.raises(Da3gsError, match="transforms.json"):
+        load_scene(tmp_path / "bad" / "transforms.json")
 
 
 def test_colmap_round_trip(tmp_path):
@@ -97,25 +121,28 @@ def test_colmap_round_trip(tmp_path):
     assert data[0].split()[-1] == names[0] and data[0].split()[0] == "1"
     cams = [ln for ln in (tmp_path / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln[:1] != "#"]
     assert cams[4].split()[:4] == ["5", "PINHOLE", "400", "300"]
-    cs, p, c = read_colmap_text(tmp_path / "sparse" / "0")
-    torch.testing.assert_close(cs.c2w, c2w, atol=1e-6, rtol=0)
-    torch.testing.assert_close(cs.K, K, atol=1e-6, rtol=0)
-    assert cs.image_hw == hw and cs.names == names
+    rc2w, rK, rhw, rnames, p, c = _colmap(tmp_path / "sparse" / "0")
+    torch.testing.assert_close(rc2w, c2w, atol=1e-6, rtol=0)
+    torch.testing.assert_close(rK, K, atol=1e-6, rtol=0)
+    assert rhw == hw and rnames == names
     np.testing.assert_allclose(p, pts, atol=1e-6)
     np.testing.assert_array_equal(c, cols)
+    _images(tmp_path / "images", names, hw)
+    scene = load_scene(tmp_path)
+    torch.testing.assert_close(scene.c2w, c2w, atol=1e-6, rtol=0)
     # no points: header-only points3D.txt
     write_colmap_text(tmp_path / "np", c2w, K, (480, 640), names)
-    cs, p, c = read_colmap_text(tmp_path / "np")
-    assert p is None and c is None and cs.image_hw == [(480, 640)] * 5
+    *_, rhw, _, p, c = _colmap(tmp_path / "np")
+    assert (p is None or len(p) == 0) and (c is None or len(c) == 0) and rhw == [(480, 640)] * 5
 
 
 def test_colmap_reads_points2d_lines(tmp_path):
     (tmp_path / "cameras.txt").write_text("# c\n1 SIMPLE_PINHOLE 64 48 50 32 24\n")
     (tmp_path / "images.txt").write_text(
         "# header\n2 1 0 0 0 0 0 1 1 b.png\n10.0 20.0 -1 11 12 3\n1 1 0 0 0 0 0 0 1 a.png\n\n")
-    cs, p, _ = read_colmap_text(tmp_path)
-    assert cs.names == ["a.png", "b.png"] and p is None
-    assert cs.c2w[1, 2, 3].item() == -1.0 and cs.K[0, 1, 1].item() == 50.0
+    rc2w, rK, _, rnames, p, _ = _colmap(tmp_path)
+    assert rnames == ["a.png", "b.png"] and p is None
+    assert rc2w[1, 2, 3].item() == -1.0 and rK[0, 1, 1].item() == 50.0
 
 
 def test_bad_inputs(tmp_path):
@@ -126,6 +153,4 @@ def test_bad_inputs(tmp_path):
         write_transforms_json(tmp_path / "t.json", c2w, K[:2], hw, names)
     with pytest.raises(Da3gsError, match="image_hw"):
         write_colmap_text(tmp_path, c2w, K, [(1, 2)], names)
-    with pytest.raises(Da3gsError, match="no such file"):
-        read_colmap_text(tmp_path / "nothing")
     assert list(tmp_path.iterdir()) == []
