@@ -1,8 +1,8 @@
-"""Real spherical harmonics in the 3DGS / gsplat basis, and their rotation.
+"""Real spherical harmonics in the 3DGS / gsplat basis (degree <= 3), and their rotation.
 
-Basis (degree <= 3, directions unit ``(x, y, z)``), as in gsplat's ``spherical_harmonics``:
-band 0: C0; band 1: -C1 y, C1 z, -C1 x; band 2: C2[0] xy, C2[1] yz, C2[2] (2z^2 - x^2 - y^2),
-C2[3] xz, C2[4] (x^2 - y^2); band 3: the seven gsplat terms.
+:func:`eval_sh_bases` follows gsplat's ``spherical_harmonics`` op for op (the Sloan 2013 form
+used by the Inria rasteriser): ``Y_0 = C0, Y_1 = -C1 y, Y_2 = C1 z, Y_3 = -C1 x, ...``; the
+renderer (:mod:`da3gs.render.sh`) evaluates colours with it.
 """
 
 from __future__ import annotations
@@ -10,34 +10,59 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .errors import GeometryError
 
 C0 = 0.28209479177387814
-C1 = 0.4886025119029199
-C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
-      0.5462742152960396)
-C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-      -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+C1 = 0.48860251190292
 
 
-def sh_basis(dirs: torch.Tensor, degree: int) -> torch.Tensor:
-    """``dirs: (..., 3)`` unit directions -> ``(..., (degree + 1) ** 2)`` basis values."""
+def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
+    """SH basis functions at directions.
+
+    Args:
+      degree: 0..3.
+      dirs: (..., 3) directions (any length; normalised here).
+    Returns:
+      (..., (degree + 1) ** 2) basis values, DC first.
+    """
     if not 0 <= degree <= 3:
-        raise GeometryError(f"degree: expected 0..3, got {degree}")
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, C0)]
-    if degree >= 1:
-        out += [-C1 * y, C1 * z, -C1 * x]
+        raise ValueError(f"sh degree must be in 0..3, got {degree}")
+    ones = torch.full(dirs.shape[:-1], C0, dtype=dirs.dtype, device=dirs.device)
+    if degree == 0:
+        return ones[..., None]
+    d = F.normalize(dirs, dim=-1)
+    x, y, z = d.unbind(-1)
+    out = [ones, -C1 * y, C1 * z, -C1 * x]
     if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [C2[0] * x * y, C2[1] * y * z, C2[2] * (2 * zz - xx - yy), C2[3] * x * z,
-                C2[4] * (xx - yy)]
-    if degree >= 3:
-        out += [C3[0] * y * (3 * xx - yy), C3[1] * x * y * z, C3[2] * y * (4 * zz - xx - yy),
-                C3[3] * z * (2 * zz - 3 * xx - 3 * yy), C3[4] * x * (4 * zz - xx - yy),
-                C3[5] * z * (xx - yy), C3[6] * x * (xx - 3 * yy)]
+        z2 = z * z
+        tmp_b = -1.092548430592079 * z
+        c1 = x * x - y * y
+        s1 = 2.0 * x * y
+        out += [
+            0.5462742152960395 * s1,                      # 4
+            tmp_b * y,                                    # 5
+            0.9461746957575601 * z2 - 0.3153915652525201,  # 6
+            tmp_b * x,                                    # 7
+            0.5462742152960395 * c1,                      # 8
+        ]
+        if degree >= 3:
+            tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
+            tmp_b3 = 1.445305721320277 * z
+            c2 = x * c1 - y * s1
+            s2 = x * s1 + y * c1
+            out += [
+                -0.5900435899266435 * s2,                           # 9
+                tmp_b3 * s1,                                        # 10
+                tmp_c * y,                                          # 11
+                z * (1.865881662950577 * z2 - 1.119528997770346),   # 12
+                tmp_c * x,                                          # 13
+                tmp_b3 * c1,                                        # 14
+                -0.5900435899266435 * c2,                           # 15
+            ]
     return torch.stack(out, dim=-1)
+
 
 
 def _sphere_points(n: int) -> torch.Tensor:
@@ -58,8 +83,8 @@ def sh_rotation_matrix(R: torch.Tensor, degree: int) -> torch.Tensor:
     rotated = torch.einsum("...ji,nj->...ni", Rd, dirs)  # R^T d for each d
     K = (degree + 1) ** 2
     D = torch.zeros(R.shape[:-2] + (K, K), dtype=torch.float64, device=R.device)
-    Y = sh_basis(dirs, degree)
-    Yr = sh_basis(rotated, degree)
+    Y = eval_sh_bases(degree, dirs)
+    Yr = eval_sh_bases(degree, rotated)
     for band in range(degree + 1):
         s = slice(band * band, (band + 1) ** 2)
         D[..., s, s] = torch.linalg.lstsq(Y[:, s].expand(Yr.shape[:-2] + Y[:, s].shape),

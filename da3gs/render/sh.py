@@ -15,14 +15,11 @@ Colour convention (as gsplat's ``rasterization`` and Inria's CUDA rasteriser):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from da3gs.geometry.sh import C0, eval_sh_bases
 
 __all__ = ["C0", "eval_sh_bases", "eval_sh", "sh_to_color", "rgb_to_sh0", "sh0_to_rgb",
            "num_sh_bases", "sh_degree_from_bases"]
-
-C0 = 0.28209479177387814
-C1 = 0.48860251190292
-
 
 def num_sh_bases(degree: int) -> int:
     """Number of SH coefficients K = (degree + 1) ** 2."""
@@ -35,52 +32,6 @@ def sh_degree_from_bases(k: int) -> int:
     if (d + 1) ** 2 != k:
         raise ValueError(f"number of SH coefficients must be a square, got {k}")
     return d
-
-
-def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
-    """SH basis functions at directions.
-
-    Args:
-      degree: 0..3.
-      dirs: (..., 3) directions (any length; normalised here).
-    Returns:
-      (..., (degree + 1) ** 2) basis values, DC first.
-    """
-    if not 0 <= degree <= 3:
-        raise ValueError(f"sh degree must be in 0..3, got {degree}")
-    ones = torch.full(dirs.shape[:-1], C0, dtype=dirs.dtype, device=dirs.device)
-    if degree == 0:
-        return ones[..., None]
-    d = F.normalize(dirs, dim=-1)
-    x, y, z = d.unbind(-1)
-    out = [ones, -C1 * y, C1 * z, -C1 * x]
-    if degree >= 2:
-        z2 = z * z
-        tmp_b = -1.092548430592079 * z
-        c1 = x * x - y * y
-        s1 = 2.0 * x * y
-        out += [
-            0.5462742152960395 * s1,                      # 4
-            tmp_b * y,                                    # 5
-            0.9461746957575601 * z2 - 0.3153915652525201,  # 6
-            tmp_b * x,                                    # 7
-            0.5462742152960395 * c1,                      # 8
-        ]
-        if degree >= 3:
-            tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
-            tmp_b3 = 1.445305721320277 * z
-            c2 = x * c1 - y * s1
-            s2 = x * s1 + y * c1
-            out += [
-                -0.5900435899266435 * s2,                           # 9
-                tmp_b3 * s1,                                        # 10
-                tmp_c * y,                                          # 11
-                z * (1.865881662950577 * z2 - 1.119528997770346),   # 12
-                tmp_c * x,                                          # 13
-                tmp_b3 * c1,                                        # 14
-                -0.5900435899266435 * c2,                           # 15
-            ]
-    return torch.stack(out, dim=-1)
 
 
 def eval_sh(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
