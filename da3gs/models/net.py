@@ -4,7 +4,8 @@ metric (backbone + DPT with sky), and the nested any-view + metric model.
 ``forward`` takes ImageNet-normalised ``x: (B, V, 3, H, W)`` and returns the raw outputs under
 the official names: ``depth (B, V, H, W)``, ``depth_conf``, ``extrinsics`` (w2c, ``(B, V, 3, 4)``),
 ``intrinsics (B, V, 3, 3)``, plus ``ray (B, V, h, w, 6)``, ``ray_conf``, ``sky`` (mono/metric),
-``raw_gs``/``raw_gs_conf`` (GS head, when asked), ``scale_factor`` (nested) and ``ref_view``.
+``raw_gs``/``raw_gs_conf`` (GS head, when asked), ``scale_factor`` (nested) and ``ref_view``;
+any-view models also return the camera head's raw encoding ``pose_enc (B, V, 9)``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class DA3Net(nn.Module):
             feats = [f.float() for f in bb.feats]
             out = dict(self.depth_head(feats, H, W))
             if self.has_cameras:
-                c2w, K = decode_pose(self.camera_decoder(bb.cam_tokens[-1].float()), (H, W))
+                pose_enc = self.camera_decoder(bb.cam_tokens[-1].float())
+                out["pose_enc"] = pose_enc  # raw 9-D [t, q xyzw, fov_h, fov_w] (c2w), for L_C
+                c2w, K = decode_pose(pose_enc, (H, W))
                 out["extrinsics"] = c2w_to_w2c(c2w)[..., :3, :]
                 out["intrinsics"] = K
             if infer_gs and self.gs_head is not None:
