@@ -55,6 +55,22 @@ class DA3Net(nn.Module):
                 infer_gs: bool = False) -> dict[str, torch.Tensor]:
         """``x: (B, V, 3, H, W)`` normalised; optional ``extrinsics`` (w2c) ``(B, V, 4, 4)`` and
         ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only)."""
+        out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy)
+        if infer_gs and self.gs_head is not None:
+            ref = out.pop("ref_view", None)
+            with _no_autocast(x.device.type):
+                out.update(self.gs_from_features(feats, x))
+            if ref is not None:
+                out["ref_view"] = ref
+        return out
+
+    def forward_features(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
+                         intrinsics: torch.Tensor | None = None,
+                         ref_view_strategy: str = "saddle_balanced"
+                         ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Everything but the GS head: ``(out, feats)`` with ``out`` as :meth:`forward`
+        without ``raw_gs*`` and ``feats[i]: (B, V, h*w, 2C)`` the fp32 features handed to the
+        heads (feed them to :meth:`gs_from_features`; stage 2 runs this part frozen)."""
         B, V, _, H, W = x.shape
         dev = x.device.type
         cam_token = None
@@ -73,13 +89,20 @@ class DA3Net(nn.Module):
                 c2w, K = decode_pose(pose_enc, (H, W))
                 out["extrinsics"] = c2w_to_w2c(c2w)[..., :3, :]
                 out["intrinsics"] = K
-            if infer_gs and self.gs_head is not None:
-                out.update(self.gs_head(feats, x.float(), H, W))
         if "sky" in out:
             out["depth"], _ = fill_sky(out["depth"], out["sky"])
         if bb.ref_view is not None:
             out["ref_view"] = bb.ref_view
-        return out
+        return out, feats
+
+    def gs_from_features(self, feats: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """GS head on ``feats`` from :meth:`forward_features` and the normalised ``x: (B, V, 3,
+        H, W)``: ``raw_gs (B, V, H, W, C)``, ``raw_gs_conf (B, V, H, W)``. Runs in the caller's
+        autocast state (:meth:`forward` runs it in fp32)."""
+        if self.gs_head is None:
+            raise ValueError(f"preset {self.preset.name} has no GS head")
+        H, W = x.shape[-2:]
+        return self.gs_head(feats, x.float(), H, W)
 
 
 class NestedDA3Net(nn.Module):
