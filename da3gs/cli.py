@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_cleanly(fn):
+    """SIGTERM/SIGHUP clean up as Ctrl-C does: temporaries removed, exit 128 + signal number."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        from da3gs.apps.outputs import Terminated, terminate_as_exception
+
+        try:
+            with terminate_as_exception():
+                return fn(argv)
+        except Terminated as t:
+            print("da3gs: terminated; no output written", file=sys.stderr)
+            return 128 + t.signum
+
+    return wrapper
+
+
+@_terminate_cleanly
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
+from da3gs.apps.outputs import check_output_dir, write_output_dir
 from da3gs.errors import Da3gsError
 
 __all__ = ["add_eval_parser", "run_eval"]
@@ -132,10 +133,8 @@ def _out_dir(args, task: str) -> Path:
     scene = Path(args.scene)
     base = scene if scene.is_dir() else scene.parent
     out = Path(args.out) if args.out else base.parent / f"{base.name}_eval_{task}"
-    if base.resolve().is_relative_to(out.resolve()):
-        raise Da3gsError(f"--out {out}: must not be the scene folder or contain it")
-    if out.exists() and not args.overwrite:
-        raise Da3gsError(f"--out {out}: already exists; pass --overwrite to replace it")
+    check_output_dir(out, [("--scene", scene), ("--scene", base), ("--checkpoint", args.checkpoint),
+                           ("--model", args.model)], args.overwrite)
     return out
 
 
@@ -189,10 +188,8 @@ def _pose_errors(pred_c2w, gt_c2w) -> dict:
 
 
 def _finish(out: Path, metrics: dict, t0: float, timer, files: dict | None = None) -> None:
-    from da3gs.io.atomic import atomic_dir
-
     metrics["timings_s"] = dict(timer.times, total=round(time.perf_counter() - t0, 4))
-    with atomic_dir(out) as tmp:
+    with write_output_dir(out, f"eval {metrics.get('task', '')}".strip()) as tmp:
         for rel, arr in (files or {}).items():
             from PIL import Image
 

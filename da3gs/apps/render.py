@@ -17,7 +17,7 @@ import torch
 from da3gs import __version__
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
-from da3gs.io.atomic import atomic_dir
+from da3gs.apps.outputs import check_output_dir, write_output_dir
 from da3gs.io.images import list_images
 from da3gs.types import Prediction
 
@@ -123,10 +123,8 @@ def run_render(args) -> dict:
     t_start = time.perf_counter()
     views = Path(args.views)
     out = Path(args.out) if args.out else views.parent / f"{views.name}_da3gs"
-    if out.exists() and not args.overwrite:
-        raise Da3gsError(f"--out {out}: already exists; pass --overwrite to replace it")
-    if out.resolve() == views.resolve():
-        raise Da3gsError(f"--out {out}: must not be the input folder")
+    check_output_dir(out, {"--views": views, "--poses": args.poses,
+                           "--checkpoint": args.checkpoint, "--model": args.model}, args.overwrite)
     images, skipped = list_images(views)
     images = select_views(images, args.max_views)
     device = resolve_device(args.device)
@@ -151,7 +149,7 @@ def run_render(args) -> dict:
         "preset": model.preset.name, "device": str(device), "pose_conditioned": pred.pose_conditioned,
         "is_metric": pred.is_metric, "versions": _versions(),
     }
-    with atomic_dir(out) as tmp:
+    with write_output_dir(out, "render") as tmp:
         with timer("write_images_depth"):
             _write_images_and_depth(tmp, pred, names)
         with timer("write_gaussians"):

@@ -134,7 +134,7 @@ def test_nvs_errors(scene, tmp_path, capsys, monkeypatch):
     assert "only 7 non-target views" in err("--scene", scene, "--context", 10, "--out", tmp_path / "c")
     (tmp_path / "exists").mkdir()
     assert "already exists" in err("--scene", scene, "--out", tmp_path / "exists")
-    assert "scene folder" in err("--scene", scene, "--out", scene, "--overwrite")
+    assert "is the --scene input" in err("--scene", scene, "--out", scene, "--overwrite")
     assert "no named splits" in err("--scene", scene, "--targets", "split:test", "--out", tmp_path / "d")
     assert "everyN" in err("--scene", scene, "--targets", "sometimes", "--out", tmp_path / "e")
     assert "drop --select" in err("--scene", scene, "--context-list", "1,2", "--select", "fps",

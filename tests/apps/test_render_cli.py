@@ -134,11 +134,12 @@ def test_render_errors(tmp_path, capsys):
 def test_overwrite_replaces(tmp_path):
     _make_views(tmp_path / "v")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("x")
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out,
+                "--no-video", "--no-colmap") == 0
+    assert not (out / "colmap").exists()
     assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out,
                 "--overwrite", "--no-video") == 0
-    assert not (out / "old.txt").exists() and (out / "gaussians.ply").is_file()
+    assert (out / "colmap").is_dir() and (out / "gaussians.ply").is_file()
 
 
 @pytest.mark.skipif(not (FERN / "images_8").is_dir(), reason="../shared/data/llff_fern absent")

@@ -1,0 +1,374 @@
+"""Output folders of da3gs commands: checked up front, written atomically, never a user's data lost.
+
+Every command that writes a folder (``render``, ``eval``, and later ``train``, ``export``, ...)
+goes through this module:
+
+1. :func:`check_output_dir` runs before any expensive work (model loading, inference). It refuses,
+   with one line naming the flags:
+
+   * an output folder that equals, contains or lies inside any input (views folder, poses file or
+     folder, checkpoint, scene);
+   * an output whose parent is a file, the current folder (or a folder above it), or a place
+     that cannot be written;
+   * an existing output without ``--overwrite``; and with ``--overwrite``, anything that da3gs did
+     not write itself: a file, a folder without the da3gs marker (:data:`MARKER`), or a da3gs
+     folder that now holds files da3gs did not write (an empty folder may be replaced).
+
+   It also removes stale temporaries of earlier da3gs runs beside the output (see below).
+
+2. :func:`write_output_dir` yields a hidden temporary folder beside the output; on success it
+   writes the marker (the command, da3gs version and the list of files written) and renames the
+   temporary into place (:func:`da3gs.io.atomic.atomic_dir`). On any exception, Ctrl-C or SIGTERM
+   (see :func:`terminate_as_exception`) the temporary is removed and the old output, if any, is
+   left as it was.
+
+Temporaries are named ``.<out>.da3gs-tmp-<pid>-<8 hex>`` (``da3gs-old`` for a replaced folder
+being deleted) and hold a marker from the moment they are created. A later run removes only
+entries that match that name, hold a da3gs marker and whose process is gone (checked by pid
+and, on Linux, the process start time recorded in the marker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from da3gs.errors import Da3gsError
+
+__all__ = ["MARKER", "OutputError", "Terminated", "check_output_dir", "write_output_dir",
+           "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception"]
+
+MARKER = ".da3gs-output.json"
+SIGNATURE = "da3gs output folder"
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.da3gs-(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+class OutputError(Da3gsError):
+    """An output path that cannot or must not be written."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP so that cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve(p: Path) -> Path:
+    return Path(os.path.abspath(p)).resolve()
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return stat.rsplit(")", 1)[1].split()[19]
+    except IndexError:
+        return None
+
+
+def _process_alive(pid: int, start_time: str | None) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return True
+    if start_time is not None:
+        now = _proc_start_time(pid)
+        if now is not None and now != start_time:
+            return False  # the pid was reused by another process
+    return True
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        m = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) and m.get("signature") == SIGNATURE else None
+
+
+def _write_marker(folder: Path, command: str, files: list[str] | None, state: str) -> None:
+    from da3gs import __version__
+
+    m = {"signature": SIGNATURE, "command": command, "da3gs": __version__, "state": state,
+         "pid": os.getpid(), "host": socket.gethostname(),
+         "pid_start_time": _proc_start_time(os.getpid())}
+    if files is not None:
+        m["files"] = files
+    (folder / MARKER).write_text(json.dumps(m, indent=2) + "\n")
+
+
+def _files_under(folder: Path) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        for f in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            out.append(Path(os.path.relpath(os.path.join(root, f), folder)).as_posix())
+    return sorted(out)
+
+
+def is_da3gs_output(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` is a folder holding a da3gs output marker."""
+    folder = Path(folder)
+    return folder.is_dir() and not folder.is_symlink() and _read_marker(folder) is not None
+
+
+def _foreign_files(folder: Path, marker: dict) -> list[str]:
+    listed = set(marker.get("files") or [])
+    return [f for f in _files_under(folder) if f != MARKER and f not in listed]
+
+
+def remove_stale_temporaries(parent: str | os.PathLike) -> list[Path]:
+    """Remove da3gs temporaries in ``parent`` whose writing process is gone; returns them.
+
+    Only entries named like a da3gs temporary, holding a da3gs marker, written on this host by
+    a process that no longer runs are removed; anything else is left alone.
+    """
+    parent = Path(parent)
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    host = socket.gethostname()
+    for p in entries:
+        m = _TMP_RE.match(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        marker = _read_marker(p)
+        if marker is None or marker.get("host") != host:
+            continue
+        pid = int(m.group("pid"))
+        if m.group("kind") == "tmp" and marker.get("pid") != pid:
+            continue
+        if _process_alive(pid, marker.get("pid_start_time") if marker.get("pid") == pid else None):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable(out: Path, flag: str, shown: str) -> None:
+    # parents that exist must be folders
+    for anc in reversed(out.parents):
+        if anc.exists() and not anc.is_dir():
+            raise OutputError(f"{flag} {shown}: {anc} is a file, not a folder")
+    base = _nearest_existing(out.parent)
+    try:
+        probe = base / f".da3gs-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        why = "permission denied" if isinstance(e, PermissionError) else (e.strerror or type(e).__name__)
+        raise OutputError(f"{flag} {shown}: cannot write in {base} ({why})") from None
+
+
+def check_output_dir(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None] | Iterable,
+                     overwrite: bool, flag: str = "--out", clean_stale: bool = True) -> Path:
+    """Check an output folder before any expensive work; returns it as an absolute path.
+
+    Args:
+        out: the output folder asked for.
+        inputs: ``{flag: path}`` (or ``(flag, path)`` pairs) of everything the command reads:
+            views folder, poses file or folder, checkpoint, scene... ``None`` values and paths
+            that do not exist on disk (hub ids, ``random:`` models) are ignored.
+        overwrite: ``--overwrite`` was given.
+        flag: the flag the output came from, used in messages.
+        clean_stale: remove stale da3gs temporaries beside the output.
+
+    Raises:
+        OutputError: one line naming the flags and what is wrong (module docstring).
+    """
+    shown = str(out)
+    if not shown.strip():
+        raise OutputError(f"{flag}: empty path")
+    out_abs = _resolve(Path(out))
+    items = inputs.items() if isinstance(inputs, Mapping) else inputs
+    for in_flag, path in items:
+        if path is None or str(path) == "":
+            continue
+        p = Path(path)
+        if not (p.exists() or p.is_symlink()):
+            continue
+        p_abs = _resolve(p)
+        if p_abs == out_abs:
+            raise OutputError(f"{flag} {shown}: is the {in_flag} input; choose another output folder")
+        if _contains(out_abs, p_abs):
+            raise OutputError(f"{flag} {shown}: contains the {in_flag} input {path}; choose an "
+                              "output folder outside the inputs")
+        if _contains(p_abs, out_abs):
+            raise OutputError(f"{flag} {shown}: lies inside the {in_flag} input {path}; choose an "
+                              "output folder outside the inputs")
+    cwd = _resolve(Path.cwd())
+    if _contains(out_abs, cwd):
+        raise OutputError(f"{flag} {shown}: is the current folder or contains it; name a new "
+                          "folder, e.g. {flag} result".replace("{flag}", flag))
+    if out_abs == out_abs.parent:
+        raise OutputError(f"{flag} {shown}: is the file-system root")
+    _check_writable(out_abs, flag, shown)
+    if Path(out).is_symlink() or out_abs.exists():
+        if not overwrite:
+            raise OutputError(f"{flag} {shown}: already exists; pass --overwrite to replace it")
+        if Path(out).is_symlink():
+            raise OutputError(f"{flag} {shown}: is a symbolic link; --overwrite only replaces "
+                              "folders that da3gs wrote")
+        if not out_abs.is_dir():
+            raise OutputError(f"{flag} {shown}: is a file, not a folder that da3gs wrote; "
+                              "--overwrite only replaces da3gs output folders")
+        present = _files_under(out_abs)
+        if present:
+            marker = _read_marker(out_abs)
+            if marker is None:
+                raise OutputError(f"{flag} {shown}: not a folder that da3gs wrote (no {MARKER}); "
+                                  "--overwrite only replaces da3gs output folders, so move it "
+                                  "away or choose another output folder")
+            foreign = _foreign_files(out_abs, marker)
+            if foreign:
+                more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
+                raise OutputError(f"{flag} {shown}: holds files da3gs did not write "
+                                  f"({', '.join(foreign[:3])}{more}); --overwrite would delete "
+                                  "them, so move them away first")
+    if clean_stale:
+        remove_stale_temporaries(out_abs.parent)
+    return out_abs
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _temp_sibling(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}.da3gs-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP (POSIX) while a folder is committed or cleaned up."""
+    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _remove_tree(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    except OSError:
+        pass
+
+
+@contextmanager
+def write_output_dir(out: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Yield a temporary folder (marked as a da3gs temporary) beside ``out``; on success mark it
+    as the ``command``'s output and put it in place of ``out``. On any exception (Ctrl-C and
+    :class:`Terminated` included) the temporary is removed and ``out`` is left untouched.
+
+    Call :func:`check_output_dir` first: this function replaces whatever is at ``out``. The
+    swap (old folder renamed aside, new one renamed in, old one deleted) runs with SIGINT and
+    SIGTERM deferred, so at every instant ``out`` is absent, the old or the new folder.
+    """
+    out = _resolve(Path(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        _write_marker(tmp, command, None, "writing")
+        yield tmp
+        _write_marker(tmp, command, [f for f in _files_under(tmp) if f != MARKER], "complete")
+    except BaseException:
+        with _signals_blocked():
+            _remove_tree(tmp)
+        raise
+    with _signals_blocked():
+        old = None
+        try:
+            if out.exists() or out.is_symlink():
+                old = _temp_sibling(out, "old")
+                os.replace(out, old)
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None and not out.exists():
+                os.replace(old, out)
+                old = None
+            _remove_tree(tmp)
+            raise
+        finally:
+            if old is not None:
+                _remove_tree(old)
+
+
+@contextmanager
+def terminate_as_exception(signals=("SIGTERM", "SIGHUP")) -> Iterator[None]:
+    """Within the block, SIGTERM/SIGHUP raise :class:`Terminated` in the main thread, so that
+    ``try/finally`` and ``except BaseException`` cleanups run as they do for Ctrl-C. Further
+    signals during the cleanup are ignored (SIGKILL still works). Outside the main thread this
+    does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for name in signals:
+        s = getattr(signal, name, None)
+        if s is None:
+            continue
+        try:
+            previous[s] = signal.signal(s, handler)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            try:
+                signal.signal(s, h)
+            except (ValueError, OSError):
+                pass
