@@ -94,7 +94,8 @@ def l1_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
 
 def robust_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
                        iters: int = 100, generator: torch.Generator | None = None,
-                       sample_size: int = 3, max_eval: int = 20000, return_inliers: bool = False):
+                       sample_size: int = 3, max_eval: int = 20000, refine: int = 3,
+                       return_inliers: bool = False):
     """RANSAC least-squares scale and shift with ``s > 0``: ``target ~= s * pred + t``.
 
     1. ``iters`` hypotheses, each the least-squares fit on ``sample_size`` random masked
@@ -105,8 +106,11 @@ def robust_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     3. Inlier threshold (DA3 paper): the mean absolute deviation of the winner's residuals
        ``r_i`` from their median, ``tau = mean_i |r_i - median(r)|``; inliers ``|r_i| <= tau``
        (at least the ``sample_size`` best-fitting elements are kept).
-    4. Final least-squares refit on the inliers, twice (threshold recomputed from the refit);
-       a refit with ``s <= 0`` keeps the previous fit.
+    4. Least-squares refit on the inliers. Steps 3-4 run ``refine`` times; from the second
+       round on, the threshold is the same statistic over the current inliers' residuals only
+       (the first round's threshold, inflated by the outliers, still admits those that happen
+       to lie near the line; re-estimating it removes them). A refit with ``s <= 0`` stops
+       the refinement and keeps the previous fit.
 
     Args:
         pred, target: any shape, e.g. (H, W) or (N,); mask: same shape, bool, or None (all).
@@ -114,7 +118,8 @@ def robust_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
             (default: a fresh generator seeded with 0, so calls are deterministic).
         return_inliers: also return the inlier mask (same shape as ``pred``).
     Returns:
-        (s, t) as 0-d float64 tensors, or (s, t, inliers).
+        (s, t) as 0-d float64 tensors, or (s, t, inliers) with the inliers of the final fit
+        (all valid elements when no refit succeeded).
     Raises:
         GeometryError: shapes differ, or fewer than 2 finite masked elements with ``pred``
             spread (the fit is undetermined), or no hypothesis with ``s > 0``.
@@ -147,19 +152,19 @@ def robust_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     score = (s_h[:, None] * p[ev][None] + t_h[:, None] - g[ev][None]).abs().median(-1).values
     best = int(score.argmin())
     s, t = s_h[best], t_h[best]
-    inl = None
-    for _ in range(2):
+    inl = torch.ones_like(p, dtype=torch.bool)
+    for _ in range(max(1, refine)):
         r = s * p + t - g
-        tau = (r - r.median()).abs().mean()
+        rin = r[inl]
+        tau = (rin - rin.median()).abs().mean()
         cand = r.abs() <= tau
         if int(cand.sum()) < k:
             cand = torch.zeros_like(cand)
             cand[r.abs().argsort()[:k]] = True
         s2, t2 = lstsq_scale_shift(p, g, cand)
-        inl = cand
         if not bool(s2 > 0):
             break
-        s, t = s2, t2
+        s, t, inl = s2, t2, cand
     if not return_inliers:
         return s, t
     full = torch.zeros(pred.numel(), dtype=torch.bool, device=pred.device)
