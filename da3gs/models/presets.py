@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from da3gs.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ViTSpec:
@@ -70,6 +72,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            official_name="da3mono-large"),
     Preset("metric-large", VITL, (4, 11, 17, 23), -1, 256, (256, 512, 1024, 1024), kind="mono",
            official_name="da3metric-large"),
+    # Compact presets, small enough to train from scratch here (7.8 M parameters with the GS
+    # head, 15.6 MB in fp16): the any-view student and its monocular teacher.
+    Preset("compact", ViTSpec(192, 8, 3), (1, 3, 5, 7), 2, 32, (32, 64, 96, 192), gs_head=True,
+           cam_enc_heads=3),
+    Preset("compact-mono", ViTSpec(192, 8, 3), (1, 3, 5, 7), -1, 32, (32, 64, 96, 192),
+           kind="mono", cam_enc_heads=3),
     # Tiny presets for tests: same structure, a few thousand parameters per block.
     Preset("tiny", ViTSpec(32, 6, 2), (2, 3, 4, 5), 2, 8, (8, 8, 16, 16), cam_enc_heads=2),
     Preset("tiny-gs", ViTSpec(32, 6, 2), (2, 3, 4, 5), 2, 8, (8, 8, 16, 16), gs_head=True,
@@ -114,7 +122,7 @@ def preset_from_yaml(path) -> Preset | NestedPreset:
         d["head_out_channels"] = tuple(d["head_out_channels"])
         return Preset(**d)
     except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"{path}: not a preset YAML ({e})") from None
+        raise ConfigError(f"{path}: not a preset YAML ({e})") from None
 
 
 def get_preset(name: str) -> Preset | NestedPreset:
@@ -128,4 +136,4 @@ def get_preset(name: str) -> Preset | NestedPreset:
     if name in NESTED:
         return NESTED[name]
     known = ", ".join(sorted([*PRESETS, *NESTED]))
-    raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    raise ConfigError(f"unknown preset {name!r}; known presets: {known}")

@@ -1,0 +1,147 @@
+"""Run folders and atomic checkpoints.
+
+A run folder (written only by da3gs; marked by ``.da3gs_run``)::
+
+    RUN/config.yaml            the full config of the run
+    RUN/metrics.jsonl          one JSON object per log / eval event
+    RUN/tb/                    TensorBoard events (when available)
+    RUN/checkpoints/step_00001234/
+        config.json            {"format": "da3gs", "preset": ...}: the folder is a model that
+        model.safetensors      ``da3gs.load_model`` reads (EMA weights when EMA is on)
+        train_weights.safetensors   the raw (non-EMA) weights
+        train_state.pt         optimizer state, step, counters, per-rank RNG and data state
+                               (torch.save of plain tensors/containers; read with weights_only)
+
+Checkpoint folders appear atomically (written under a temporary name, then renamed), so a
+crash never leaves a half-written one; the newest complete one is the resume point.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from da3gs.errors import Da3gsError
+from da3gs.io.atomic import atomic_dir, atomic_path
+
+RUN_MARKER = ".da3gs_run"
+CKPT_RE = re.compile(r"^step_(\d{8})$")
+
+
+class RunFolderError(Da3gsError):
+    """The run folder cannot be used (exists and is not a da3gs run, or nothing to resume)."""
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Create ``run_dir`` for a new run, or check it for ``--resume``.
+
+    A new run refuses a non-empty folder (use ``--resume`` for a da3gs run folder, or another
+    ``run.out``); a resumed run needs a da3gs run folder with a checkpoint."""
+    run_dir = Path(run_dir)
+    marker = run_dir / RUN_MARKER
+    if resume:
+        if not marker.is_file():
+            raise RunFolderError(f"{run_dir}: not a da3gs run folder; nothing to resume")
+        if latest_checkpoint(run_dir) is None:
+            raise RunFolderError(f"{run_dir}: no complete checkpoint to resume from")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        what = "a da3gs run folder; pass --resume to continue it" if marker.is_file() else \
+            "not empty and not written by da3gs; refusing to write into it"
+        raise RunFolderError(f"{run_dir}: {what} (or choose another run.out=...)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        Path(tmp).write_text(json.dumps({"format": "da3gs-run", "created": time.time()}) + "\n")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and CKPT_RE.match(p.name)
+             and (p / "train_state.pt").is_file()]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ck = list_checkpoints(run_dir)
+    return ck[-1] if ck else None
+
+
+# ---------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python RNG states as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)},
+          "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+# ---------------------------------------------------------------- save / load
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path),
+              metadata=meta)
+
+
+def save_checkpoint(run_dir: Path, step: int, preset_name: str, weights: dict, ema_weights,
+                    train_state: dict, keep: int = 2) -> Path:
+    """Write ``checkpoints/step_{step:08d}`` atomically and prune to the newest ``keep``.
+
+    weights / ema_weights: full state dicts of the network (ema_weights may be None);
+    train_state: optimizer state dict, step, counters, per-rank RNG/data state.
+    """
+    final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+    meta = {"da3gs_preset": preset_name, "da3gs_gs_geometry": "da3gs", "step": str(step)}
+    with atomic_dir(final) as tmp:
+        tmp = Path(tmp)
+        _save_tensors(ema_weights if ema_weights is not None else weights,
+                      tmp / "model.safetensors", meta)
+        _save_tensors(weights, tmp / "train_weights.safetensors", meta)
+        torch.save(train_state, tmp / "train_state.pt")
+        (tmp / "config.json").write_text(json.dumps(
+            {"format": "da3gs", "preset": preset_name, "gs_geometry": "da3gs", "step": step,
+             "weights": "ema" if ema_weights is not None else "raw"}, indent=2))
+    for old in list_checkpoints(run_dir)[:-keep]:
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path) -> tuple[dict, dict, dict]:
+    """(raw weights, model.safetensors weights, train state) of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    try:
+        raw = load_file(str(ckpt / "train_weights.safetensors"))
+        ema = load_file(str(ckpt / "model.safetensors"))
+        state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors / unpickler raise several types on bad files
+        raise RunFolderError(f"{ckpt}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return raw, ema, state

@@ -1,0 +1,60 @@
+"""Exponential moving average of the weights (used for evaluation and saved with checkpoints)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """fp32 shadow copies of every floating-point parameter and buffer of ``net``.
+
+    ``update(net, step)`` after each optimizer step: ``ema = d * ema + (1 - d) * w`` with
+    ``d = min(decay, (1 + step) / (10 + step))`` (a warm-up so early averages follow the weights).
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in net.state_dict().items()
+                       if v.is_floating_point()}
+
+    def effective_decay(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        d = self.effective_decay(step)
+        state = net.state_dict()
+        keys = list(self.shadow)
+        ema = [self.shadow[k] for k in keys]
+        cur = [state[k].detach().float() for k in keys]
+        torch._foreach_lerp_(ema, cur, 1.0 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    def full_state(self, net: nn.Module) -> dict[str, torch.Tensor]:
+        """A complete ``net`` state dict with the EMA values (non-float buffers from ``net``)."""
+        out = {}
+        for k, v in net.state_dict().items():
+            out[k] = self.shadow[k].to(v.dtype) if k in self.shadow else v
+        return out
+
+    @contextmanager
+    def swapped_in(self, net: nn.Module):
+        """Temporarily load the EMA weights into ``net`` (e.g. for evaluation)."""
+        backup = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(self.full_state(net))
+        try:
+            yield net
+        finally:
+            net.load_state_dict(backup)

@@ -1,0 +1,303 @@
+"""The training loop: composes config, network, optimizer, EMA, data, steps, evaluation,
+logging and checkpoints. ``train(cfg)`` runs (or resumes) one run; ``evaluate_only`` measures a
+checkpoint or an initialisation on the held-out sets.
+
+Resume is exact on the CPU: weights, EMA, optimizer state, counters, the RNG states of torch,
+numpy and python, and the data stream position (the source's own ``state_dict`` when it has
+one, else the number of batches drawn, replayed) all come back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from da3gs.errors import Da3gsError
+from da3gs.train import external
+from da3gs.train.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir,
+                                    rng_state, save_checkpoint, set_rng_state)
+from da3gs.train.config import ConfigError, TrainConfig, save_config, to_dict
+from da3gs.train.dist import (DistInfo, all_reduce_, barrier, cleanup, full_state_dict,
+                              gather_objects, init_distributed, mean_over_ranks, wrap)
+from da3gs.train.ema import EMA
+from da3gs.train.logging import RunLogger, depth_grid
+from da3gs.train.optim import build_optimizer, freeze_unused, lr_at, set_lr
+from da3gs.train.step import StepModule, apply_teacher, train_step
+
+
+class TrainingDiverged(Da3gsError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+@dataclass
+class Counters:
+    """step: optimizer updates done; batches: batches drawn from the source (incl. skipped);
+    bad_in_row / bad_total: non-finite steps."""
+
+    step: int = 0
+    batches: int = 0
+    bad_in_row: int = 0
+    bad_total: int = 0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    reason: str  # "done" | "time_limit"
+    checkpoint: Path | None
+    bad_total: int
+    last_metrics: dict = field(default_factory=dict)
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def preserved_rng():
+    """Run a block (evaluation, image logging) without disturbing the training RNG streams."""
+    st = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(st)
+
+
+def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The raw network: ``model.init`` loaded with ``da3gs.load_model`` (its preset must match
+    ``model.preset``), else a random one of ``model.preset`` (seeded by ``run.seed``)."""
+    from da3gs.models.net import build_net
+    from da3gs.models.presets import get_preset
+
+    try:
+        preset = get_preset(cfg.model.preset)
+    except ValueError as e:
+        raise ConfigError(f"model.preset: {e}") from None
+    seed_all(cfg.run.seed)
+    if cfg.model.init:
+        from da3gs import load_model
+
+        net = load_model(cfg.model.init, device="cpu").net
+        if net.preset.name != preset.name:
+            raise ConfigError(f"model.init {cfg.model.init!r} is preset {net.preset.name!r}, but "
+                              f"model.preset is {preset.name!r}; set model.preset={net.preset.name}")
+    else:
+        net = build_net(preset, head_chunk=cfg.model.head_chunk)
+    if cfg.stage == "stage1" and not net.has_cameras:
+        raise ConfigError(f"stage1 needs an any-view preset; {preset.name!r} is monocular")
+    for m in net.modules():
+        if hasattr(m, "grad_checkpointing"):
+            m.grad_checkpointing = cfg.model.grad_checkpointing
+    freeze_unused(net, cfg.model.train_gs_head)
+    return net.to(device).train()
+
+
+def load_teacher(source: str, device: torch.device) -> nn.Module:
+    from da3gs import load_model
+
+    t = load_model(source, device=device).net.eval()
+    t.requires_grad_(False)
+    return t
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    return Path(cfg.run.out or f"runs/{cfg.name or 'run'}")
+
+
+def _restore_data(source, counters: Counters, data_state) -> None:
+    if data_state is not None and hasattr(source, "load_state_dict"):
+        source.load_state_dict(data_state)
+        return
+    for _ in range(counters.batches):
+        next(source)
+
+
+def _log_images(logger: RunLogger, net: nn.Module, batch, step: int, precision: str) -> None:
+    from da3gs.train.evaluate import predict
+    from da3gs.train.step import take
+
+    with preserved_rng():
+        one = take(batch, torch.tensor([0]))
+        out = predict(net, one, precision)
+        logger.image(step, "train/depth", depth_grid(one.images[0], one.depth[0],
+                                                      out["depth"][0], one.valid[0]))
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (``resume``: continue, when the run folder has a checkpoint) one training run.
+    Launch several processes with ``torchrun``; each reads RANK/WORLD_SIZE/LOCAL_RANK."""
+    info = init_distributed(cfg.run.device)
+    try:
+        return _train(cfg, info, resume)
+    finally:
+        cleanup()
+
+
+def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
+    run_dir, dev = run_dir_of(cfg), info.device
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if info.is_main:
+        prepare_run_dir(run_dir, resume=ckpt is not None)
+        save_config(cfg, run_dir / ("config.yaml" if ckpt is None else "config.resumed.yaml"))
+    barrier()
+    logger = RunLogger(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.progress)
+    net = build_network(cfg, dev)
+    ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision)
+    counters, rank_state = Counters(), None
+    opt_state = None
+    if ckpt is not None:
+        raw, ema_w, st = load_checkpoint(ckpt)
+        net.load_state_dict(raw)
+        if ema is not None:
+            ema.load_state_dict(ema_w)
+        counters = Counters(**st["counters"])
+        opt_state = st["optimizer"]
+        ranks = st["ranks"]
+        if len(ranks) != info.world_size:
+            logger.message(f"resume: {len(ranks)} ranks saved, {info.world_size} running; "
+                           "each rank re-seeds its RNG (not bit-identical)")
+        rank_state = ranks[info.rank] if info.rank < len(ranks) else None
+    wrapped = wrap(module, info, cfg.run.parallel)
+    opt = build_optimizer(net, cfg.optim)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    params = [p for p in net.parameters() if p.requires_grad]
+    seed_all(cfg.run.seed + 7919 * (info.rank + 1))
+    source = iter(external.make_train_source(cfg.data, info.rank, info.world_size, dev))
+    if ckpt is not None:
+        _restore_data(source, counters, rank_state.get("data") if rank_state else None)
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+        logger.message(f"resumed from {ckpt} at step {counters.step}")
+    teacher = load_teacher(cfg.teacher, dev) if cfg.teacher else None
+    evaluator = None
+    total, t0 = cfg.schedule.steps, time.time()
+    last_ckpt, last_metrics, reason = ckpt, {}, "done"
+    win_t, win_imgs, step_time = time.time(), 0, 0.0
+
+    def checkpoint_now() -> Path | None:
+        ranks = gather_objects({"rng": rng_state(), "data": source.state_dict()
+                                if hasattr(source, "state_dict") else None})
+        weights = full_state_dict(wrapped, net)
+        path = None
+        if info.is_main:
+            state = {"optimizer": opt.state_dict(), "counters": vars(counters).copy(),
+                     "ranks": ranks, "config": to_dict(cfg)}
+            path = save_checkpoint(run_dir, counters.step, net.preset.name, weights,
+                                   ema.full_state(net) if ema is not None else None, state,
+                                   cfg.run.keep_checkpoints)
+        barrier()
+        return path
+
+    def run_eval() -> dict:
+        nonlocal evaluator
+        res = {}
+        if info.is_main:
+            from da3gs.train.evaluate import Evaluator
+
+            with preserved_rng():
+                if evaluator is None:
+                    evaluator = Evaluator(cfg.eval, dev, cfg.run.precision)
+                    for name, why in evaluator.skipped.items():
+                        logger.message(f"eval: skipped scene {name}: {why}")
+                if ema is not None:
+                    with ema.swapped_in(net):
+                        res = evaluator.run(net)
+                else:
+                    res = evaluator.run(net)
+            logger.scalars(counters.step, res, "eval")
+        barrier()
+        return res
+
+    while counters.step < total:
+        batch = next(source)
+        counters.batches += 1
+        batch = batch.to(dev, non_blocking=True)
+        if teacher is not None and counters.step >= cfg.teacher_after_step:
+            batch = apply_teacher(teacher, batch, cfg.run.precision)
+        lr = lr_at(counters.step, cfg.optim, cfg.schedule)
+        set_lr(opt, lr)
+        ts = time.time()
+        res = train_step(wrapped, params, opt, batch, cfg.optim.grad_clip)
+        if res.skipped:
+            counters.bad_in_row += 1
+            counters.bad_total += 1
+            logger.scalars(counters.step, {"loss": res.loss, "bad_in_row": counters.bad_in_row,
+                                           "bad_total": counters.bad_total}, "skipped")
+            if counters.bad_in_row >= cfg.run.max_bad_steps:
+                kept = latest_checkpoint(run_dir)
+                logger.close()
+                raise TrainingDiverged(
+                    f"{counters.bad_in_row} non-finite steps in a row at step {counters.step}; "
+                    f"stopped; last good checkpoint: {kept or 'none'}")
+            continue
+        counters.bad_in_row = 0
+        counters.step += 1
+        if ema is not None:
+            ema.update(net, counters.step)
+        step_time = 0.9 * step_time + 0.1 * (time.time() - ts) if step_time else time.time() - ts
+        win_imgs += batch.images.shape[0] * batch.images.shape[1] * info.world_size
+        s = counters.step
+        if s % cfg.run.log_every == 0 or s == total:
+            vals = mean_over_ranks({"loss": res.loss, **res.parts}, dev)
+            ips = win_imgs / max(1e-9, time.time() - win_t)
+            vals.update(lr=lr, grad_norm=res.grad_norm, images_per_s=ips,
+                        bad_total=counters.bad_total)
+            logger.scalars(s, vals, "train")
+            logger.progress(s, total, ips, f"loss {vals['loss']:.4f} lr {lr:.2e}")
+            win_t, win_imgs = time.time(), 0
+        if info.is_main and cfg.run.image_every and s % cfg.run.image_every == 0:
+            _log_images(logger, net, batch, s, cfg.run.precision)
+        if cfg.eval.every and s % cfg.eval.every == 0:
+            last_metrics = run_eval()
+        stop = torch.zeros(1, device=dev)
+        if cfg.run.max_minutes > 0:
+            left = cfg.run.max_minutes * 60 - (time.time() - t0)
+            stop[0] = float(left < max(20.0, 5 * step_time) and s < total)
+            all_reduce_(stop, "max")
+        if s % cfg.run.ckpt_every == 0 or s == total or stop.item() > 0:
+            last_ckpt = checkpoint_now()
+        if stop.item() > 0:
+            reason = "time_limit"
+            logger.message(f"time limit: stopped at step {s} with a checkpoint; resume with "
+                           "--resume")
+            break
+    if reason == "done" and (not cfg.eval.every or counters.step % cfg.eval.every):
+        last_metrics = run_eval()
+    logger.close()
+    return TrainResult(run_dir, counters.step, reason, last_ckpt, counters.bad_total,
+                       last_metrics)
+
+
+def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, float]:
+    """Held-out metrics of ``source`` (any load_model source: a checkpoint folder, an official
+    model) or, when None, of the run's initialisation (``model.init`` or random ``run.seed``)."""
+    info = init_distributed(cfg.run.device)
+    try:
+        if source:
+            from da3gs import load_model
+
+            net = load_model(source, device=info.device).net
+        else:
+            net = build_network(cfg, info.device)
+        from da3gs.train.evaluate import Evaluator
+
+        ev = Evaluator(cfg.eval, info.device, cfg.run.precision)
+        res = ev.run(net)
+        res.update({f"skipped/{k}": v for k, v in ev.skipped.items()})
+        return res
+    finally:
+        cleanup()

@@ -1,0 +1,173 @@
+"""One training step, in parts: network inputs, forward of a whole batch (pose-conditioned and
+pose-free samples as two sub-batches), loss, backward with clipping and the non-finite check.
+
+:class:`StepModule` wraps the network and the loss so that one call computes the loss of a
+batch; DDP/FSDP wrap this module (one forward per backward, as they require).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from da3gs.data.batch import ViewBatch
+from da3gs.geometry import c2w_to_w2c
+from da3gs.io.images import imagenet_normalize
+from da3gs.train import external
+
+
+def take(batch: ViewBatch, idx: torch.Tensor) -> ViewBatch:
+    """Samples ``idx`` (a 1-D index tensor) of ``batch``."""
+    kw = {}
+    ids = idx.tolist()
+    for f in fields(ViewBatch):
+        v = getattr(batch, f.name)
+        if isinstance(v, torch.Tensor):
+            kw[f.name] = v[idx.to(v.device)]
+        elif isinstance(v, list):
+            kw[f.name] = [v[i] for i in ids]
+        else:
+            kw[f.name] = v
+    return ViewBatch(**kw)
+
+
+def network_inputs(batch: ViewBatch, conditioned: bool):
+    """``x (B, V, 3, H, W)`` ImageNet-normalised, and for pose-conditioned samples the GT
+    ``w2c (B, V, 4, 4)`` and ``K (B, V, 3, 3)`` (else None, None)."""
+    x = imagenet_normalize(batch.images.float())
+    if not conditioned:
+        return x, None, None
+    return x, c2w_to_w2c(batch.c2w.float()), batch.K.float()
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA for ``precision`` bf16/auto; fp32 otherwise (the network keeps
+    its heads in fp32 inside)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def split_by_conditioning(batch: ViewBatch) -> list[tuple[bool, torch.Tensor]]:
+    """[(conditioned, sample indices)] for the non-empty groups, pose-free first."""
+    B = batch.images.shape[0]
+    pc = batch.pose_conditioned
+    if pc is None:
+        return [(False, torch.arange(B))]
+    pc = pc.bool().cpu()
+    out = []
+    for cond in (False, True):
+        idx = torch.nonzero(pc == cond).flatten()
+        if idx.numel():
+            out.append((cond, idx))
+    return out
+
+
+@torch.no_grad()
+def apply_teacher(teacher: nn.Module, batch: ViewBatch, precision: str) -> ViewBatch:
+    """Replace GT depth by the teacher's depth aligned per view to the GT with a robust scale
+    and shift (on the GT-valid pixels). Pixels where GT is missing (not sky) get teacher labels.
+
+    teacher: a network (mono preset) in eval mode; batch depth (B, V, H, W)."""
+    x, _, _ = network_inputs(batch, False)
+    with autocast_for(x.device, precision):
+        pred = teacher(x)["depth"].float()
+    B, V = pred.shape[:2]
+    aligned = torch.empty_like(pred)
+    for b in range(B):
+        for v in range(V):
+            m = batch.valid[b, v]
+            if int(m.sum()) < 10:
+                aligned[b, v] = batch.depth[b, v]
+                continue
+            s, t = external.robust_scale_shift(pred[b, v], batch.depth[b, v].float(), m)
+            aligned[b, v] = pred[b, v] * s + t
+    valid = aligned > 0
+    if batch.sky is not None:
+        valid &= ~batch.sky
+    depth = torch.where(valid, aligned, torch.zeros_like(aligned))
+    kw = {f.name: getattr(batch, f.name) for f in fields(ViewBatch)}
+    kw.update(depth=depth.to(batch.depth.dtype), valid=valid)
+    return ViewBatch(**kw)
+
+
+class StepModule(nn.Module):
+    """``forward(batch) -> (total loss, parts)``: normalise the batch, run the network on the
+    pose-free and pose-conditioned sub-batches, and weight each group's loss by its share of
+    the samples (so the loss is a mean over samples, as DDP's gradient averaging assumes).
+
+    stage: ``stage1`` (any-view network, :func:`external.stage1_loss`) or ``teacher``
+    (monocular network, :func:`external.teacher_loss`)."""
+
+    def __init__(self, net: nn.Module, stage: str, loss_cfg, precision: str = "auto"):
+        super().__init__()
+        self.net, self.stage, self.loss_cfg, self.precision = net, stage, loss_cfg, precision
+
+    def run_net(self, batch: ViewBatch, conditioned: bool) -> dict[str, torch.Tensor]:
+        x, w2c, K = network_inputs(batch, conditioned and self.stage == "stage1")
+        with autocast_for(x.device, self.precision):
+            return self.net(x, w2c, K, ref_view_strategy="first")
+
+    def forward(self, batch: ViewBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch, _ = external.normalize_batch(batch)
+        loss_fn = external.stage1_loss if self.stage == "stage1" else external.teacher_loss
+        B = batch.images.shape[0]
+        total = None
+        parts: dict[str, torch.Tensor] = {}
+        groups = split_by_conditioning(batch) if self.stage == "stage1" else \
+            [(False, torch.arange(B))]
+        for cond, idx in groups:
+            sub = batch if idx.numel() == B else take(batch, idx)
+            out = self.run_net(sub, cond)
+            loss, p = loss_fn(out, sub, self.loss_cfg)
+            w = idx.numel() / B
+            total = loss * w if total is None else total + loss * w
+            for k, v in p.items():
+                v = torch.as_tensor(v, dtype=torch.float32).detach().float()
+                parts[k] = parts.get(k, 0.0) + v * w
+        return total, parts
+
+
+@dataclass
+class StepResult:
+    """loss: float (this rank); parts: float dict; grad_norm: float (before clipping);
+    skipped: the update was skipped (non-finite loss or gradients on some rank)."""
+
+    loss: float
+    parts: dict[str, float]
+    grad_norm: float
+    skipped: bool
+
+
+def train_step(module: nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
+               batch: ViewBatch, grad_clip: float) -> StepResult:
+    """Forward, backward, clip, and update unless the loss or the gradients are non-finite.
+
+    ``module`` is a :class:`StepModule` (possibly DDP/FSDP-wrapped); ``params`` its trainable
+    parameters. Every rank runs the backward (DDP needs it); since gradients are averaged,
+    a non-finite value on any rank makes every rank skip."""
+    opt.zero_grad(set_to_none=True)
+    loss, parts = module(batch)
+    loss.backward()
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    if hasattr(module, "clip_grad_norm_"):  # FSDP computes the norm over shards
+        norm = module.clip_grad_norm_(max_norm)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    lv = loss.detach().float()
+    bad = ~torch.isfinite(lv) | ~torch.isfinite(norm.float())
+    flag = bad.float().reshape(1)
+    from da3gs.train.dist import all_reduce_
+
+    all_reduce_(flag, "max")
+    skipped = bool(flag.item() > 0)
+    if skipped:
+        opt.zero_grad(set_to_none=True)
+    else:
+        opt.step()
+    return StepResult(float(lv), {k: float(v) for k, v in parts.items()}, float(norm), skipped)
