@@ -28,6 +28,11 @@ from da3gs.geometry.rays import _camera_directions
 __all__ = ["normalize_batch", "supervised_mask", "camera_points"]
 
 
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float tensor of at least float32 precision (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def supervised_mask(batch: ViewBatch) -> torch.Tensor:
     """(B, V, H, W) bool: ``valid``, not sky, finite positive depth."""
     m = batch.valid.bool() & torch.isfinite(batch.depth) & (batch.depth > 0)
@@ -57,13 +62,13 @@ def normalize_batch(batch: ViewBatch, eps: float = 1e-8) -> tuple[ViewBatch, tor
         divided by ``scale``; invalid depth is set to 0. ``scale``: (B,) float, the factor
         that was divided out (multiply predictions by it to return to the input units).
     """
-    depth = batch.depth.float()
-    c2w = batch.c2w.float()
+    depth = _f(batch.depth)
+    c2w = _f(batch.c2w)
     w2c0 = c2w_to_w2c(c2w[:, 0])  # (B, 4, 4)
     c2w_rel = w2c0[:, None] @ c2w
     m = supervised_mask(batch)
     depth = torch.where(m, depth, torch.zeros_like(depth))
-    pts = camera_points(depth, c2w_rel, batch.K.float())  # (B, V, H, W, 3)
+    pts = camera_points(depth, c2w_rel, _f(batch.K))  # (B, V, H, W, 3)
     mf = m.to(depth.dtype)
     cnt = mf.flatten(1).sum(1)
     mean_pt = (pts.norm(dim=-1) * mf).flatten(1).sum(1) / cnt.clamp_min(1.0)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from da3gs.data.batch import ViewBatch
 from da3gs.geometry import encode_pose, ray_map
-from da3gs.losses.normalize import camera_points, normalize_batch
+from da3gs.losses.normalize import _f, camera_points, normalize_batch
 
 __all__ = ["Stage1LossConfig", "stage1_loss", "gt_ray_map", "upsample_ray_map", "masked_mean",
            "depth_conf_loss", "gradient_loss", "ray_loss", "point_loss", "camera_loss"]
@@ -190,30 +190,30 @@ def stage1_loss(out: dict, batch: ViewBatch, cfg: Stage1LossConfig | None = None
     m = batch.valid.bool() & (batch.depth > 0)
     if batch.sky is not None:
         m = m & ~batch.sky.bool()
-    gt_d = batch.depth.float()
-    c2w, K = batch.c2w.float(), batch.K.float()
-    depth = out["depth"].float()
+    gt_d = _f(batch.depth)
+    c2w, K = _f(batch.c2w), _f(batch.K)
+    depth = _f(out["depth"])
     parts: dict[str, torch.Tensor] = {}
     total = depth.new_zeros(())
     if "depth_conf" in out:
-        parts["depth"] = depth_conf_loss(depth, out["depth_conf"].float(), gt_d, m, cfg.lambda_c)
+        parts["depth"] = depth_conf_loss(depth, _f(out["depth_conf"]), gt_d, m, cfg.lambda_c)
     else:
         parts["depth"] = masked_mean((depth - gt_d).abs(), m)[0]
     total = total + cfg.w_depth * parts["depth"]
     parts["grad"] = gradient_loss(depth, gt_d, m)
     total = total + cfg.alpha * parts["grad"]
     if "ray" in out:
-        ray = out["ray"].float()
+        ray = _f(out["ray"])
         h, w = ray.shape[2:4]
         gt_ray = gt_ray_map(c2w, K, (H, W), (h, w))
         rc = out.get("ray_conf")
-        parts["ray"] = ray_loss(ray, None if rc is None else rc.float(), gt_ray, cfg.lambda_c,
+        parts["ray"] = ray_loss(ray, None if rc is None else _f(rc), gt_ray, cfg.lambda_c,
                                 cfg.conf_rays)
         parts["point"] = point_loss(depth, ray, camera_points(gt_d, c2w, K), m)
         total = total + cfg.w_ray * parts["ray"] + cfg.w_point * parts["point"]
     if "pose_enc" in out:
-        gt_enc = encode_pose(c2w, K, (H, W))
-        lt, lq, lf = camera_loss(out["pose_enc"].float(), gt_enc)
+        gt_enc = encode_pose(c2w, K, (H, W), keep_dtype=True)
+        lt, lq, lf = camera_loss(_f(out["pose_enc"]), gt_enc)
         parts.update(cam_t=lt, cam_q=lq, cam_fov=lf, cam=lt + lq + lf)
         total = total + cfg.beta * parts["cam"]
     parts["total"] = total

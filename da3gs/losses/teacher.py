@@ -47,7 +47,7 @@ import torch
 
 from da3gs.data.batch import ViewBatch
 from da3gs.geometry.depth_align import l1_scale_shift
-from da3gs.losses.normalize import camera_points, supervised_mask
+from da3gs.losses.normalize import _f, camera_points, supervised_mask
 from da3gs.losses.stage1 import masked_mean
 
 __all__ = ["TeacherLossConfig", "teacher_loss", "align_depth", "global_local_loss",
@@ -192,8 +192,8 @@ def teacher_loss(out: dict, batch: ViewBatch, cfg: TeacherLossConfig | None = No
     cfg = cfg or TeacherLossConfig()
     B, V, H, W = batch.shape
     N = B * V
-    pred = out["depth"].float().reshape(N, H, W)
-    gt = torch.where(supervised_mask(batch), batch.depth.float(), torch.zeros_like(batch.depth.float()))
+    pred = _f(out["depth"]).reshape(N, H, W)
+    gt = torch.where(supervised_mask(batch), _f(batch.depth), torch.zeros_like(_f(batch.depth)))
     gt = gt.reshape(N, H, W)
     m = supervised_mask(batch).reshape(N, H, W)
     glob, local, A = global_local_loss(pred, gt, m, cfg, generator)
@@ -201,13 +201,13 @@ def teacher_loss(out: dict, batch: ViewBatch, cfg: TeacherLossConfig | None = No
     parts["grad"] = relative_gradient_loss(A, gt, m)
     gn = None
     if cfg.normal_target == "normals" and batch.normals is not None:
-        gn = batch.normals.float().reshape(N, 3, H, W).permute(0, 2, 3, 1)
+        gn = _f(batch.normals).reshape(N, 3, H, W).permute(0, 2, 3, 1)
     elif cfg.normal_target not in ("depth", "normals"):
         raise ValueError(f"normal_target: expected 'depth' or 'normals', got {cfg.normal_target!r}")
-    parts["normal"] = normal_loss(A, gt, m, batch.K.float().reshape(N, 3, 3), gn)
+    parts["normal"] = normal_loss(A, gt, m, _f(batch.K).reshape(N, 3, 3), gn)
     total = cfg.w_gl * parts["gl"] + cfg.w_grad * parts["grad"] + cfg.w_normal * parts["normal"]
     if batch.sky is not None and "sky" in out:
-        parts["sky"] = sky_loss(out["sky"].float(), batch.sky)
+        parts["sky"] = sky_loss(_f(out["sky"]), batch.sky)
         total = total + cfg.w_sky * parts["sky"]
     parts["total"] = total
     return total, {k: v.detach() for k, v in parts.items()}

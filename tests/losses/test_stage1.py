@@ -67,13 +67,13 @@ def test_normalize_batch_by_hand():
             rel = inv0 @ b.c2w[bi, v]
             assert torch.allclose(nb.c2w[bi, v, :3, :3].double(), rel[:3, :3], atol=1e-5)
             assert torch.allclose(nb.c2w[bi, v, :3, 3].double(), rel[:3, 3] / s, atol=1e-5)
-    assert torch.equal(nb.c2w[:, 0], torch.eye(4).expand(B, 4, 4))
+    assert torch.equal(nb.c2w[:, 0], torch.eye(4, dtype=D64).expand(B, 4, 4))
     m = b.valid & ~b.sky
     assert torch.allclose(nb.depth[m].double(), (b.depth / scale.double()[:, None, None, None])[m], rtol=1e-5)
     assert not nb.valid[b.sky].any()
     nb2, s2 = normalize_batch(nb)  # idempotent
-    assert torch.allclose(s2, torch.ones(B), atol=1e-5)
-    assert torch.allclose(nb2.depth, nb.depth, atol=1e-5)
+    assert torch.allclose(s2, torch.ones(B, dtype=D64), atol=1e-12)
+    assert torch.allclose(nb2.depth, nb.depth, atol=1e-12)
 
 
 def test_normalize_without_valid_depth_uses_camera_distances():
