@@ -83,7 +83,7 @@ def load_scene_entries(entries) -> tuple[list[tuple[str, Scene]], list[str]]:
     for e in _expand(list(entries)):
         try:
             if isinstance(e, Scene):
-                name, scene = f"scene{len(ok) + len(bad)}", e
+                name, scene = (e.image_paths[0].parent.name if len(e) else "") or f"scene{len(ok) + len(bad)}", e
             else:
                 opts = dict(e) if isinstance(e, dict) else {"path": e}
                 path = opts.pop("path")

@@ -28,41 +28,48 @@ import torch
 __all__ = ["overlap_scores", "select_views"]
 
 
-def _focus_depth(C: torch.Tensor, f: torch.Tensor, r: int) -> float:
+def _focus_depth(C: np.ndarray, f: np.ndarray, r: int) -> float:
     """Depth along view ``r``'s axis of the points closest to the other optical axes."""
     d = C - C[r]
     fr = f[r]
     c = f @ fr
     den = 1.0 - c ** 2
-    s = (d @ fr - c * (d * f).sum(1)) / den.clamp_min(1e-9)
-    t = (c * (d @ fr) - (d * f).sum(1)) / den.clamp_min(1e-9)  # along the other axis
+    dr, df = d @ fr, (d * f).sum(1)
+    s = (dr - c * df) / np.maximum(den, 1e-9)
+    t = (c * dr - df) / np.maximum(den, 1e-9)  # along the other axis
     ok = (den > 0.01) & (s > 0) & (t > 0)
     ok[r] = False
-    if bool(ok.any()):
-        return float(s[ok].median())
-    base = d.norm(dim=1)
+    if ok.any():
+        return float(np.median(s[ok]))
+    base = np.linalg.norm(d, axis=1)
     base = base[base > 0]
-    return float(3.0 * base.median()) if len(base) else 1.0
+    return float(3.0 * np.median(base)) if len(base) else 1.0
 
 
-def _project_frac(P: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:
+def _project_frac(P: np.ndarray, c2w: np.ndarray, K: np.ndarray, hw: np.ndarray) -> np.ndarray:
     """Fraction of world points ``P (M, 3)`` inside each of N views ``(N,)``."""
     R, t = c2w[:, :3, :3], c2w[:, :3, 3]
-    Xc = torch.einsum("nji,nmj->nmi", R, P[None] - t[:, None])  # R^T (P - t)
+    Xc = np.matmul(P[None] - t[:, None], R)  # (N, M, 3) = R^T (P - t)
+    uvw = np.matmul(Xc, K.transpose(0, 2, 1))
     z = Xc[..., 2]
-    uvw = torch.einsum("nij,nmj->nmi", K, Xc)
-    zs = uvw[..., 2].clamp_min(1e-9)
+    zs = np.maximum(uvw[..., 2], 1e-9)
     u, v = uvw[..., 0] / zs, uvw[..., 1] / zs
     inside = (z > 1e-9) & (u >= 0) & (v >= 0) & (u < hw[:, 1:2]) & (v < hw[:, 0:1])
-    return inside.double().mean(1)
+    return inside.mean(1)
 
 
-def overlap_scores(c2w: torch.Tensor, K: torch.Tensor, image_hw, ref: int, depth_ref: torch.Tensor | None = None,
-                   near_far: torch.Tensor | None = None, grid: int = 8) -> torch.Tensor:
+def _np(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def overlap_scores(c2w, K, image_hw, ref: int, depth_ref=None, near_far=None, grid: int = 8) -> torch.Tensor:
     """Overlap score in [0, 1] of every view with view ``ref`` (``scores[ref] = 1``).
 
     Args:
-        c2w: (N, 4, 4) OpenCV camera-to-world; K: (N, 3, 3) in pixels of ``image_hw``.
+        c2w: (N, 4, 4) OpenCV camera-to-world; K: (N, 3, 3) in pixels of ``image_hw``
+            (tensors or arrays).
         image_hw: N ``(H, W)``.
         ref: the reference view.
         depth_ref: (Hd, Wd) z-depth of view ``ref`` (0 = invalid), or None. If its size is
@@ -70,52 +77,49 @@ def overlap_scores(c2w: torch.Tensor, K: torch.Tensor, image_hw, ref: int, depth
         near_far: (N, 2) depth bounds, or None.
         grid: pixels per side of the sampled grid.
     Returns:
-        scores: (N,) float64.
+        scores: (N,) float64 tensor.
     """
-    c2w, K = c2w.double(), K.double()
-    hw = torch.tensor([tuple(x) for x in image_hw], dtype=torch.float64)
-    N = len(c2w)
+    c2w, K, near_far, d = _np(c2w), _np(K), _np(near_far), _np(depth_ref)
+    hw = np.array([tuple(x) for x in image_hw], dtype=np.float64)
     C, f = c2w[:, :3, 3], c2w[:, :3, 2]
-    f = f / f.norm(dim=1, keepdim=True)
-    H, W = hw[ref].tolist()
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    H, W = hw[ref]
     P = None
-    if depth_ref is not None:
-        d = depth_ref.double()
+    if d is not None:
         Hd, Wd = d.shape
-        gy = torch.linspace(0, Hd - 1, min(4 * grid, Hd)).round().long()
-        gx = torch.linspace(0, Wd - 1, min(4 * grid, Wd)).round().long()
-        z = d[gy][:, gx]
-        vv, uu = torch.meshgrid(gy.double() + 0.5, gx.double() + 0.5, indexing="ij")
-        ok = torch.isfinite(z) & (z > 0)
-        if int(ok.sum()) >= 4:
-            Kd = K[ref].clone()
+        gy = np.round(np.linspace(0, Hd - 1, min(4 * grid, Hd))).astype(int)
+        gx = np.round(np.linspace(0, Wd - 1, min(4 * grid, Wd))).astype(int)
+        z = d[np.ix_(gy, gx)]
+        vv, uu = np.meshgrid(gy + 0.5, gx + 0.5, indexing="ij")
+        ok = np.isfinite(z) & (z > 0)
+        if ok.sum() >= 4:
+            Kd = K[ref].copy()
             Kd[0] *= Wd / W
             Kd[1] *= Hd / H
-            pix = torch.stack([uu[ok], vv[ok], torch.ones_like(uu[ok])], 1)
-            Xc = (torch.linalg.inv(Kd) @ pix.T).T * z[ok][:, None]
+            pix = np.stack([uu[ok], vv[ok], np.ones(int(ok.sum()))], 1)
+            Xc = (pix @ np.linalg.inv(Kd).T) * z[ok][:, None]
             P = Xc @ c2w[ref, :3, :3].T + C[ref]
     depth_focus = None
     if P is None:
-        if near_far is not None and float(near_far[ref, 0]) > 0 and float(near_far[ref, 1]) > float(near_far[ref, 0]):
-            lo, hi = (float(v) for v in near_far[ref])
-            depths = torch.tensor(np.geomspace(lo, hi, 5))
+        if near_far is not None and 0 < near_far[ref, 0] < near_far[ref, 1]:
+            depths = np.geomspace(near_far[ref, 0], near_far[ref, 1], 5)
         else:
             depth_focus = _focus_depth(C, f, ref)
-            depths = depth_focus * torch.tensor([0.5, 0.75, 1.0, 1.5, 2.0], dtype=torch.float64)
-        g = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
-        vv, uu = torch.meshgrid(g * H, g * W, indexing="ij")
-        pix = torch.stack([uu.reshape(-1), vv.reshape(-1), torch.ones(grid * grid, dtype=torch.float64)], 1)
-        rays = (torch.linalg.inv(K[ref]) @ pix.T).T  # z = 1
+            depths = depth_focus * np.array([0.5, 0.75, 1.0, 1.5, 2.0])
+        g = (np.arange(grid) + 0.5) / grid
+        vv, uu = np.meshgrid(g * H, g * W, indexing="ij")
+        pix = np.stack([uu.ravel(), vv.ravel(), np.ones(grid * grid)], 1)
+        rays = pix @ np.linalg.inv(K[ref]).T  # z = 1
         Xc = (rays[None] * depths[:, None, None]).reshape(-1, 3)
         P = Xc @ c2w[ref, :3, :3].T + C[ref]
     score = _project_frac(P, c2w, K, hw)
-    score = score * (1.0 + f @ f[ref]).clamp_min(0) / 2
-    focus = C[ref] + f[ref] * (depth_focus if depth_focus is not None else float((P - C[ref]).norm(dim=1).median()))
-    dist = (C - focus).norm(dim=1)
-    ratio = torch.minimum(dist, dist[ref]) / torch.maximum(dist, dist[ref]).clamp_min(1e-12)
-    score = score * ratio.clamp(0, 1).sqrt()
+    score = score * np.maximum(1.0 + f @ f[ref], 0) / 2
+    dist_ref = depth_focus if depth_focus is not None else float(np.median(np.linalg.norm(P - C[ref], axis=1)))
+    dist = np.linalg.norm(C - (C[ref] + f[ref] * dist_ref), axis=1)
+    ratio = np.minimum(dist, dist[ref]) / np.maximum(np.maximum(dist, dist[ref]), 1e-12)
+    score = score * np.sqrt(np.clip(ratio, 0, 1))
     score[ref] = 1.0
-    return score.clamp(0, 1) if N else score
+    return torch.from_numpy(np.clip(score, 0, 1))
 
 
 def select_views(c2w: torch.Tensor, K: torch.Tensor, image_hw, num_views: int, rng: np.random.Generator,
