@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     from da3gs.apps.eval import add_eval_parser
 
     add_eval_parser(sub)
+    from da3gs.apps.pseudo_label import add_pseudo_label_parser
+
+    add_pseudo_label_parser(sub)
     return parser
 
 
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.eval import run_eval
 
             run_eval(args)
+        elif args.command == "pseudo-label":
+            from da3gs.apps.pseudo_label import run_pseudo_label
+
+            run_pseudo_label(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)
