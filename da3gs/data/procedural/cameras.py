@@ -1,0 +1,140 @@
+"""Camera sets for procedural scenes: orbit, forward-facing, walkthrough and stereo.
+
+All modes are computed for all samples at once and selected per sample (cheap: a few
+(S, V) tensors). Cameras look at (or travel towards) the scene's focus and use world z as the
+image-up direction with a little roll. Positions are kept inside the room / dome and above the
+ground; :func:`positions_ok` rejects sets with a camera inside a primitive's bounding sphere.
+Intrinsics: ``fx = fy`` from a field of view of the longer image side, principal point near
+the centre. The overlap of the views is checked by the generator on a low-resolution render.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...geometry.trajectory import look_at
+from .config import ProceduralConfig
+from .scene import Scene, _Rng
+
+__all__ = ["sample_cameras", "sample_intrinsics", "positions_ok"]
+
+
+def _deg(x):
+    return x * (math.pi / 180.0)
+
+
+def _sph(az: torch.Tensor, el: torch.Tensor) -> torch.Tensor:
+    return torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], -1)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+
+def _clamp_inside(scene: Scene, eye: torch.Tensor) -> torch.Tensor:
+    """Keep eyes (S, V, 3) inside rooms (0.25 from the walls) and domes, above the ground."""
+    room = (scene.kind == 0)[:, None, None]
+    lim = (scene.room[:, None, :2] - 0.25).clamp_min(0.1)
+    xy = torch.maximum(torch.minimum(eye[..., :2], lim), -lim)
+    z = torch.minimum(eye[..., 2], scene.room[:, None, 2] - 0.25)
+    er = torch.cat([xy, z[..., None]], -1)
+    dome = (scene.kind == 2)[:, None, None]
+    rmax = (0.85 * scene.dome_r)[:, None, None]
+    nrm = eye.norm(dim=-1, keepdim=True)
+    ed = torch.where(nrm > rmax, eye * rmax / nrm, eye)
+    eye = torch.where(room, er, torch.where(dome, ed, eye))
+    lo = torch.where(scene.kind == 0, 0.3, 0.05 * scene.scale)[:, None]
+    return torch.cat([eye[..., :2], torch.maximum(eye[..., 2], lo)[..., None]], -1)
+
+
+def sample_cameras(scene: Scene, cfg: ProceduralConfig, mode: torch.Tensor, V: int, gen: torch.Generator) -> torch.Tensor:
+    """Camera-to-world matrices for every sample.
+
+    mode: (S,) long index into CAMERA_MODES. Returns c2w: (S, V, 4, 4) OpenCV.
+    """
+    S, dev = scene.num, scene.kind.device
+    r = _Rng(gen, dev)
+    L, f = scene.scale[:, None], scene.focus[:, None, :]
+    room = scene.kind == 0
+    vfrac = torch.linspace(0, 1, V, device=dev)[None] if V > 1 else torch.zeros(1, 1, device=dev)
+    dist = torch.where(room[:, None], r.u((S, 1), 0.45, 0.9) * scene.room[:, :2].amin(-1, keepdim=True),
+                       L * r.u((S, 1), 1.3, 2.3))
+    el = torch.where(room[:, None], r.u((S, 1), 0.0, 20.0), r.u((S, 1), 5.0, 35.0))
+    el = _deg(el)
+    az0 = r.u((S, 1), 0, 2 * math.pi)
+    # orbit: an arc around the focus
+    span = _deg(r.u((S, 1), 15.0, 110.0))
+    az = az0 + span * (vfrac - 0.5) + 0.03 * span * r.n((S, V))
+    elv = el + _deg(2.0) * r.n((S, V))
+    eye_orbit = f + (dist * (1 + 0.04 * r.n((S, V))))[..., None] * _sph(az, elv)
+    tgt_orbit = f + 0.08 * L[..., None] * r.n((S, V, 3))
+    # forward-facing: a small patch of positions facing the focus (LLFF-like)
+    eye0 = f + dist[..., None] * _sph(az0, el)
+    fwd = _unit(f - eye0)
+    zw = torch.tensor([0.0, 0.0, 1.0], device=dev).expand_as(fwd)
+    right = _unit(torch.linalg.cross(fwd, zw))
+    up = torch.linalg.cross(right, fwd)
+    off = r.u((S, V, 3), -1, 1) * torch.tensor([0.22, 0.12, 0.1], device=dev)
+    eye_fwd = eye0 + dist[..., None] * (off[..., :1] * right + off[..., 1:2] * up + off[..., 2:] * fwd)
+    tgt_fwd = f + 0.05 * L[..., None] * r.n((S, V, 3))
+    # walkthrough: walk towards the focus while turning the head
+    start = f + (dist * r.u((S, 1), 1.0, 1.3))[..., None] * _sph(az0, _deg(r.u((S, 1), 3.0, 15.0)))
+    yaw = _deg(r.u((S, 1), -25.0, 25.0))
+    hd = _unit(f - start) * torch.tensor([1.0, 1.0, 0.0], device=dev)
+    c, s = yaw.cos()[..., None], yaw.sin()[..., None]
+    hd = _unit(torch.cat([c * hd[..., :1] - s * hd[..., 1:2], s * hd[..., :1] + c * hd[..., 1:2], hd[..., 2:]], -1))
+    length = dist * r.u((S, 1), 0.25, 0.7)
+    side = _unit(torch.linalg.cross(hd, zw))
+    wig = 0.04 * dist * torch.sin(2 * math.pi * vfrac * r.u((S, 1), 0.5, 1.5) + r.u((S, 1), 0, 6.28))
+    eye_walk = start + (length * vfrac)[..., None] * hd + wig[..., None] * side
+    look_yaw = _deg(r.u((S, 1), -35.0, 35.0)) * (vfrac - 0.3) + _deg(2.0) * r.n((S, V))
+    look_pitch = _deg(r.u((S, 1), -12.0, 3.0) + 1.5 * r.n((S, V)))
+    haz = torch.atan2(hd[..., 1], hd[..., 0])
+    tgt_walk = eye_walk + _sph(haz + look_yaw, look_pitch)
+    # stereo: forward-facing rigs, pairs offset along the rig's x axis
+    sel = lambda a, b, c_, d_: torch.where((mode == 0)[:, None, None], a, torch.where(  # noqa: E731
+        (mode == 1)[:, None, None], b, torch.where((mode == 2)[:, None, None], c_, d_)))
+    rig = torch.arange(V, device=dev) // 2
+    eye_st, tgt_st = eye_fwd[:, rig], tgt_fwd[:, rig]
+    eye = _clamp_inside(scene, sel(eye_orbit, eye_fwd, eye_walk, eye_st))
+    tgt = sel(tgt_orbit, tgt_fwd, tgt_walk, tgt_st)
+    roll = _deg(2.0) * r.n((S, V, 1))
+    upv = _unit(zw[:, :1].expand(S, V, 3) + roll * r.unit((S, V)))
+    upv = torch.where((mode == 3)[:, None, None], upv[:, rig], upv)
+    c2w = look_at(eye, tgt, upv)
+    base = r.u((S, 1), *cfg.stereo_baseline) * dist
+    sign = torch.where(torch.arange(V, device=dev) % 2 == 0, -0.5, 0.5)[None]
+    shift = (base * sign)[..., None] * c2w[..., :3, 0]
+    c2w[..., :3, 3] += torch.where((mode == 3)[:, None, None] & (V > 1), shift, torch.zeros_like(shift))
+    return c2w
+
+
+def sample_intrinsics(cfg: ProceduralConfig, S: int, V: int, H: int, W: int, mode: torch.Tensor,
+                      gen: torch.Generator) -> torch.Tensor:
+    """K: (S, V, 3, 3) with fx = fy from the FOV of the longer side; stereo pairs share K."""
+    r = _Rng(gen, mode.device)
+    fov = _deg(r.u((S, 1), *cfg.fov_deg))
+    foc = 0.5 * max(H, W) / torch.tan(0.5 * fov)
+    jit = (1 + cfg.focal_jitter * r.n((S, V)).clamp(-3, 3))
+    pj = cfg.principal_jitter * r.n((S, V, 2)).clamp(-3, 3)
+    rig = torch.arange(V, device=mode.device) // 2
+    st = (mode == 3)[:, None]
+    jit = torch.where(st, jit[:, rig], jit)
+    pj = torch.where(st[..., None], pj[:, rig], pj)
+    K = torch.zeros(S, V, 3, 3, device=mode.device)
+    K[..., 0, 0] = K[..., 1, 1] = foc * jit
+    K[..., 0, 2] = W * (0.5 + pj[..., 0])
+    K[..., 1, 2] = H * (0.5 + pj[..., 1])
+    K[..., 2, 2] = 1.0
+    return K
+
+
+def positions_ok(scene: Scene, c2w: torch.Tensor) -> torch.Tensor:
+    """(S,) bool: no camera within an active primitive's bounding sphere (plus a margin)."""
+    eye = c2w[..., :3, 3]  # (S, V, 3)
+    dd = (eye[:, :, None] - scene.center[:, None]).norm(dim=-1)  # (S, V, P)
+    margin = scene.bound[:, None] + 0.03 * scene.scale[:, None, None]
+    inside = (dd < margin) & scene.active[:, None]
+    return ~inside.any(-1).any(-1)

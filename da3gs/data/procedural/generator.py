@@ -1,0 +1,166 @@
+"""The procedural multi-view generator: scenes + cameras -> :class:`~da3gs.data.batch.ViewBatch`.
+
+``sample`` draws B scenes and a camera set of V views for each, checks that the views overlap
+(a low-resolution depth render: view 0's valid pixels re-projected into every other view must
+land in frame, in front, and on the same surface; sets failing are resampled), then renders
+at full resolution in chunks of whole samples: exact z-depth, camera-frame normals, valid and
+sky masks, and shaded images with per-view exposure, white balance, gamma and noise applied
+after shading (the depth is untouched by them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...geometry.conventions import c2w_to_w2c
+from ...geometry.rays import ray_directions
+from ..batch import ViewBatch
+from .cameras import positions_ok, sample_cameras, sample_intrinsics
+from .config import CAMERA_MODES, SCENE_KINDS, ProceduralConfig
+from .scene import Scene, _Rng, sample_scenes
+from .shading import shade
+from .trace import closest_hit, environment_hit
+
+__all__ = ["ProceduralGenerator", "render"]
+
+
+def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
+           shaded: bool = True) -> dict:
+    """Ray-cast S scenes from V cameras each.
+
+    c2w: (S, V, 4, 4) OpenCV; K: (S, V, 3, 3) pixels of H x W. Returns a dict with ``depth``
+    (S, V, H, W) z-depth (0 on sky), ``hit`` (S, V, H, W) bool and, if ``shaded``, ``rgb``
+    (S, V, H, W, 3) in [0, 1] and ``normals`` (S, V, H, W, 3) camera-frame unit normals facing
+    the camera (zeros on sky).
+    """
+    S, V = c2w.shape[:2]
+    d = ray_directions(c2w, K, H, W).reshape(S, V, H * W, 3)  # camera-frame z = 1
+    dn = d.norm(dim=-1)
+    du = d / dn[..., None]
+    o = c2w[:, :, None, :3, 3]
+    t_env, env = environment_hit(scene, o, du)
+    t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg)
+    env = torch.where(slot >= 0, -1, env)
+    hit = (slot >= 0) | (env >= 0)
+    out = {"depth": torch.where(hit, t / dn, 0.0).reshape(S, V, H, W), "hit": hit.reshape(S, V, H, W)}
+    if shaded:
+        rgb, n_w, _ = shade(scene, cfg, o, du, t, slot, env)
+        n_c = n_w @ c2w[:, :, :3, :3]  # R^T n, as rows
+        out["rgb"] = rgb.reshape(S, V, H, W, 3)
+        out["normals"] = n_c.reshape(S, V, H, W, 3)
+    return out
+
+
+def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
+    """Co-visibility of view 0 in the other views, from depth maps.
+
+    depth, hit: (S, V, h, w); c2w, K: (S, V, 4, 4), (S, V, 3, 3). Returns (S,) the minimum over
+    views j > 0 of the fraction of view 0's valid pixels seen by view j on the same surface.
+    """
+    S, V, h, w = depth.shape
+    if V == 1:
+        return torch.ones(S, device=depth.device)
+    d0 = ray_directions(c2w[:, 0], K[:, 0], h, w).reshape(S, h * w, 3)
+    P = c2w[:, 0, None, :3, 3] + depth[:, 0].reshape(S, h * w, 1) * d0  # (S, n, 3)
+    w2c = c2w_to_w2c(c2w[:, 1:])  # (S, V-1, 4, 4)
+    pc = P[:, None] @ w2c[..., :3, :3].transpose(-1, -2) + w2c[:, :, None, :3, 3]  # (S, V-1, n, 3)
+    z = pc[..., 2]
+    uv = pc @ K[:, 1:].transpose(-1, -2)
+    u, v = uv[..., 0] / z.clamp_min(1e-9), uv[..., 1] / z.clamp_min(1e-9)
+    inb = (z > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    iu, iv = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
+    flat = (iv * w + iu)
+    dj = depth[:, 1:].reshape(S, V - 1, h * w).gather(-1, flat)
+    hj = hit[:, 1:].reshape(S, V - 1, h * w).gather(-1, flat)
+    same = hj & ((dj - z).abs() < 0.06 * z + 0.02)
+    m0 = hit[:, 0].reshape(S, 1, h * w)
+    frac = (m0 & inb & same).sum(-1).float() / m0.sum(-1).clamp_min(1).float()
+    return frac.amin(-1)
+
+
+class ProceduralGenerator:
+    """Endless procedural multi-view scenes with exact depth, cameras, normals and masks.
+
+    Args:
+        config: :class:`ProceduralConfig` (defaults if None).
+        device: where scenes are generated and returned ("cuda" or "cpu").
+    """
+
+    def __init__(self, config: ProceduralConfig | None = None, device: str | torch.device = "cpu"):
+        self.config = config or ProceduralConfig()
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(self.config.seed)
+        self._count = 0
+
+    def _cameras(self, scene: Scene, mode: torch.Tensor, V: int, H: int, W: int, gen: torch.Generator):
+        """Camera sets passing the position and overlap checks (best of ``camera_tries``)."""
+        cfg = self.config
+        S = scene.num
+        s = cfg.overlap_res / max(H, W)
+        h, w = max(2, round(H * s)), max(2, round(W * s))
+        scale = torch.tensor([w / W, h / H, 1.0], device=self.device)[:, None]
+        best_c2w = best_K = best_q = None
+        for _ in range(max(1, cfg.camera_tries)):
+            c2w = sample_cameras(scene, cfg, mode, V, gen)
+            K = sample_intrinsics(cfg, S, V, H, W, mode, gen)
+            lr = render(scene, cfg, c2w, K * scale, h, w, shaded=False)
+            ov = _overlap_score(lr["depth"], lr["hit"], c2w, K * scale)
+            val = lr["hit"].float().mean((2, 3)).amin(1)
+            ok = positions_ok(scene, c2w)
+            q = ok.float() * ((ov / max(cfg.min_overlap, 1e-6)).clamp(max=1) + (val / max(cfg.min_valid, 1e-6)).clamp(max=1))
+            if best_q is None:
+                best_c2w, best_K, best_q = c2w, K, q
+            else:
+                better = q > best_q
+                best_c2w = torch.where(better[:, None, None, None], c2w, best_c2w)
+                best_K = torch.where(better[:, None, None, None], K, best_K)
+                best_q = torch.maximum(q, best_q)
+            if bool((best_q >= 2.0).all()):
+                break
+        return best_c2w, best_K
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, num_views: int, height: int, width: int, seed: int | None = None) -> ViewBatch:
+        """B samples of V views at H x W.
+
+        Args:
+            seed: an int makes the whole batch reproducible (same tensors on the same device);
+                None draws from the generator's own stream.
+        Returns:
+            ViewBatch with images (B, V, 3, H, W), depth / valid / sky (B, V, H, W), c2w
+            (B, V, 4, 4), K (B, V, 3, 3), normals (B, V, 3, H, W), scene_ids (B strings).
+        """
+        B, V, H, W = int(batch_size), int(num_views), int(height), int(width)
+        if min(B, V, H, W) < 1:
+            raise ValueError(f"sample: expected positive sizes, got B={B} V={V} H={H} W={W}")
+        cfg, dev = self.config, self.device
+        if seed is None:
+            gen, tag = self._gen, f"s{self._count}"
+        else:
+            gen, tag = torch.Generator(device=dev), f"seed{seed}"
+            gen.manual_seed(int(seed))
+        self._count += B
+        r = _Rng(gen, dev)
+        scene = sample_scenes(cfg, B, gen, dev)
+        mode = r.choice((B,), cfg.camera_modes)
+        c2w, K = self._cameras(scene, mode, V, H, W, gen)
+        # photometric per-view draws happen before rendering so chunking cannot change them
+        expo = r.u((B, V, 1, 1, 1), *cfg.exposure)
+        wb = 1 + r.u((B, V, 1, 1, 3), -cfg.white_balance, cfg.white_balance)
+        gamma = r.u((B, V, 1, 1, 1), *cfg.gamma)
+        sigma = r.u((B, V, 1, 1, 1), *cfg.noise_std)
+        noise = torch.randn((B, V, H, W, 3), generator=gen, device=dev)
+        per = max(1, cfg.max_chunk_rays // (V * H * W))
+        parts = [render(scene.select(slice(i, i + per)), cfg, c2w[i:i + per], K[i:i + per], H, W)
+                 for i in range(0, B, per)]
+        cat = lambda k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]  # noqa: E731
+        rgb, depth, hit, normals = cat("rgb"), cat("depth"), cat("hit"), cat("normals")
+        img = ((rgb * expo * wb).clamp(0, 1) ** (gamma / 2.2) + sigma * noise).clamp(0, 1)
+        kinds, modes = scene.kind.tolist(), mode.tolist()
+        ids = [f"procedural/{SCENE_KINDS[k]}/{CAMERA_MODES[m]}/{tag}-{i}" for i, (k, m) in enumerate(zip(kinds, modes))]
+        return ViewBatch(images=img.permute(0, 1, 4, 2, 3).contiguous(), depth=depth, valid=hit,
+                         c2w=c2w, K=K, normals=normals.permute(0, 1, 4, 2, 3).contiguous(), sky=~hit,
+                         scene_ids=ids)

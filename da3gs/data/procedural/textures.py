@@ -1,0 +1,146 @@
+"""Solid (3D, object-space) procedural textures and the sky.
+
+Textures are functions of the hit point in the primitive's local frame (environment surfaces:
+the world point), never of the pixel, so every view sees the same appearance on a surface.
+Randomness comes from an integer hash of lattice coordinates and a per-surface seed: there is
+no texture memory, and evaluation is dense over points (grouped by texture kind so each point
+pays for its own kind only).
+
+Kinds (``TEXTURE_KINDS`` order): 0 fBm value noise (4 octaves); 1 dead leaves (layers of random
+balls at several scales occluding each other, over a cell-coloured base); 2 stripes along a
+random direction; 3 3D checkers; 4 random colour field (smooth blend of the palette by
+low-frequency noise). Each mixes a per-surface palette of 3 colours and is modulated by a
+faint high-frequency noise so that no surface is textureless.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
+
+_M32 = 0xFFFFFFFF
+_CORNERS = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+
+
+def hash01(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Hash of integer lattice points to [0, 1).
+
+    ix: (..., 3) int64; seed: int64 broadcastable to ix[..., 0]. Returns (...,) float32.
+    """
+    h = (ix[..., 0] * 73856093) ^ (ix[..., 1] * 19349663) ^ (ix[..., 2] * 83492791) ^ (seed * 2654435761)
+    h = h & _M32
+    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
+    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
+    h = (h >> 16) ^ h
+    return (h & 0xFFFFFF).float() * (1.0 / 16777216.0)
+
+
+def value_noise(p: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int64 -> (N,) in [0, 1]."""
+    fl = torch.floor(p)
+    f = p - fl
+    u = f * f * (3 - 2 * f)
+    i = fl.long()
+    c = torch.tensor(_CORNERS, device=p.device)  # (8, 3)
+    h = hash01(i[:, None, :] + c, seed[:, None])  # (N, 8)
+    cf = c.to(p.dtype)
+    w = (cf * u[:, None, :] + (1 - cf) * (1 - u[:, None, :])).prod(-1)  # (N, 8)
+    return (h * w).sum(-1)
+
+
+def fbm(p: torch.Tensor, seed: torch.Tensor, octaves: int = 4) -> torch.Tensor:
+    """Fractal sum of value noise, normalised to about [0, 1]. p: (N, 3); seed: (N,) -> (N,)."""
+    total, amp, norm = torch.zeros_like(p[:, 0]), 1.0, 0.0
+    for o in range(octaves):
+        total = total + amp * value_noise(p * (2.0 ** o) + 17.3 * o, seed + 101 * o)
+        norm += amp
+        amp *= 0.5
+    v = total / norm
+    return ((v - 0.5) * 1.8 + 0.5).clamp(0, 1)  # stretch: sums of noise concentrate near 0.5
+
+
+def _mix(pal: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """pal: (N, 3 colours, 3 rgb); w: (N, 3) weights -> (N, 3)."""
+    return (w[:, :, None] * pal).sum(1)
+
+
+def _lerp(a, b, t):
+    return a + (b - a) * t[:, None]
+
+
+def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal: torch.Tensor,
+         direc: torch.Tensor) -> torch.Tensor:
+    q = p * freq[:, None]
+    c0, c1, c2 = pal[:, 0], pal[:, 1], pal[:, 2]
+    if kind == 0:  # fBm
+        v = fbm(q, seed)
+        v2 = value_noise(q * 0.5 + 5.1, seed + 7)
+        return _lerp(_lerp(c0, c1, v), c2, (v2 - 0.55).clamp(0, 1) * 2.0)
+    if kind == 1:  # dead leaves: base cell colour, then layers of balls of shrinking size
+        cell = torch.floor(q * 0.5).long()
+        h = torch.stack([hash01(cell, seed + j) for j in range(3)], -1)
+        col = _mix(pal, h / h.sum(-1, keepdim=True).clamp_min(1e-6))
+        for layer in range(4):
+            s = 1.0 + 0.8 * layer
+            ql = q * s + 3.7 * layer
+            ci = torch.floor(ql).long()
+            f = ql - torch.floor(ql)
+            sd = seed + 1000 * (layer + 1)
+            ctr = 0.3 + 0.4 * torch.stack([hash01(ci, sd + j) for j in range(3)], -1)
+            rad = 0.12 + 0.18 * hash01(ci, sd + 3)
+            inside = (f - ctr).norm(dim=-1) < rad
+            w = torch.stack([hash01(ci, sd + 4 + j) for j in range(3)], -1) ** 2
+            leaf = _mix(pal, w / w.sum(-1, keepdim=True).clamp_min(1e-6))
+            col = torch.where(inside[:, None], leaf, col)
+        return col
+    if kind == 2:  # stripes
+        x = (q * direc).sum(-1)
+        v = torch.sin(2 * math.pi * x)
+        s = (v * 4).clamp(-1, 1) * 0.5 + 0.5
+        thin = (torch.sin(2 * math.pi * 3 * x + 1.0) > 0.85).float()
+        return _lerp(_lerp(c0, c1, s), c2, thin * 0.7)
+    if kind == 3:  # checkers
+        par = (torch.floor(q).long().sum(-1) & 1).float()
+        return _lerp(c0, c1, par)
+    # colour field
+    w = torch.stack([value_noise(q * 0.6 + 11.0 * j, seed + 31 * j) for j in range(3)], -1) ** 3
+    return _mix(pal, w / w.sum(-1, keepdim=True).clamp_min(1e-6))
+
+
+def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor,
+                     palette: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Albedo of surface points.
+
+    kind: (N,) long texture kind; p: (N, 3) points in the surface's texture frame; freq: (N,)
+    spatial frequency (cycles per unit); seed: (N,) int64; palette: (N, 3, 3) three RGB
+    colours; direction: (N, 3) unit stripe direction. Returns (N, 3) albedo in [0, 1].
+    """
+    out = torch.zeros_like(p)
+    for k in range(5):
+        idx = (kind == k).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        out[idx] = _tex(k, p[idx], freq[idx], seed[idx], palette[idx], direction[idx])
+    # faint high-frequency detail so that no surface is textureless
+    detail = value_noise(p * freq[:, None] * 6.0 + 0.37, seed + 977)
+    return (out * (0.85 + 0.3 * detail)[:, None]).clamp(0, 1)
+
+
+def sky_color(d: torch.Tensor, zenith: torch.Tensor, horizon: torch.Tensor, cloud: torch.Tensor,
+              seed: torch.Tensor) -> torch.Tensor:
+    """Sky radiance for world directions (z up).
+
+    d: (N, 3) unit directions; zenith, horizon: (N, 3); cloud: (N,) cloud cover in [0, 1];
+    seed: (N,) int64. Returns (N, 3) in [0, 1].
+    """
+    up = d[:, 2].clamp_min(0)
+    col = _lerp(horizon, zenith, up.sqrt())
+    uv = d[:, :2] / (d[:, 2:3].clamp_min(0) + 0.15)
+    q = torch.cat([uv * 1.5, torch.zeros_like(uv[:, :1])], -1)
+    c = fbm(q, seed, octaves=3)
+    dens = ((c - 1 + cloud) / cloud.clamp_min(1e-3)).clamp(0, 1) * (up > 0)
+    col = _lerp(col, torch.full_like(col, 0.95), dens * 0.9)
+    return col.clamp(0, 1)
