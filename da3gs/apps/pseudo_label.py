@@ -33,12 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from da3gs.apps.outputs import check_output_dir, terminate_as_exception, write_output_dir
+from da3gs.apps.outputs import (
+    check_output_dir,
+    terminate_as_exception,
+    write_output_dir,
+)
 from da3gs.errors import Da3gsError
 from da3gs.geometry import c2w_to_w2c, project_points
 from da3gs.geometry.depth_align import robust_scale_shift
 
-__all__ = ["add_pseudo_label_parser", "run_pseudo_label", "DEFAULT_TEACHER"]
+__all__ = ["DEFAULT_TEACHER", "add_pseudo_label_parser", "run_pseudo_label"]
 
 DEFAULT_TEACHER = "depth-anything/DA3MONO-LARGE"
 

@@ -19,7 +19,7 @@ import torch
 
 from .errors import GeometryError
 
-__all__ = ["lstsq_scale_shift", "l1_scale_shift", "robust_scale_shift"]
+__all__ = ["l1_scale_shift", "lstsq_scale_shift", "robust_scale_shift"]
 
 
 def _flat(pred, target, mask, weight):

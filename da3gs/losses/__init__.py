@@ -11,5 +11,5 @@ from .normalize import normalize_batch, supervised_mask
 from .stage1 import Stage1LossConfig, stage1_loss
 from .teacher import TeacherLossConfig, teacher_loss
 
-__all__ = ["normalize_batch", "supervised_mask", "Stage1LossConfig", "stage1_loss",
-           "TeacherLossConfig", "teacher_loss"]
+__all__ = ["Stage1LossConfig", "TeacherLossConfig", "normalize_batch", "stage1_loss",
+           "supervised_mask", "teacher_loss"]

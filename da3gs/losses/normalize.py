@@ -25,7 +25,7 @@ from da3gs.data.batch import ViewBatch
 from da3gs.geometry import c2w_to_w2c
 from da3gs.geometry.rays import _camera_directions
 
-__all__ = ["normalize_batch", "supervised_mask", "camera_points"]
+__all__ = ["camera_points", "normalize_batch", "supervised_mask"]
 
 
 def _f(x: torch.Tensor) -> torch.Tensor:

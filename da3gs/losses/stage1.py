@@ -49,8 +49,18 @@ from da3gs.data.batch import ViewBatch
 from da3gs.geometry import encode_pose, ray_map
 from da3gs.losses.normalize import _f, camera_points, normalize_batch
 
-__all__ = ["Stage1LossConfig", "stage1_loss", "gt_ray_map", "upsample_ray_map", "masked_mean",
-           "depth_conf_loss", "gradient_loss", "ray_loss", "point_loss", "camera_loss"]
+__all__ = [
+    "Stage1LossConfig",
+    "camera_loss",
+    "depth_conf_loss",
+    "gradient_loss",
+    "gt_ray_map",
+    "masked_mean",
+    "point_loss",
+    "ray_loss",
+    "stage1_loss",
+    "upsample_ray_map",
+]
 
 
 @dataclass

@@ -50,8 +50,17 @@ from da3gs.geometry.depth_align import l1_scale_shift
 from da3gs.losses.normalize import _f, camera_points, supervised_mask
 from da3gs.losses.stage1 import masked_mean
 
-__all__ = ["TeacherLossConfig", "teacher_loss", "align_depth", "global_local_loss",
-           "relative_gradient_loss", "triangle_normals", "normal_loss", "angle", "sky_loss"]
+__all__ = [
+    "TeacherLossConfig",
+    "align_depth",
+    "angle",
+    "global_local_loss",
+    "normal_loss",
+    "relative_gradient_loss",
+    "sky_loss",
+    "teacher_loss",
+    "triangle_normals",
+]
 
 
 @dataclass
@@ -103,7 +112,7 @@ def global_local_loss(pred, gt, m, cfg: TeacherLossConfig, generator=None):
     glob = masked_mean(_rel_l1(A, gt, m), m)[0]
     local_terms = []
     for f in cfg.local_sizes:
-        c = max(2, min(H, W, int(round(f * min(H, W)))))
+        c = max(2, min(H, W, round(f * min(H, W))))
         n = cfg.local_crops
         y0 = torch.randint(0, H - c + 1, (N, n), generator=generator).to(pred.device)
         x0 = torch.randint(0, W - c + 1, (N, n), generator=generator).to(pred.device)

@@ -25,8 +25,9 @@ def _look(yaw):
     return c2w
 
 
-def _plane_depth(K, H, W, c2w=np.eye(4)):
+def _plane_depth(K, H, W, c2w=None):
     """z-depth of the world plane n.X = 4, n = (0.1, 0.05, 1), at every pixel centre of a view."""
+    c2w = np.eye(4) if c2w is None else c2w
     v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
     d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ c2w[:3, :3].T
     n = np.array([0.1, 0.05, 1.0])
@@ -98,10 +99,10 @@ class _FakeTeacher:
 
 
 def test_alignment_recovers_metric_depth_despite_outliers(tmp_path, monkeypatch):
-    import da3gs.models.loading as loading
+    from da3gs.models import loading
 
     monkeypatch.setattr(loading, "load_model", lambda source, device="cpu": _FakeTeacher())
-    scene, names = _scene(tmp_path, outliers=0.3, seed=1)
+    scene, _names = _scene(tmp_path, outliers=0.3, seed=1)
     out = tmp_path / "labels"
     assert _run("--scene", scene, "--model", "fake", "--out", out, "--device", "cpu", "-q") == 0
     s = json.loads((out / "summary.json").read_text())
@@ -116,7 +117,7 @@ def test_dense_at_original_undoes_resize_and_crop():
     # processed image = original scaled by 0.5 then cropped by (1, 2): pixel-edge convention
     Ho, Wo = 8, 12
     yy, xx = np.meshgrid(np.arange(Ho) + 0.5, np.arange(Wo) + 0.5, indexing="ij")
-    f = lambda u, v: 1 + 0.1 * u + 0.2 * v  # noqa: E731  (affine: bilinear sampling is exact)
+    f = lambda u, v: 1 + 0.1 * u + 0.2 * v
     hp, wp = 3, 4
     vp, up = np.meshgrid(np.arange(hp) + 0.5, np.arange(wp) + 0.5, indexing="ij")
     proc = f((up + 1) / 0.5, (vp + 2) / 0.5)

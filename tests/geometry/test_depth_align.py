@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from da3gs.geometry.depth_align import l1_scale_shift, lstsq_scale_shift, robust_scale_shift
+from da3gs.geometry.depth_align import (
+    l1_scale_shift,
+    lstsq_scale_shift,
+    robust_scale_shift,
+)
 from da3gs.geometry.errors import GeometryError
 
 
@@ -54,7 +58,7 @@ def test_l1_fit_ignores_a_few_outliers():
 
 def test_l1_fit_clamps_negative_scale():
     p = torch.linspace(1, 5, 10)
-    s, t = l1_scale_shift(p, -p + 10, min_scale=1e-3)
+    s, _t = l1_scale_shift(p, -p + 10, min_scale=1e-3)
     assert float(s) == pytest.approx(1e-3)
 
 

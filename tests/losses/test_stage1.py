@@ -8,8 +8,15 @@ import torch
 from da3gs.data.batch import ViewBatch
 from da3gs.geometry import encode_pose, quat_to_mat
 from da3gs.losses import Stage1LossConfig, normalize_batch, stage1_loss
-from da3gs.losses.stage1 import (camera_loss, depth_conf_loss, gradient_loss, gt_ray_map, point_loss,
-                                 ray_loss, upsample_ray_map)
+from da3gs.losses.stage1 import (
+    camera_loss,
+    depth_conf_loss,
+    gradient_loss,
+    gt_ray_map,
+    point_loss,
+    ray_loss,
+    upsample_ray_map,
+)
 
 D64 = torch.float64
 
@@ -79,7 +86,7 @@ def test_normalize_batch_by_hand():
 def test_normalize_without_valid_depth_uses_camera_distances():
     b = _batch(B=1, V=2)
     b.valid[:] = False
-    nb, scale = normalize_batch(b)
+    _nb, scale = normalize_batch(b)
     d = torch.linalg.inv(b.c2w[0, 0]) @ b.c2w[0, 1]
     assert float(scale[0]) == pytest.approx(float(d[:3, 3].norm()) / 2, rel=1e-5)
 
@@ -238,7 +245,7 @@ def test_with_the_tiny_network():
     b = _batch(B=1, V=2, H=28, W=42, dtype=torch.float32)
     out = net(b.images, ref_view_strategy="first")
     assert out["pose_enc"].shape == (1, 2, 9)
-    total, parts = stage1_loss(out, b)
+    total, _parts = stage1_loss(out, b)
     assert torch.isfinite(total)
     total.backward()
     assert net.camera_decoder.fc_qvec.weight.grad.abs().sum() > 0

@@ -7,8 +7,14 @@ import torch
 
 from da3gs.data.batch import ViewBatch
 from da3gs.losses import TeacherLossConfig, teacher_loss
-from da3gs.losses.teacher import (angle, global_local_loss, normal_loss, relative_gradient_loss, sky_loss,
-                                  triangle_normals)
+from da3gs.losses.teacher import (
+    angle,
+    global_local_loss,
+    normal_loss,
+    relative_gradient_loss,
+    sky_loss,
+    triangle_normals,
+)
 
 D64 = torch.float64
 
@@ -38,7 +44,7 @@ def test_invariant_to_scale_and_shift_of_the_prediction():
     p = _pred(b)
     sky = torch.rand(b.depth.shape, generator=torch.Generator().manual_seed(3), dtype=D64)
     l1, p1 = teacher_loss({"depth": p, "sky": sky}, b, generator=torch.Generator().manual_seed(5))
-    l2, p2 = teacher_loss({"depth": 3.7 * p + 0.9, "sky": sky}, b, generator=torch.Generator().manual_seed(5))
+    _l2, p2 = teacher_loss({"depth": 3.7 * p + 0.9, "sky": sky}, b, generator=torch.Generator().manual_seed(5))
     for k in p1:
         assert float(p2[k]) == pytest.approx(float(p1[k]), rel=1e-6, abs=1e-9), k
     assert float(l1) > 0
@@ -58,7 +64,7 @@ def test_global_term_by_hand():
     pred = (gt - 0.4) / 2.0
     pred[0, 3, 3] += 0.5
     cfg = TeacherLossConfig(local_sizes=(), align_iters=60)
-    glob, local, A = global_local_loss(pred, gt, m, cfg)
+    glob, local, _A = global_local_loss(pred, gt, m, cfg)
     n = H * W - 1
     want = abs(2.0 * float(pred[0, 3, 3]) + 0.4 - float(gt[0, 3, 3])) / float(gt[0, 3, 3]) / n
     assert float(glob) == pytest.approx(want, rel=1e-4)
