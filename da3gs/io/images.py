@@ -31,7 +31,10 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _check_background(background) -> np.ndarray:
+def _check_background(background) -> np.ndarray | None:
+    """``None`` (alpha dropped) or a ``(3,)`` float32 colour in [0, 1]."""
+    if background is None:
+        return None
     bg = np.asarray(background, dtype=np.float32).reshape(-1)
     if bg.shape != (3,) or not np.all(np.isfinite(bg)) or bg.min() < 0 or bg.max() > 1:
         raise InputError(f"background: expected 3 values in [0, 1], got {background!r}")
@@ -44,13 +47,21 @@ def _composite(rgb: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray
     return (rgb * a + bg * (1.0 - a)).astype(np.float32)
 
 
-def _decode(img: Image.Image, bg: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _decode(img: Image.Image, bg: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Decoded PIL image -> ``(rgb (H, W, 3), alpha (H, W) float32 or None)``.
 
-    ``rgb`` is ``uint8`` for plain 8-bit images without alpha (kept exact for
-    resizing), otherwise float32 in [0, 1] (16-bit, float, composited alpha).
+    ``rgb`` is ``uint8`` for 8-bit images (kept exact for resizing), float32 in
+    [0, 1] for 16-bit, float and alpha-composited images. With ``bg=None`` the
+    alpha channel is dropped as the official reader does (``convert("RGB")``:
+    the stored colours of transparent pixels are kept).
     """
     mode = img.mode
+    if bg is None and (mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info)):
+        alpha = np.asarray(img.convert("RGBA"))[..., 3].astype(np.float32) / 255.0
+        return np.asarray(img.convert("RGB")), alpha
     if mode in ("P", "PA"):
         img = img.convert("RGBA" if (mode == "PA" or "transparency" in img.info) else "RGB")
     elif mode == "1":
@@ -86,7 +97,7 @@ def _to_float(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32, copy=False)
 
 
-def _open(path, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _open(path, bg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: file not found")
@@ -119,7 +130,9 @@ def read_image(path: str | Path, background=(1.0, 1.0, 1.0), return_alpha: bool 
     is repeated to 3 channels; 16-bit grayscale (``I;16``/``I``) is divided by
     65535 without 8-bit truncation; CMYK etc. are converted to RGB. Images with
     alpha (RGBA, LA, palette with transparency) are composited over
-    ``background`` (3 floats in [0, 1], default white).
+    ``background`` (3 floats in [0, 1], default white); ``background=None``
+    drops alpha instead (the stored colours, as the official reader and
+    :func:`prepare_images` by default).
 
     Note: Pillow decodes 16-bit-per-channel *colour* PNG/TIFF to 8 bits.
 
@@ -168,12 +181,17 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
     return sorted(images, key=_natural_key), sorted(skipped, key=_natural_key)
 
 
-def _from_array(a: np.ndarray, bg: np.ndarray, name: str) -> np.ndarray:
-    """User array ``(H, W)``, ``(H, W, 1|3|4)`` uint8/uint16/float -> ``(H, W, 3)`` uint8 or float32."""
+def _from_array(a: np.ndarray, bg: np.ndarray | None, name: str) -> np.ndarray:
+    """User array ``(H, W)``, ``(H, W, 1|3|4)`` uint8/uint16/float -> ``(H, W, 3)`` uint8 or float32.
+
+    A 4th (alpha) channel is composited over ``bg``, or dropped if ``bg`` is None.
+    """
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"{name}: expected an array of shape (H, W, 3), got {a.shape}")
+    if a.shape[2] == 4 and bg is None:
+        a = a[..., :3]
     if a.dtype == np.uint8:
         f = None if a.shape[2] != 4 else a.astype(np.float32) / 255.0
     elif a.dtype == np.uint16:
@@ -192,7 +210,7 @@ def _from_array(a: np.ndarray, bg: np.ndarray, name: str) -> np.ndarray:
     return np.repeat(f, 3, axis=-1) if f.shape[2] == 1 else f
 
 
-def _load_item(item, bg: np.ndarray, name: str) -> np.ndarray:
+def _load_item(item, bg: np.ndarray | None, name: str) -> np.ndarray:
     if isinstance(item, (str, Path)):
         return _open(item, bg)[0]
     if isinstance(item, Image.Image):
@@ -226,7 +244,7 @@ def prepare_images(
     K=None,
     process_res: int = 504,
     method: str = "upper_bound_resize",
-    background=(1.0, 1.0, 1.0),
+    background=None,
 ) -> PreparedImages:
     """Load, resize and crop a batch of views as the official Depth Anything 3 does.
 
@@ -239,10 +257,19 @@ def prepare_images(
         process_res: target boundary size (default 504).
         method: ``upper_bound_resize`` (default), ``upper_bound_crop``,
             ``lower_bound_resize`` or ``lower_bound_crop``.
-        background: RGB in [0, 1] under transparent pixels.
+        background: ``None`` (default): alpha is dropped and the stored colours
+            are used, as the official pipeline does; or RGB in [0, 1] to
+            composite RGBA / LA / transparent-palette images on.
 
-    Files get EXIF orientation applied (see :func:`read_image`); PIL images and
-    arrays are used as given.
+    8-bit images are resized as 8-bit with OpenCV's kernels (``INTER_AREA``
+    when shrinking, ``INTER_CUBIC`` when enlarging), so files give exactly the
+    official processed tensors. Files get EXIF orientation applied (the
+    official reader does not; see :func:`read_image`); PIL images and arrays
+    are used as given. 16-bit grayscale keeps its precision (float32 resize).
+
+    Raises:
+        InputError: a bad image, argument or size; Da3gsError if an image needs
+        resizing and OpenCV (``opencv-python-headless``) is missing.
 
     Mixed processed sizes are centre-cropped to the smallest H and W of the
     batch (official rule) with a :func:`warnings.warn`.

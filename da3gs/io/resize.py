@@ -1,9 +1,12 @@
 """Resizing / cropping to the network resolution, as the official Depth Anything 3.
 
-Mirrors ``depth_anything_3/utils/io/input_processor.py`` without OpenCV:
-``cv2.INTER_AREA`` (downscaling) becomes Pillow ``BOX`` and ``cv2.INTER_CUBIC``
-(upscaling) becomes Pillow ``BICUBIC``. 8-bit images are resized as 8-bit RGB
-(like the official); float images are resized per channel in 32-bit float.
+Mirrors ``depth_anything_3/utils/io/input_processor.py`` with the same kernels:
+OpenCV's ``cv2.INTER_AREA`` when shrinking and ``cv2.INTER_CUBIC`` when any side
+grows, on 8-bit ``(H, W, 3)`` arrays, so that image files give bit-identical
+processed tensors (Pillow's kernels differ by tens of grey levels at edges).
+Float images (16-bit files, float arrays, tensors) are resized in float32 with
+the same kernels and clipped to ``[0, 1]``. OpenCV (``opencv-python-headless``)
+is imported only when an image actually needs resizing.
 
 Intrinsics convention
 ---------------------
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from da3gs.errors import Da3gsError
 
 from .errors import InputError
 
@@ -81,24 +85,40 @@ def output_size(w: int, h: int, process_res: int = 504, method: str = "upper_bou
     return divisible_size(bw, bh, method)
 
 
-def resize_array(arr: np.ndarray, new_w: int, new_h: int, upscale: bool) -> np.ndarray:
-    """Resize an image array ``(H, W, C)`` to ``(new_h, new_w, C)``.
+def _cv2():
+    """OpenCV, imported on first use (training machines may lack it)."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise Da3gsError(
+            "resizing images needs OpenCV (the official Depth Anything 3 kernels): "
+            f"pip install opencv-python-headless ({' '.join(str(e).split())})"
+        ) from None
+    return cv2
 
-    ``upscale`` selects BICUBIC (else BOX, i.e. area averaging). ``uint8``
-    arrays stay ``uint8``; float arrays are resized per channel in float32 and
-    clipped to ``[0, 1]`` (bicubic can overshoot).
+
+def resize_array(arr: np.ndarray, new_w: int, new_h: int, upscale: bool) -> np.ndarray:
+    """Resize an image array ``(H, W, C)`` to ``(new_h, new_w, C)`` with OpenCV.
+
+    ``upscale`` selects ``cv2.INTER_CUBIC`` (else ``cv2.INTER_AREA``), the
+    official choice. ``uint8`` arrays stay ``uint8`` (bit-identical to the
+    official pipeline); float arrays are resized in float32 and clipped to
+    ``[0, 1]`` (bicubic can overshoot).
+
+    Raises:
+        Da3gsError: OpenCV is not installed.
     """
     h, w = arr.shape[:2]
     if (w, h) == (new_w, new_h):
         return arr
-    resample = Image.Resampling.BICUBIC if upscale else Image.Resampling.BOX
+    cv2 = _cv2()
+    interp = cv2.INTER_CUBIC if upscale else cv2.INTER_AREA
     if arr.dtype == np.uint8:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((new_w, new_h), resample))
-    chans = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c], dtype=np.float32)).resize((new_w, new_h), resample))
-        for c in range(arr.shape[2])
-    ]
-    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32, copy=False)
+        out = cv2.resize(np.ascontiguousarray(arr), (new_w, new_h), interpolation=interp)
+    else:
+        out = cv2.resize(np.ascontiguousarray(arr, dtype=np.float32), (new_w, new_h), interpolation=interp)
+        out = np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+    return out.reshape(new_h, new_w, *arr.shape[2:])  # cv2 drops a trailing channel axis of 1
 
 
 def scale_intrinsics(K: np.ndarray | None, sx: float, sy: float) -> np.ndarray | None:

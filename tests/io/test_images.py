@@ -270,3 +270,42 @@ def test_imagenet_normalize_roundtrip():
     y = imagenet_normalize(x)
     torch.testing.assert_close(y[0, 0, 1], (x[0, 0, 1] - 0.456) / 0.224)
     torch.testing.assert_close(imagenet_denormalize(y), x)
+
+
+# ----------------------------------------------------------------------------- OpenCV kernels
+def test_opencv_imported_lazily_and_missing_is_one_clear_error(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import sys, da3gs, da3gs.io, da3gs.models; assert 'cv2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from da3gs.errors import Da3gsError
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
+    with pytest.raises(Da3gsError, match="pip install opencv-python-headless"):
+        prepare_images([_rgb(100, 80)])
+    x = torch.rand(1, 3, 56, 70)  # nothing to resize: no OpenCV needed
+    assert torch.equal(prepare_images(x).images, x)
+
+
+def test_kernels_are_opencv_area_and_cubic():
+    cv2 = pytest.importorskip("cv2")
+    img = _rgb(480, 270, seed=4)  # 270x480 -> 280x504: cubic enlarge, then area 284 -> 280
+    p = prepare_images([img])
+    step1 = cv2.resize(img, (504, 284), interpolation=cv2.INTER_CUBIC)
+    step2 = cv2.resize(step1, (504, 280), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal((p.images[0].permute(1, 2, 0).numpy() * 255).round(), step2)
+    q = prepare_images([_rgb(1008, 756, seed=5)])
+    ref = cv2.resize(_rgb(1008, 756, seed=5), (504, 378), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal((q.images[0].permute(1, 2, 0).numpy() * 255).round(), ref)
+
+
+def test_prepare_images_drops_alpha_by_default(tmp_path):
+    rgba = np.dstack([_rgb(56, 42, seed=6), np.zeros((42, 56), np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    for item in (tmp_path / "a.png", rgba):
+        p = prepare_images([item])  # 56x42 -> 504x378: alpha ignored, stored colours kept
+        ref = prepare_images([rgba[..., :3]])
+        assert torch.equal(p.images, ref.images)
+        white = prepare_images([item], background=(1, 1, 1))  # opt-in compositing
+        torch.testing.assert_close(white.images, torch.ones_like(white.images), rtol=0, atol=1e-5)
