@@ -7,11 +7,21 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from da3gs.data.batch import ViewBatch
 from da3gs.data.scene import Scene
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run single-threaded (tiny tensors; the CI machine's cores are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from da3gs.data.crop import PAPER_RESOLUTIONS, closest_resolution, num_tokens, resize_crop, resolution_set
 from da3gs.data.overlap import overlap_scores, select_views
 
-from .mv_helpers import ring_c2w
+from .mv_helpers import one_thread, ring_c2w  # noqa: F401
 
 
 def test_resolution_set():

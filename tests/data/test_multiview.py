@@ -15,7 +15,7 @@ from da3gs.data.config import DataConfig
 from da3gs.data.multiview import GroupedBatchSampler, MultiViewDataset, SampleKey
 from da3gs.data.scene import SceneError
 
-from .mv_helpers import make_scene, ring_c2w, write_blender
+from .mv_helpers import one_thread, make_scene, ring_c2w, write_blender  # noqa: F401
 
 
 def _cfg(**kw):
