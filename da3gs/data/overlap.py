@@ -9,7 +9,9 @@
   depths: the scene's ``near_far`` bounds when known (LLFF), else around a focus distance
   estimated where the reference optical axis passes closest to the others' axes (the object
   of an orbit), else a multiple of the median camera spacing;
-- **viewing direction**: times ``(1 + cos angle) / 2`` between the optical axes;
+- **viewing direction**: times ``((1 + cos angle) / 2) ** 2`` between the optical axes (0.25 at
+  90 degrees: a frustum test without occlusion cannot tell that opposite views of an object
+  see different sides of it);
 - **distance**: times ``sqrt(min / max)`` of the two cameras' distances to the reference
   view's focus point (similar scale of content).
 
@@ -113,7 +115,7 @@ def overlap_scores(c2w, K, image_hw, ref: int, depth_ref=None, near_far=None, gr
         Xc = (rays[None] * depths[:, None, None]).reshape(-1, 3)
         P = Xc @ c2w[ref, :3, :3].T + C[ref]
     score = _project_frac(P, c2w, K, hw)
-    score = score * np.maximum(1.0 + f @ f[ref], 0) / 2
+    score = score * (np.maximum(1.0 + f @ f[ref], 0) / 2) ** 2
     dist_ref = depth_focus if depth_focus is not None else float(np.median(np.linalg.norm(P - C[ref], axis=1)))
     dist = np.linalg.norm(C - (C[ref] + f[ref] * dist_ref), axis=1)
     ratio = np.minimum(dist, dist[ref]) / np.maximum(np.maximum(dist, dist[ref]), 1e-12)
