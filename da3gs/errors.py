@@ -8,5 +8,9 @@ class Da3gsError(ValueError):
     """Base class of every user-facing error raised by da3gs."""
 
 
+class ConfigError(Da3gsError):
+    """An invalid preset, configuration or option value (unknown name, bad YAML, out of range)."""
+
+
 class ModelSourceError(Da3gsError):
     """A model source (hub id, folder, checkpoint file) cannot be resolved or read."""

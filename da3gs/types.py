@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from da3gs.errors import Da3gsError
+
 
 @dataclass
 class Prediction:
@@ -56,7 +58,7 @@ class Prediction:
     def K_original(self) -> torch.Tensor:
         """(V, 3, 3) intrinsics in pixels of the original input images (undoing resize/crop)."""
         if self.K is None:
-            raise ValueError("this prediction has no intrinsics")
+            raise Da3gsError("this prediction has no intrinsics")
         K = self.K.clone().double()
         for i, ((sx, sy), (left, top)) in enumerate(zip(self.resize_scale, self.crop_offsets)):
             K[i, 0, 2] += left

@@ -23,43 +23,20 @@ at the end); an existing folder is only replaced with ``--overwrite``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
-from da3gs.apps.outputs import check_output_dir, write_output_dir
+from da3gs.apps.common import Timer, load_job_model, resolve_device
+from da3gs.apps.eval_common import (add_eval_flags, check_eval_args, eval_out_dir, infer_views,
+                                    load_eval_scene, metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
 
 __all__ = ["add_eval_parser", "run_eval"]
-
-_NERF = ("blender", "nerfstudio", "nerf", "instant-ngp", "ngp")
-
-
-def _common(p) -> None:
-    from da3gs.cli import MODEL_HELP
-
-    p.add_argument("--scene", required=True, help="scene folder or camera file (any da3gs format)")
-    p.add_argument("--format", default="auto", help="scene format (default: auto-detect)")
-    p.add_argument("--scene-opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="scene reader options, e.g. factor=8 (LLFF images_8), split=all")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, help=MODEL_HELP)
-    src.add_argument("--checkpoint", help="a da3gs checkpoint (.safetensors file or folder)")
-    p.add_argument("--process-res", type=int, default=504, help="network input size (default 504)")
-    p.add_argument("--ref-view", default="saddle_balanced",
-                   choices=["saddle_balanced", "first", "middle", "saddle_sim_range"])
-    p.add_argument("--out", default=None, help="output folder (default: <scene>_eval_<task>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (random: models, refinement)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-
 
 def add_eval_parser(sub) -> None:
     """Register ``da3gs eval {nvs,pose,depth}`` on the top-level subparsers ``sub``."""
@@ -67,7 +44,7 @@ def add_eval_parser(sub) -> None:
                        description="Evaluate a model on a posed scene; writes metrics.json.")
     tasks = p.add_subparsers(dest="eval_task", required=True, metavar="TASK")
     n = tasks.add_parser("nvs", help="novel-view synthesis: PSNR / SSIM / LPIPS on held-out views")
-    _common(n)
+    add_eval_flags(n)
     n.add_argument("--targets", default="every8",
                    help="held-out views: everyN (LLFF: index %% N == 0; default every8), "
                    "split:NAME (e.g. split:test) or list:I,J,...")
@@ -94,7 +71,7 @@ def add_eval_parser(sub) -> None:
     for name, h in (("pose", "camera poses: AUC@3/5/15/30, ATE"),
                     ("depth", "depth: AbsRel, delta1 after scale alignment")):
         t = tasks.add_parser(name, help=h)
-        _common(t)
+        add_eval_flags(t)
         t.add_argument("--views", type=int, default=None, help="views to use (default: all, at most 32)")
         t.add_argument("--select", default="fps", choices=["fps", "every-nth"])
         if name == "depth":
@@ -104,124 +81,11 @@ def add_eval_parser(sub) -> None:
                            help="how the prediction is resized to the ground-truth size")
 
 
-def _scene_opts(items: list[str]) -> dict:
-    opts = {}
-    for it in items:
-        if "=" not in it:
-            raise Da3gsError(f"--scene-opt: expected KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            opts[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[k.strip()] = v
-    return opts
-
-
-def _load_scene(args, targets: str | None = None):
-    from da3gs.data import detect_format, load_scene
-
-    opts = _scene_opts(args.scene_opt)
-    fmt = str(args.format).lower()
-    if targets and targets.startswith("split:") and "split" not in opts:
-        fam = detect_format(args.scene) if fmt == "auto" else ("nerf" if fmt in _NERF else fmt)
-        if fam == "nerf":
-            opts["split"] = "all"
-    return load_scene(args.scene, args.format, **opts)
-
-
-def _out_dir(args, task: str) -> Path:
-    scene = Path(args.scene)
-    base = scene if scene.is_dir() else scene.parent
-    out = Path(args.out) if args.out else base.parent / f"{base.name}_eval_{task}"
-    check_output_dir(out, [("--scene", scene), ("--scene", base), ("--checkpoint", args.checkpoint),
-                           ("--model", args.model)], args.overwrite)
-    return out
-
-
-def _load_model(args, device, need_gs: bool):
-    from da3gs import load_model
-    from da3gs.cli import DEFAULT_MODEL
-
-    source = args.checkpoint or args.model or DEFAULT_MODEL
-    torch.manual_seed(args.seed)
-    model = load_model(source, device=device)
-    if not model.has_cameras:
-        raise Da3gsError(f"model {source}: preset {model.preset.name} predicts depth only (no "
-                         "cameras); use an any-view model such as depth-anything/DA3-GIANT")
-    if need_gs and not model.has_gs_head:
-        raise Da3gsError(f"model {source}: preset {model.preset.name} has no Gaussian head; eval nvs "
-                         "renders predicted Gaussians, so it needs a model with a GS head (e.g. "
-                         "depth-anything/DA3-GIANT, or random:tiny-gs for tests)")
-    return model, str(source)
-
-
-def _infer(model, scene, idx, args, bg, conditioned: bool, gs: bool):
-    from PIL import Image
-
-    paths = [scene.image_paths[i] for i in idx]
-    with Image.open(paths[0]) as im:
-        alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    imgs = paths if (not alpha or tuple(bg) == (1.0, 1.0, 1.0)) else scene.subset(idx).load_images(bg)
-    c2w = K = None
-    if conditioned:
-        c2w, K = scene.c2w[idx].float(), scene.K[idx].float()
-    return model.infer(imgs, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
-                       infer_gs=gs)
-
-
-def _pose_errors(pred_c2w, gt_c2w) -> dict:
-    """Per-view errors of already aligned cameras, and pair-wise relative errors."""
-    from da3gs.metrics import relative_pose_errors
-
-    Rp, Rg = pred_c2w[:, :3, :3].double(), gt_c2w[:, :3, :3].double()
-    cos = (((Rg.transpose(1, 2) @ Rp).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
-    rot = torch.rad2deg(torch.acos(cos))
-    trans = (pred_c2w[:, :3, 3].double() - gt_c2w[:, :3, 3].double()).norm(dim=-1)
-    d = {"rotation_error_deg": [round(float(v), 4) for v in rot],
-         "translation_error": [round(float(v), 6) for v in trans],
-         "rotation_error_deg_mean": float(rot.mean()), "translation_error_mean": float(trans.mean())}
-    if len(rot) >= 2:
-        rr, rt = relative_pose_errors(pred_c2w.double(), gt_c2w.double())
-        d["relative_rotation_error_deg_mean"] = float(rr.mean())
-        d["relative_translation_error_deg_mean"] = float(rt.mean())
-    return d
-
-
-def _finish(out: Path, metrics: dict, t0: float, timer, files: dict | None = None) -> None:
-    metrics["timings_s"] = dict(timer.times, total=round(time.perf_counter() - t0, 4))
-    with write_output_dir(out, f"eval {metrics.get('task', '')}".strip()) as tmp:
-        for rel, arr in (files or {}).items():
-            from PIL import Image
-
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(tmp / rel)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
-def _header(args, task, scene, source, device) -> dict:
-    from datetime import datetime, timezone
-
-    from da3gs.apps.render import _versions
-
-    return {"task": task, "scene": str(args.scene), "format": scene.format, "model": source,
-            "device": str(device), "process_res": args.process_res,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "args": {k: v for k, v in vars(args).items() if k not in ("command", "eval_task")},
-            "versions": _versions()}
-
-
 def run_eval(args) -> dict:
     """Dispatch ``da3gs eval TASK`` for parsed CLI ``args``; returns the metrics dict."""
     from da3gs.apps.eval_nvs import run_nvs
 
+    check_eval_args(args)
     if args.eval_task == "nvs":
         return run_nvs(args)
     return (run_pose if args.eval_task == "pose" else run_depth)(args)
@@ -236,28 +100,27 @@ def _select_all(args, scene) -> list[int]:
 
 
 def run_pose(args) -> dict:
-    from da3gs.apps.render import _Timer, resolve_device
     from da3gs.geometry import align_cameras
     from da3gs.metrics import ate, pose_auc
 
-    t0, timer = time.perf_counter(), _Timer()
-    scene = _load_scene(args)
-    out = _out_dir(args, "pose")
+    t0, timer = time.perf_counter(), Timer()
+    scene = load_eval_scene(args)
+    out = eval_out_dir(args, "pose")
     idx = _select_all(args, scene)
     if len(idx) < 2:
         raise Da3gsError("eval pose: needs at least 2 views (relative poses)")
     device = resolve_device(args.device)
     with timer("load_model"):
-        model, source = _load_model(args, device, need_gs=False)
+        model, source = load_job_model(args, device, job="eval")
     with timer("inference"):
-        pred = _infer(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0), False, False)
+        pred = infer_views(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0), False, False)
     pc, gc = pred.c2w.double().cpu(), scene.c2w[idx]
     sim, aligned = align_cameras(pc, gc, orientation_fallback=True)
-    m = _header(args, "pose", scene, source, device)
+    m = metrics_header(args, "pose", scene, source, device)
     m.update({"views": idx, "view_names": [scene.names[i] for i in idx], "select": args.select,
               "auc": pose_auc(pc, gc, thresholds=(3, 5, 15, 30)), "ate": ate(pc, gc, "sim3"),
-              "alignment_scale": float(sim.s), "aligned_errors": _pose_errors(aligned, gc)})
-    _finish(out, m, t0, timer)
+              "alignment_scale": float(sim.s), "aligned_errors": pose_errors(aligned, gc)})
+    write_metrics(out, m, t0, timer)
     if not args.quiet:
         a = m["auc"]
         print(f"da3gs eval pose: {len(idx)} views  AUC@3 {a['auc@3']:.3f}  AUC@5 {a['auc@5']:.3f}  "
@@ -268,22 +131,21 @@ def run_pose(args) -> dict:
 def run_depth(args) -> dict:
     import torch.nn.functional as F
 
-    from da3gs.apps.render import _Timer, resolve_device
     from da3gs.metrics import depth_metrics
 
-    t0, timer = time.perf_counter(), _Timer()
-    scene = _load_scene(args)
+    t0, timer = time.perf_counter(), Timer()
+    scene = load_eval_scene(args)
     if scene.depth_paths is None:
         raise Da3gsError(f"--scene {args.scene}: the {scene.format} scene has no depth maps (use an "
                          "RGB-D scene: TUM groundtruth.txt, ICL/Open3D trajectory.log, or "
                          "nerfstudio depth_file_path)")
-    out = _out_dir(args, "depth")
+    out = eval_out_dir(args, "depth")
     idx = _select_all(args, scene)
     device = resolve_device(args.device)
     with timer("load_model"):
-        model, source = _load_model(args, device, need_gs=False)
+        model, source = load_job_model(args, device, job="eval")
     with timer("inference"):
-        pred = _infer(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0),
+        pred = infer_views(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0),
                       args.pose_mode == "conditioned", False)
     per_view = []
     kw = {"mode": "nearest"} if args.resize == "nearest" else {"mode": "bilinear", "align_corners": False}
@@ -299,11 +161,11 @@ def run_depth(args) -> dict:
     if not valid:
         raise Da3gsError(f"--scene {args.scene}: no valid ground-truth depth in the chosen views")
     mean = {k: float(np.mean([v[k] for v in valid])) for k in keys}
-    m = _header(args, "depth", scene, source, device)
+    m = metrics_header(args, "depth", scene, source, device)
     m.update({"views": idx, "select": args.select, "pose_mode": args.pose_mode,
               "align": args.align, "resize": args.resize, "per_view": per_view, "mean": mean,
               "n_images": len(valid)})
-    _finish(out, m, t0, timer)
+    write_metrics(out, m, t0, timer)
     if not args.quiet:
         print(f"da3gs eval depth: {len(valid)} views  AbsRel {mean['abs_rel']:.4f}  "
               f"delta1 {mean['delta1']:.4f} ({args.align} alignment) -> {out}")

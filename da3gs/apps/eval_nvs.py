@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
+from da3gs.apps.common import Timer, load_job_model, resolve_device
+from da3gs.apps.eval_common import (eval_out_dir, infer_views, load_eval_scene,
+                                    metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
 
 __all__ = ["run_nvs", "score_views"]
@@ -109,12 +112,10 @@ def _refine(g, scene, ctx, bg, args, timer):
 
 
 def run_nvs(args) -> dict:
-    from da3gs.apps.eval import _finish, _header, _infer, _load_model, _load_scene, _out_dir, _pose_errors
-    from da3gs.apps.render import _Timer, resolve_device
     from da3gs.geometry import GeometryError, align_cameras, umeyama
     from da3gs.geometry.gaussians import transform_gaussians
 
-    t0, timer = time.perf_counter(), _Timer()
+    t0, timer = time.perf_counter(), Timer()
     if args.refine_steps < 0:
         raise Da3gsError(f"--refine-steps: expected a non-negative number, got {args.refine_steps}")
     if args.refine_cameras and args.refine_steps == 0:
@@ -122,8 +123,8 @@ def run_nvs(args) -> dict:
     if args.context_list is not None and args.select not in (None, "list"):
         raise Da3gsError(f"--context-list picks the context itself; drop --select {args.select}")
     select = "list" if args.context_list is not None else (args.select or "fps")
-    scene = _load_scene(args, args.targets)
-    out = _out_dir(args, "nvs")
+    scene = load_eval_scene(args, args.targets)
+    out = eval_out_dir(args, "nvs")
     targets = ev.parse_targets(args.targets, scene)
     cands = ev.context_candidates(scene, targets, args.targets)
     ctx, overlap, notes = ev.select_context(scene, cands, targets, args.context, select,
@@ -143,10 +144,10 @@ def run_nvs(args) -> dict:
     device = resolve_device(args.device)
     lp = _lpips_models(args.lpips, device)
     with timer("load_model"):
-        model, source = _load_model(args, device, need_gs=True)
+        model, source = load_job_model(args, device, need_gs=True, job="eval nvs")
     conditioned = args.pose_mode == "conditioned"
     with timer("inference"):
-        pred = _infer(model, scene, ctx, args, bg, conditioned, True)
+        pred = infer_views(model, scene, ctx, args, bg, conditioned, True)
     g = pred.gaussians
     alignment = None
     if not conditioned:
@@ -161,7 +162,7 @@ def run_nvs(args) -> dict:
             g = transform_gaussians(g, sim)
             alignment = {"method": method, "scale": float(sim.s),
                          "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
-                         "context_pose_errors": _pose_errors(aligned, gc)}
+                         "context_pose_errors": pose_errors(aligned, gc)}
     keep = args.refine_steps == 0
     with timer("render_score"):
         rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=keep)
@@ -177,7 +178,7 @@ def run_nvs(args) -> dict:
     used: set[str] = set()
     files = {f"views/{ev.view_file_name(scene.names[i], used)}.png": ev.comparison_panel(p, t)
              for i, (p, t) in zip(targets, imgs)}
-    m = _header(args, "nvs", scene, source, device)
+    m = metrics_header(args, "nvs", scene, source, device)
     m["protocol"] = {
         "targets": args.targets, "target_indices": targets, "targets_available": n_all,
         "target_names": [scene.names[i] for i in targets], "context_select": select,
@@ -190,7 +191,7 @@ def run_nvs(args) -> dict:
               "refinement": refinement, "per_view": rows, "mean": _mean(rows)})
     if before is not None:
         m["mean_before_refinement"] = _mean(before)
-    _finish(out, m, t0, timer, files)
+    write_metrics(out, m, t0, timer, files)
     if not args.quiet:
         mode = "pose-free" if not conditioned else "conditioned"
         ref = f", {args.refine_steps} refine steps" if args.refine_steps else ""

@@ -7,14 +7,14 @@ so an interrupted or failed run leaves nothing half-made.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from da3gs import __version__
+from da3gs.apps.common import (Timer, add_model_flags, add_run_flags, check_number, load_job_model,
+                               resolve_device, versions)
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
 from da3gs.apps.outputs import check_output_dir, write_output_dir
@@ -22,37 +22,57 @@ from da3gs.io.images import list_images
 from da3gs.types import Prediction
 
 
-class _Timer:
-    def __init__(self):
-        self.times: dict[str, float] = {}
+def add_render_parser(sub) -> None:
+    """Register ``da3gs render`` on the top-level subparsers ``sub``."""
+    p = sub.add_parser(
+        "render", help="photos in; Gaussians, depth, cameras and a fly-through video out",
+        description="Predict depth, cameras and 3D Gaussians from a folder of photos in one "
+        "forward pass, then write gaussians.ply, video.mp4, depth/, cameras.json, "
+        "transforms.json, colmap/ and summary.json into --out.")
+    p.add_argument("--views", help="folder of input images (JPEG/PNG/...; default with a COLMAP "
+                   "--poses: the images folder beside the model)")
+    p.add_argument("--poses", help="known cameras: a transforms.json, a COLMAP model folder or "
+                   "a poses_bounds.npy (default: none, the model predicts the cameras). Frames "
+                   "are matched to --views by file name; extra frames are ignored")
+    p.add_argument("--images", help="with a COLMAP --poses whose images are not in the usual "
+                   "place: the folder of its images (same as --views)")
+    add_model_flags(p)
+    add_run_flags(p, "<views>_da3gs")
+    p.add_argument("--max-views", type=int, default=None,
+                   help="use at most this many views, evenly spaced (default: all)")
+    p.add_argument("--trajectory", default="interpolate", choices=["interpolate", "orbit", "extend"],
+                   help="camera path of the video (default: interpolate through the inputs)")
+    p.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
+    p.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
+    p.add_argument("--no-video", action="store_true", help="skip the fly-through video")
+    p.add_argument("--video-depth", action="store_true", help="video shows RGB | depth side by side")
+    p.add_argument("--no-colmap", action="store_true", help="skip the COLMAP model")
+    p.add_argument("--prune-opacity", type=float, default=0.005,
+                   help="drop Gaussians with opacity below this (default 0.005)")
+    p.add_argument("--prune-conf", type=float, default=0.0,
+                   help="drop Gaussians below this percentile of depth confidence (0-100)")
+    p.add_argument("--prune-border", type=int, default=0,
+                   help="drop Gaussians from pixels within this many pixels of the image border")
+    p.add_argument("--voxel", type=float, default=0.0,
+                   help="merge Gaussians of all views falling in one voxel of this size (world units)")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="test-time refinement steps of the pruned Gaussians on the input views "
+                   "(default 0: none)")
 
-    def __call__(self, name: str):
-        timer = self
 
-        class _Ctx:
-            def __enter__(self):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                timer.times[name] = round(time.perf_counter() - self.t, 4)
-
-        return _Ctx()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise Da3gsError(f"--device: unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Da3gsError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+def check_render_args(args) -> None:
+    """Flag values, checked before any file is read or the model loaded (errors name the flag)."""
+    check_number(args.process_res, "--process-res", 14, what="an integer >= 14")
+    check_number(args.max_views, "--max-views", 1, what="a positive number")
+    if not args.no_video:
+        check_number(args.frames, "--frames", 1, what="a positive number of frames")
+        check_number(args.fps, "--fps", 0, lo_open=True, what="a positive frame rate")
+    check_number(args.prune_opacity, "--prune-opacity", 0, 1)
+    check_number(args.prune_conf, "--prune-conf", 0, 100)
+    check_number(args.prune_border, "--prune-border", 0, what="a non-negative number of pixels")
+    check_number(args.voxel, "--voxel", 0, what="a voxel size >= 0 (0: no merging)")
+    check_number(getattr(args, "refine_steps", 0), "--refine-steps", 0,
+                 what="a non-negative number of steps")
 
 
 def select_views(images: list[Path], max_views: int | None) -> list[Path]:
@@ -103,41 +123,23 @@ def _point_cloud(pred: Prediction, conf_percentile: float = 30.0):
     return pts[keep].cpu(), (cols[keep].clamp(0, 1) * 255).round().byte().cpu()
 
 
-def _versions() -> dict[str, str]:
-    v = {"da3gs": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import gsplat
-
-        v["gsplat"] = gsplat.__version__
-    except Exception:
-        pass
-    return v
-
-
 def run_render(args) -> dict:
     """Run the render job for parsed CLI ``args``; returns the summary dict."""
-    from da3gs import load_model
-    from da3gs.cli import DEFAULT_MODEL
-
-    timer = _Timer()
+    timer = Timer()
     t_start = time.perf_counter()
     views = Path(args.views)
     out = Path(args.out) if args.out else views.parent / f"{views.name}_da3gs"
     check_output_dir(out, {"--views": views, "--poses": args.poses,
                            "--checkpoint": args.checkpoint, "--model": args.model}, args.overwrite)
+    check_render_args(args)
     images, skipped = list_images(views)
     images = select_views(images, args.max_views)
     device = resolve_device(args.device)
     c2w = K = None
     if args.poses:
         c2w, K = match_poses(args.poses, images)
-    source = args.checkpoint or args.model or DEFAULT_MODEL
-    torch.manual_seed(args.seed)
     with timer("load_model"):
-        model = load_model(source, device=device)
-    if not model.has_cameras:
-        raise Da3gsError(f"model {source}: preset {model.preset.name} predicts depth only (no "
-                         "cameras); use an any-view model such as depth-anything/DA3-GIANT")
+        model, source = load_job_model(args, device, job="render")
     with timer("inference"):
         pred = model.infer(images, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
                            infer_gs=model.has_gs_head)
@@ -147,7 +149,7 @@ def run_render(args) -> dict:
         "views": V, "processed_size": [H, W], "input_folder": str(views),
         "skipped_files": [p.name for p in skipped], "model": str(source),
         "preset": model.preset.name, "device": str(device), "pose_conditioned": pred.pose_conditioned,
-        "is_metric": pred.is_metric, "versions": _versions(),
+        "is_metric": pred.is_metric, "versions": versions(),
     }
     with write_output_dir(out, "render") as tmp:
         with timer("write_images_depth"):

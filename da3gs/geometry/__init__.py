@@ -26,6 +26,7 @@ from .quaternion import (
     quat_to_mat,
     wxyz_to_xyzw,
     xyzw_to_wxyz,
+    rotation_angle,
 )
 from .ray_pose import RayPoseResult, pose_from_ray_map
 from .rays import pixel_grid, project_points, ray_directions, ray_map, unproject_depth
@@ -43,6 +44,7 @@ __all__ = [
     "colmap_to_c2w",
     "c2w_to_colmap",
     # quaternion
+    "rotation_angle",
     "quat_to_mat",
     "mat_to_quat",
     "quat_multiply",

@@ -16,6 +16,7 @@ import torch
 from .errors import GeometryError, check_shape
 
 __all__ = [
+    "rotation_angle",
     "quat_to_mat",
     "mat_to_quat",
     "quat_multiply",
@@ -187,3 +188,15 @@ def quat_slerp(q0: torch.Tensor, q1: torch.Tensor, t) -> torch.Tensor:
     w0 = torch.where(near, 1 - t, torch.sin((1 - t) * theta) / safe_sin)
     w1 = torch.where(near, t, torch.sin(t * theta) / safe_sin)
     return quat_normalize(w0 * q0 + w1 * q1)
+
+
+def rotation_angle(R: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle (radians, in [0, pi]) of rotation matrices ``R (..., 3, 3)`` -> ``(...)``.
+
+    ``atan2(|axis| sin, cos)`` from the skew part and the trace: accurate near 0 and pi, where
+    ``acos((trace - 1) / 2)`` loses half the digits (an angle of 1e-8 rad reads as 0 or 1e-4).
+    """
+    tr = R.diagonal(dim1=-2, dim2=-1).sum(-1)
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                     R[..., 1, 0] - R[..., 0, 1]], -1)
+    return torch.atan2(0.5 * v.norm(dim=-1), 0.5 * (tr - 1.0))

@@ -28,7 +28,7 @@ def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
       (..., (degree + 1) ** 2) basis values, DC first.
     """
     if not 0 <= degree <= 3:
-        raise ValueError(f"sh degree must be in 0..3, got {degree}")
+        raise GeometryError(f"sh degree must be in 0..3, got {degree}")
     ones = torch.full(dirs.shape[:-1], C0, dtype=dirs.dtype, device=dirs.device)
     if degree == 0:
         return ones[..., None]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import GeometryError, check_finite, check_shape
-from .quaternion import mat_to_quat, quat_slerp, quat_to_mat
+from .quaternion import mat_to_quat, quat_slerp, quat_to_mat, rotation_angle
 
 __all__ = ["look_at", "evaluate_path", "interpolate_path", "orbit_path", "extend_path",
            "scene_center", "nearest_view", "path_intrinsics"]
@@ -156,8 +156,7 @@ def interpolate_path(c2w: torch.Tensor, n_frames: int, closed: bool = False,
     step = (dense[1:, :3, 3] - dense[:-1, :3, 3]).norm(dim=-1)
     if float(step.sum()) <= 1e-9 * (1.0 + float(dense[:, :3, 3].abs().max())):
         rel = dense[:-1, :3, :3].transpose(-1, -2) @ dense[1:, :3, :3]
-        tr = rel.diagonal(dim1=-2, dim2=-1).sum(-1)
-        step = torch.arccos(((tr - 1) / 2).clamp(-1, 1))
+        step = rotation_angle(rel)
     cum = torch.cat([step.new_zeros(1), step.cumsum(0)]).cpu().numpy()
     frac = np.arange(n) / (n if closed else max(n - 1, 1))
     if cum[-1] <= 0:

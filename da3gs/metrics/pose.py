@@ -30,11 +30,11 @@ import math
 import numpy as np
 import torch
 
-from da3gs.geometry import GeometryError, align_cameras, as_homogeneous
+from da3gs.geometry import GeometryError, align_cameras, as_homogeneous, rotation_angle
 
 from .image import MetricsError
 
-__all__ = ["relative_pose_errors", "pose_auc", "auc_from_errors", "ate"]
+__all__ = ["relative_pose_errors", "pose_auc", "auc_from_errors", "ate", "rotation_angle_deg"]
 
 
 def _check_cams(c2w_pred, c2w_gt, min_n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,11 +54,10 @@ def _check_cams(c2w_pred, c2w_gt, min_n: int = 2) -> tuple[torch.Tensor, torch.T
     return out[0], out[1]
 
 
-def _rotation_angle_deg(R: torch.Tensor) -> torch.Tensor:
-    """Geodesic angle of rotations R: (P, 3, 3) -> (P,) degrees."""
-    tr = R.diagonal(dim1=-2, dim2=-1).sum(-1)
-    v = torch.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], -1)
-    return torch.rad2deg(torch.atan2(0.5 * v.norm(dim=-1), 0.5 * (tr - 1.0)))
+def rotation_angle_deg(R: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle of rotations R: (..., 3, 3) -> (...) degrees (stable atan2 form,
+    :func:`da3gs.geometry.rotation_angle`)."""
+    return torch.rad2deg(rotation_angle(R))
 
 
 def _direction_angle_deg(a: torch.Tensor, b: torch.Tensor, zero_tol: float, sign_ambiguity: bool) -> torch.Tensor:
@@ -99,7 +98,7 @@ def relative_pose_errors(
 
     Rg, tg = rel(gt)
     Rp, tp = rel(pred)
-    rot = _rotation_angle_deg(Rg.transpose(-1, -2) @ Rp)
+    rot = rotation_angle_deg(Rg.transpose(-1, -2) @ Rp)
     trans = _direction_angle_deg(tg, tp, zero_tol, sign_ambiguity)
     return rot, trans
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from da3gs.errors import ConfigError
 from da3gs.geometry import mat_to_quat, quat_to_mat
 from da3gs.geometry.sh import rotate_sh
 from da3gs.types import Gaussians
@@ -56,11 +57,11 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
         depth plus its predicted offset).
     """
     if geometry not in GEOMETRIES:
-        raise ValueError(f"geometry: expected one of {GEOMETRIES}, got {geometry!r}")
+        raise ConfigError(f"geometry: expected one of {GEOMETRIES}, got {geometry!r}")
     V, H, W, C = raw.shape
     n_sh = (sh_degree + 1) ** 2
     if C != raw_channels(sh_degree):
-        raise ValueError(f"raw: {C} channels, expected {raw_channels(sh_degree)} for SH degree {sh_degree}")
+        raise ConfigError(f"raw: {C} channels, expected {raw_channels(sh_degree)} for SH degree {sh_degree}")
     dev, dt = raw.device, raw.dtype
     d = (depth + raw[..., -1]) * depth_scale
     offset, scale_logit, rot = raw[..., 0:2], raw[..., 2:5], raw[..., 5:9]

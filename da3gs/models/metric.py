@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from da3gs.errors import Da3gsError
+
 SKY_THRESHOLD = 0.3  # sky map values at or above this are sky
 METRIC_FOCAL = 300.0  # the metric head predicts depth for a focal length of 300 px
 SKY_DEPTH_CAP = 200.0
@@ -51,13 +53,13 @@ def metric_scale(depth: torch.Tensor, conf: torch.Tensor, metric_depth: torch.Te
 
     ``metric_depth`` (normalised to a 300 px focal length) is rescaled by the predicted focal
     length; the fit uses non-sky pixels with at least median confidence and positive depths.
-    Returns a scalar tensor. Raises ValueError when too few non-sky pixels remain.
+    Returns a scalar tensor. Raises Da3gsError when too few non-sky pixels remain.
     """
     focal = (K[..., 0, 0] + K[..., 1, 1]) / 2
     metric_depth = metric_depth * (focal[..., None, None] / METRIC_FOCAL)
     non_sky = sky < SKY_THRESHOLD
     if non_sky.sum() <= 10:
-        raise ValueError("the metric model found (almost) only sky; cannot scale depth to metres")
+        raise Da3gsError("the metric model found (almost) only sky; cannot scale depth to metres")
     median_conf = quantile(conf[non_sky], 0.5)
     mask = (conf >= median_conf) & non_sky & (metric_depth > 1e-2) & (depth > 1e-3)
     a, b = metric_depth[mask].reshape(-1), depth[mask].reshape(-1)

@@ -170,7 +170,8 @@ class DA3Model(nn.Module):
 
     @property
     def preset_sh_degree(self) -> int:
-        return getattr(self.preset, "sh_degree", None) or get_preset(self.preset.anyview).sh_degree
+        sh = getattr(self.preset, "sh_degree", None)  # 0 is a valid degree: test for None
+        return sh if sh is not None else get_preset(self.preset.anyview).sh_degree
 
 
 def _check_poses(c2w, V: int) -> torch.Tensor:

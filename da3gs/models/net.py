@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from da3gs.errors import Da3gsError
 from da3gs.geometry import c2w_to_w2c, decode_pose
 from da3gs.models.backbone import Backbone
 from da3gs.models.camera_encoder import CameraEncoder
@@ -76,7 +77,7 @@ class DA3Net(nn.Module):
         cam_token = None
         if extrinsics is not None and self.has_cameras:
             if intrinsics is None:
-                raise ValueError("intrinsics are required together with extrinsics")
+                raise Da3gsError("intrinsics are required together with extrinsics")
             with _no_autocast(dev):
                 cam_token = self.camera_encoder(extrinsics.float(), intrinsics.float(), (H, W))
         bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy)
@@ -100,7 +101,7 @@ class DA3Net(nn.Module):
         H, W)``: ``raw_gs (B, V, H, W, C)``, ``raw_gs_conf (B, V, H, W)``. Runs in the caller's
         autocast state (:meth:`forward` runs it in fp32)."""
         if self.gs_head is None:
-            raise ValueError(f"preset {self.preset.name} has no GS head")
+            raise Da3gsError(f"preset {self.preset.name} has no GS head")
         H, W = x.shape[-2:]
         return self.gs_head(feats, x.float(), H, W)
 

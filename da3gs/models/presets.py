@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from da3gs.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ViTSpec:
@@ -120,7 +122,7 @@ def preset_from_yaml(path) -> Preset | NestedPreset:
         d["head_out_channels"] = tuple(d["head_out_channels"])
         return Preset(**d)
     except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"{path}: not a preset YAML ({e})") from None
+        raise ConfigError(f"{path}: not a preset YAML ({e})") from None
 
 
 def get_preset(name: str) -> Preset | NestedPreset:
@@ -134,4 +136,4 @@ def get_preset(name: str) -> Preset | NestedPreset:
     if name in NESTED:
         return NESTED[name]
     known = ", ".join(sorted([*PRESETS, *NESTED]))
-    raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    raise ConfigError(f"unknown preset {name!r}; known presets: {known}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from da3gs.errors import ConfigError
+
 STRATEGIES = ("saddle_balanced", "first", "middle", "saddle_sim_range")
 MIN_VIEWS = 3  # with fewer views the order is kept (the first view is the reference)
 
@@ -21,7 +23,7 @@ def select_reference_view(cls_tokens: torch.Tensor, strategy: str = "saddle_bala
     - ``saddle_sim_range``: the view with the largest spread of similarities to the others.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown reference view strategy {strategy!r}; use one of {STRATEGIES}")
+        raise ConfigError(f"unknown reference view strategy {strategy!r}; use one of {STRATEGIES}")
     B, V, _ = cls_tokens.shape
     dev = cls_tokens.device
     if V <= 1 or strategy == "first":

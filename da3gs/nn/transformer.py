@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from da3gs.errors import ConfigError
 from da3gs.nn.rope import RoPE2D
 
 
@@ -56,7 +57,7 @@ class Attention(nn.Module):
                  rope: RoPE2D | None = None):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

@@ -39,7 +39,7 @@ class Da3gsDataParserConfig(DataParserConfig):
     _target: Type = field(default_factory=lambda: Da3gsDataParser)
     data: Path = Path()
     """Folder of images (or a scene folder with transforms.json / COLMAP model and images)."""
-    model: str = "depth-anything/DA3-GIANT"
+    model: str = "depth-anything/DA3-GIANT-1.1"
     """da3gs model: hub repo id, local folder, checkpoint or random:PRESET."""
     cameras: Literal["auto", "dataset", "predicted"] = "auto"
     """auto: dataset poses when the folder has them, else predicted."""

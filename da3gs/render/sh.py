@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from da3gs.errors import Da3gsError
 from da3gs.geometry.sh import C0, eval_sh_bases
 
 __all__ = ["C0", "eval_sh_bases", "eval_sh", "sh_to_color", "rgb_to_sh0", "sh0_to_rgb",
@@ -27,10 +28,10 @@ def num_sh_bases(degree: int) -> int:
 
 
 def sh_degree_from_bases(k: int) -> int:
-    """Degree d with (d + 1) ** 2 == k; raises ValueError if k is not a square."""
+    """Degree d with (d + 1) ** 2 == k; raises Da3gsError if k is not a square."""
     d = int(round(k ** 0.5)) - 1
     if (d + 1) ** 2 != k:
-        raise ValueError(f"number of SH coefficients must be a square, got {k}")
+        raise Da3gsError(f"number of SH coefficients must be a square, got {k}")
     return d
 
 
@@ -46,7 +47,7 @@ def eval_sh(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tens
     """
     k = num_sh_bases(degree)
     if coeffs.shape[-2] < k:
-        raise ValueError(f"sh degree {degree} needs {k} coefficients, got {coeffs.shape[-2]}")
+        raise Da3gsError(f"sh degree {degree} needs {k} coefficients, got {coeffs.shape[-2]}")
     bases = eval_sh_bases(degree, dirs)  # (..., k)
     return (bases[..., :, None] * coeffs[..., :k, :]).sum(dim=-2)
 

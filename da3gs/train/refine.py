@@ -264,7 +264,9 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
     report.psnr_after = sum(report.psnr_after_per_view) / V
     if refine_cameras:
         rel = cams @ torch.linalg.inv(w2c)
-        cos = ((rel[:, 0, 0] + rel[:, 1, 1] + rel[:, 2, 2] - 1) / 2).clamp(-1, 1)
-        report.camera_rotation_deg = [round(float(a), 6) for a in torch.rad2deg(torch.acos(cos))]
+        from da3gs.geometry import rotation_angle
+
+        ang = torch.rad2deg(rotation_angle(rel[:, :3, :3]))
+        report.camera_rotation_deg = [round(float(a), 6) for a in ang]
         report.camera_translation = [round(float(d), 8) for d in rel[:, :3, 3].norm(dim=-1)]
     return out_g.to(g.means.device), report

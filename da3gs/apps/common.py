@@ -1,0 +1,147 @@
+"""What the CLI jobs share: common flags, argument checks, device, model loading, timers.
+
+Used by :mod:`da3gs.cli` and every job in :mod:`da3gs.apps` (render, eval ...); it imports
+neither, so there are no import cycles between the CLI and the jobs. Output folders have their
+own module, :mod:`da3gs.apps.outputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+
+import torch
+
+from da3gs.errors import Da3gsError
+from da3gs.models.reference_view import STRATEGIES
+from da3gs import __version__
+
+__all__ = ["DEFAULT_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
+           "add_run_flags", "check_number", "Timer", "resolve_device", "versions", "load_job_model"]
+
+log = logging.getLogger("da3gs")
+
+DEFAULT_MODEL = "depth-anything/DA3-GIANT-1.1"
+"""The model the CLI uses when neither ``--model`` nor ``--checkpoint`` is given; also what
+``load_model("giant")`` fetches (:data:`da3gs.models.loading.OFFICIAL_REPOS`)."""
+
+MODEL_HELP = (
+    "model: a Hugging Face repo id, a local folder (config.json + model.safetensors) or "
+    f"'random:PRESET' for random weights (default: {DEFAULT_MODEL}, the published model with a "
+    "Gaussian head; licence CC BY-NC 4.0, non-commercial; fetched once into the Hugging Face "
+    "cache)")
+REF_VIEWS = STRATEGIES  # the reference-view choices of --ref-view, one definition
+DEFAULT_PROCESS_RES = 504
+ANYVIEW_HINT = f"use an any-view model such as {DEFAULT_MODEL}"
+
+
+def add_model_flags(p, process_res_help: str | None = None) -> None:
+    """``--model | --checkpoint``, ``--process-res``, ``--ref-view``."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help=MODEL_HELP)
+    src.add_argument("--checkpoint", help="a da3gs checkpoint (.safetensors file or folder)")
+    p.add_argument("--process-res", type=int, default=DEFAULT_PROCESS_RES,
+                   help=process_res_help or "longest image side fed to the network, a multiple "
+                   f"of 14 (default {DEFAULT_PROCESS_RES})")
+    p.add_argument("--ref-view", default="saddle_balanced", choices=list(REF_VIEWS),
+                   help="reference-view strategy for pose-free input (default saddle_balanced)")
+
+
+def add_run_flags(p, out_default: str, seed_help: str = "random seed (random: models)") -> None:
+    """``--out``, ``--overwrite``, ``--device``, ``--seed``, ``-q``."""
+    p.add_argument("--out", default=None, help=f"output folder (default: {out_default})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (only one that da3gs wrote)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+
+def check_number(value, flag: str, lo=None, hi=None, *, lo_open: bool = False,
+                 what: str | None = None) -> None:
+    """Raise :class:`Da3gsError` naming ``flag`` unless ``lo <= value <= hi`` (``lo < value``
+    with ``lo_open``) and finite. ``None`` values are accepted (flag not given)."""
+    if value is None:
+        return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
+    bad = bad or (hi is not None and value > hi)
+    if bad:
+        if what is None:
+            if lo is not None and hi is not None:
+                what = f"a value in {'(' if lo_open else '['}{lo}, {hi}]"
+            elif lo is not None:
+                what = f"a value {'>' if lo_open else '>='} {lo}"
+            else:
+                what = f"a value <= {hi}"
+        raise Da3gsError(f"{flag}: expected {what}, got {value}")
+
+
+class Timer:
+    """``with timer("stage"): ...`` records wall-clock seconds per stage in ``timer.times``
+    (CUDA synchronised at both ends when CUDA is available)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                timer.times[name] = round(time.perf_counter() - self.t, 4)
+
+        return _Stage()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise Da3gsError(f"--device: unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise Da3gsError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def versions() -> dict[str, str]:
+    """Versions of da3gs, torch, python and (when installed) gsplat, for output summaries."""
+    v = {"da3gs": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import gsplat
+
+        v["gsplat"] = gsplat.__version__
+    except Exception:
+        pass
+    return v
+
+
+def load_job_model(args, device, need_gs: bool = False, job: str = "this command"):
+    """The model of ``--checkpoint`` / ``--model`` (default :data:`DEFAULT_MODEL`), seeded with
+    ``--seed``; checks it predicts cameras (and has a GS head when ``need_gs``).
+    Returns ``(model, source)``."""
+    from da3gs import load_model
+
+    source = args.checkpoint or args.model or DEFAULT_MODEL
+    torch.manual_seed(args.seed)
+    model = load_model(source, device=device)
+    if not model.has_cameras:
+        raise Da3gsError(f"model {source}: preset {model.preset.name} predicts depth only (no "
+                         f"cameras); {ANYVIEW_HINT}")
+    if need_gs and not model.has_gs_head:
+        raise Da3gsError(f"model {source}: preset {model.preset.name} has no Gaussian head; {job} "
+                         f"renders predicted Gaussians, so it needs a model with a GS head (e.g. "
+                         f"{DEFAULT_MODEL}, or random:tiny-gs for tests)")
+    return model, str(source)
