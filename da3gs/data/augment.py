@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .batch import ViewBatch
 
-__all__ = ["AugConfig", "photometric", "augment_batch"]
+__all__ = ["AugConfig", "augment_batch", "photometric"]
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _uniform(n: tuple[int, int], lo: float, hi: float, g: torch.Generator) -> to
 def _draw(cfg: AugConfig, B: int, V: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-image parameters, each (B, V) float64 on the CPU (identity where not applied)."""
     n = (B, V) if cfg.per_view else (B, 1)
-    on = lambda p: torch.rand(n, generator=g, dtype=torch.float64) < p  # noqa: E731
+    on = lambda p: torch.rand(n, generator=g, dtype=torch.float64) < p
     jit = on(cfg.jitter_prob)
     p = {
         "brightness": torch.where(jit, _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, g), 1.0),
@@ -115,7 +115,7 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of ``x (N, 3, H, W)`` with per-image ``sigma (N,)`` (0 = none)."""
     N, C, H, W = x.shape
     smax = float(sigma.max())
-    r = max(1, int(math.ceil(3 * smax)))
+    r = max(1, math.ceil(3 * smax))
     r = min(r, (min(H, W) - 1) // 2) if min(H, W) > 2 else 0
     if r == 0:
         return x
@@ -158,7 +158,7 @@ def photometric(images: torch.Tensor, cfg: AugConfig, seed: int | None = None,
     p = {k: v.reshape(-1).to(x.device, torch.float32) for k, v in _draw(cfg, B, V, g).items()}
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
     y = x.reshape(B * V, 3, H, W).float()
-    col = lambda v: v[:, None, None, None]  # noqa: E731
+    col = lambda v: v[:, None, None, None]
     y = y * col(p["brightness"])
     mean = y.mean(dim=(1, 2, 3), keepdim=True)
     y = (y - mean) * col(p["contrast"]) + mean

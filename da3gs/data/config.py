@@ -16,7 +16,7 @@ import numpy as np
 from .augment import AugConfig
 from .crop import PAPER_RESOLUTIONS, num_tokens, resolution_set
 
-__all__ = ["DataConfig", "EvalDataConfig", "EVAL_SEED_BASE", "mix_seed"]
+__all__ = ["EVAL_SEED_BASE", "DataConfig", "EvalDataConfig", "mix_seed"]
 
 EVAL_SEED_BASE = 2**31
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PATCH", "PAPER_RESOLUTIONS", "resolution_set", "num_tokens", "closest_resolution", "resize_crop"]
+__all__ = ["PAPER_RESOLUTIONS", "PATCH", "closest_resolution", "num_tokens", "resize_crop", "resolution_set"]
 
 PATCH = 14
 # Stage-1 resolutions of the paper, (W, H) at base 504.
@@ -27,7 +27,7 @@ PAPER_RESOLUTIONS: tuple[tuple[int, int], ...] = (
 
 
 def _mult(x: float, patch: int) -> int:
-    return max(patch, int(math.floor(x / patch + 0.5)) * patch)
+    return max(patch, math.floor(x / patch + 0.5) * patch)
 
 
 def resolution_set(base: int = 504, resolutions=PAPER_RESOLUTIONS, patch: int = PATCH) -> list[tuple[int, int]]:
@@ -76,15 +76,16 @@ def resize_crop(image: torch.Tensor, K: torch.Tensor, out_hw: tuple[int, int], d
     Returns:
         image (3, H, W), K (3, 3) (same dtype as ``K``) and depth (H, W) or None.
     """
-    _, H0, W0 = image.shape
+    _, H0, W0 = (int(v) for v in image.shape)
+    crop_at = (float(crop_at[0]), float(crop_at[1]))
     H, W = int(out_hw[0]), int(out_hw[1])
     if zoom < 1.0:
         raise ValueError(f"zoom: expected >= 1, got {zoom}")
     s = max(H / H0, W / W0) * float(zoom)
-    nw, nh = max(W, int(round(W0 * s))), max(H, int(round(H0 * s)))
+    nw, nh = max(W, round(W0 * s)), max(H, round(H0 * s))
     sx, sy = nw / W0, nh / H0
-    left = int(round(min(max(crop_at[0], 0.0), 1.0) * (nw - W)))
-    top = int(round(min(max(crop_at[1], 0.0), 1.0) * (nh - H)))
+    left = round(min(max(crop_at[0], 0.0), 1.0) * (nw - W))
+    top = round(min(max(crop_at[1], 0.0), 1.0) * (nh - H))
     if (nh, nw) != (H0, W0):
         image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
                               antialias=nh < H0 or nw < W0)[0].clamp(0.0, 1.0)

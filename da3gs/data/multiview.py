@@ -46,8 +46,17 @@ from .crop import resize_crop
 from .overlap import select_views
 from .scene import Scene, load_scene
 
-__all__ = ["SampleKey", "MultiViewDataset", "GroupedBatchSampler", "DataConfig", "make_train_source",
-           "load_scene_entries", "to_first_frame", "load_view", "assemble_sample"]
+__all__ = [
+    "DataConfig",
+    "GroupedBatchSampler",
+    "MultiViewDataset",
+    "SampleKey",
+    "assemble_sample",
+    "load_scene_entries",
+    "load_view",
+    "make_train_source",
+    "to_first_frame",
+]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -24,20 +24,27 @@ from torch.utils.data import DataLoader
 from .augment import augment_batch
 from .batch import ViewBatch
 from .config import EVAL_SEED_BASE, DataConfig, EvalDataConfig, mix_seed
-from .crop import PATCH, resize_crop  # noqa: F401  (resize_crop: re-exported for callers)
-from .multiview import GroupedBatchSampler, MultiViewDataset, assemble_sample, load_scene_entries, to_first_frame
+from .crop import PATCH
+from .multiview import (
+    GroupedBatchSampler,
+    MultiViewDataset,
+    assemble_sample,
+    load_scene_entries,
+    to_first_frame,
+)
 from .overlap import select_views
 
-__all__ = ["ProceduralSource", "SceneSource", "make_train_source", "make_eval_sets", "make_generator"]
+__all__ = ["ProceduralSource", "SceneSource", "make_eval_sets", "make_generator", "make_train_source"]
 
 log = logging.getLogger(__name__)
 
 
 def make_generator(procedural: dict, device):
-    """``ProceduralGenerator(ProceduralConfig(**procedural), device)``."""
+    """``ProceduralGenerator(ProceduralConfig(**procedural), device)`` (YAML lists become tuples)."""
     from .procedural import ProceduralConfig, ProceduralGenerator
 
-    return ProceduralGenerator(ProceduralConfig(**dict(procedural or {})), device)
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(procedural or {}).items()}
+    return ProceduralGenerator(ProceduralConfig(**kw), device)
 
 
 class ProceduralSource:
@@ -62,7 +69,7 @@ class ProceduralSource:
         self.generator = generator if generator is not None else make_generator(cfg.procedural, self.device)
         self.step = 0
 
-    def __iter__(self) -> "ProceduralSource":
+    def __iter__(self) -> ProceduralSource:
         return self
 
     def shape(self, step: int) -> tuple[int, tuple[int, int], int]:
@@ -108,7 +115,7 @@ class SceneSource:
         self.epoch, self.batch = 0, 0
         self._it = None
 
-    def __iter__(self) -> "SceneSource":
+    def __iter__(self) -> SceneSource:
         return self
 
     def _start(self) -> None:
@@ -152,7 +159,7 @@ def make_train_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, devic
 def _real_hw(src_hw: tuple[int, int], longest: int) -> tuple[int, int]:
     h, w = src_hw
     s = longest / max(h, w)
-    r = lambda x: max(PATCH, int(math.floor(x * s / PATCH + 0.5)) * PATCH)  # noqa: E731
+    r = lambda x: max(PATCH, math.floor(x * s / PATCH + 0.5) * PATCH)
     return r(h), r(w)
 
 

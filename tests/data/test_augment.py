@@ -10,7 +10,7 @@ from da3gs.data.batch import ViewBatch
 
 from .mv_helpers import one_thread  # noqa: F401
 
-ALL_ON = dict(jitter_prob=1.0, gamma_prob=1.0, blur_prob=1.0, noise_prob=1.0)
+ALL_ON = {"jitter_prob": 1.0, "gamma_prob": 1.0, "blur_prob": 1.0, "noise_prob": 1.0}
 
 
 def _batch(B=2, V=3, H=14, W=21):

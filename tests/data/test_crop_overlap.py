@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from da3gs.data.crop import PAPER_RESOLUTIONS, closest_resolution, num_tokens, resize_crop, resolution_set
+from da3gs.data.crop import (
+    PAPER_RESOLUTIONS,
+    closest_resolution,
+    num_tokens,
+    resize_crop,
+    resolution_set,
+)
 from da3gs.data.overlap import overlap_scores, select_views
 
 from .mv_helpers import one_thread, ring_c2w  # noqa: F401
@@ -71,7 +77,7 @@ def test_resize_crop_depth_nearest_exact():
     img = torch.rand(3, H0, W0)
     K = torch.tensor([[30.0, 0, 20], [0, 30.0, 15], [0, 0, 1]])
     for out_hw, zoom, at in [((14, 28), 1.0, (0.5, 0.5)), ((56, 56), 1.2, (0.2, 0.6)), ((28, 14), 1.0, (0.0, 1.0))]:
-        out, K2, d = resize_crop(img, K, out_hw, depth=depth, zoom=zoom, crop_at=at)
+        _out, K2, d = resize_crop(img, K, out_hw, depth=depth, zoom=zoom, crop_at=at)
         assert d.shape == out_hw
         assert set(d.unique().tolist()) <= {0.0, 1.0, 5.0}  # copied, never interpolated
         # each output pixel centre maps back (through K2 and K) into a source pixel of that value

@@ -15,12 +15,12 @@ from da3gs.data.config import DataConfig
 from da3gs.data.multiview import GroupedBatchSampler, MultiViewDataset, SampleKey
 from da3gs.data.scene import SceneError
 
-from .mv_helpers import one_thread, make_scene, ring_c2w, write_blender  # noqa: F401
+from .mv_helpers import make_scene, one_thread, ring_c2w, write_blender  # noqa: F401
 
 
 def _cfg(**kw):
-    base = dict(source=[], views=(2, 4), base_resolution=28, resolutions=((504, 504), (504, 336), (336, 504)),
-                samples_per_scene=4, zoom=(1.0, 1.2), seed=0)
+    base = {"source": [], "views": (2, 4), "base_resolution": 28, "resolutions": ((504, 504), (504, 336), (336, 504)),
+                "samples_per_scene": 4, "zoom": (1.0, 1.2), "seed": 0}
     base.update(kw)
     return DataConfig(**base)
 

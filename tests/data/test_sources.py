@@ -10,13 +10,18 @@ from da3gs.data.augment import AugConfig
 from da3gs.data.config import EVAL_SEED_BASE, DataConfig, EvalDataConfig
 from da3gs.data.crop import num_tokens
 from da3gs.data.multiview import make_train_source as make_from_multiview
-from da3gs.data.sources import ProceduralSource, SceneSource, make_eval_sets, make_train_source
+from da3gs.data.sources import (
+    ProceduralSource,
+    SceneSource,
+    make_eval_sets,
+    make_train_source,
+)
 
-from .mv_helpers import one_thread, FakeGenerator, make_scene, ring_c2w, write_blender  # noqa: F401
+from .mv_helpers import FakeGenerator, make_scene, one_thread, ring_c2w, write_blender  # noqa: F401
 
 
 def _cfg(**kw):
-    base = dict(views=(2, 8), base_resolution=56, batch_size=2, seed=3)
+    base = {"views": (2, 8), "base_resolution": 56, "batch_size": 2, "seed": 3}
     base.update(kw)
     return DataConfig(**base)
 
@@ -46,7 +51,7 @@ def test_procedural_stream_shapes_tokens_and_flags():
 
 def test_procedural_stream_deterministic_ranks_and_resume():
     cfg = _cfg(aug=AugConfig(noise_prob=1.0))
-    run = lambda rank, n=5: [next(s) for s in [ProceduralSource(cfg, rank, 2, generator=FakeGenerator())] for _ in range(n)]  # noqa: E731
+    run = lambda rank, n=5: [next(s) for s in [ProceduralSource(cfg, rank, 2, generator=FakeGenerator())] for _ in range(n)]
     a, a2, r1 = run(0), run(0), run(1)
     for x, y, z in zip(a, a2, r1):
         assert torch.equal(x.images, y.images) and torch.equal(x.pose_conditioned, y.pose_conditioned)
