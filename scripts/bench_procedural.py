@@ -64,6 +64,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="torch.compile the intersection kernels")
+    ap.add_argument("--profile", default=None, metavar="BxV", help="profile one call of this size (stages, top kernels)")
     ap.add_argument("--grid", default=None, help="write a sample grid image here")
     ap.add_argument("--grid-scenes", type=int, default=6)
     ap.add_argument("--grid-views", type=int, default=4)
@@ -92,6 +93,16 @@ def main(argv=None):
         med = statistics.median(ts)
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
         print(f"| {B}x{V} | {B * V} | {med:.4f} | {B * V / med:.0f} | {min(ts):.4f} | {max(ts):.4f} | {peak:.1f} |", flush=True)
+    if a.profile:
+        B, V = (int(x) for x in a.profile.lower().split("x"))
+        gen.sample(B, V, H, W)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            gen.sample(B, V, H, W)
+            _sync(dev)
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        ev = prof.key_averages()
+        print(ev.table(sort_by=key, row_limit=30, max_name_column_width=60))
     if a.grid:
         gh, gw = a.grid_res
         batch = gen.sample(a.grid_scenes, a.grid_views, gh, gw, seed=7)

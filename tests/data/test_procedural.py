@@ -31,7 +31,8 @@ def batch(gen):
 @pytest.fixture(scope="module")
 def many(gen):
     """A larger, low-resolution batch covering the kinds and modes."""
-    return gen.sample(batch_size=40, num_views=2, height=12, width=16, seed=1)
+    g = ProceduralGenerator(ProceduralConfig(seed=3, camera_tries=2, overlap_res=16), device="cpu")
+    return g.sample(batch_size=32, num_views=2, height=12, width=16, seed=1)
 
 
 def test_shapes_dtypes(batch):
@@ -139,8 +140,7 @@ def test_depth_and_cameras_consistent_exact(gen, batch):
                 d = out["depth"].reshape(m)
                 rel = (d - z) / z
                 same = rel.abs() < 1e-3
-                print(b, i, j, m, float(same.float().mean()), float((rel < 1e-3).float().mean()))
-                assert same.float().mean() > 0.5, (b, i, j, float(same.float().mean()))
+                assert same.float().mean() > 0.75, (b, i, j, float(same.float().mean()))
                 # nothing re-traced lies behind the re-projected surface point
                 assert (rel < 1e-3).float().mean() > 0.97, (b, i, j)
                 checked += 1

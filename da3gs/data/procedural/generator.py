@@ -11,6 +11,7 @@ after shading (the depth is untouched by them).
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from ...geometry.conventions import c2w_to_w2c
 from ...geometry.rays import ray_directions
@@ -38,13 +39,15 @@ def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tens
     dn = d.norm(dim=-1)
     du = d / dn[..., None]
     o = c2w[:, :, None, :3, 3]
-    t_env, env = environment_hit(scene, o, du)
-    t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg)
+    with record_function("procedural.primary"):
+        t_env, env = environment_hit(scene, o, du)
+        t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg)
     env = torch.where(slot >= 0, -1, env)
     hit = (slot >= 0) | (env >= 0)
     out = {"depth": torch.where(hit, t / dn, 0.0).reshape(S, V, H, W), "hit": hit.reshape(S, V, H, W)}
     if shaded:
-        rgb, n_w, _ = shade(scene, cfg, o, du, t, slot, env)
+        with record_function("procedural.shade"):
+            rgb, n_w, _ = shade(scene, cfg, o, du, t, slot, env)
         n_c = n_w @ c2w[:, :, :3, :3]  # R^T n, as rows
         out["rgb"] = rgb.reshape(S, V, H, W, 3)
         out["normals"] = n_c.reshape(S, V, H, W, 3)
@@ -146,7 +149,8 @@ class ProceduralGenerator:
         r = _Rng(gen, dev)
         scene = sample_scenes(cfg, B, gen, dev)
         mode = r.choice((B,), cfg.camera_modes)
-        c2w, K = self._cameras(scene, mode, V, H, W, gen)
+        with record_function("procedural.cameras"):
+            c2w, K = self._cameras(scene, mode, V, H, W, gen)
         # photometric per-view draws happen before rendering so chunking cannot change them
         expo = r.u((B, V, 1, 1, 1), *cfg.exposure)
         wb = 1 + r.u((B, V, 1, 1, 3), -cfg.white_balance, cfg.white_balance)

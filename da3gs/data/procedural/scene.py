@@ -38,9 +38,9 @@ class Scene:
       ground_r, dome_r: (S,) ground disk and dome radii.
       active: (S, P) bool.  center: (S, P, 3).  rot: (S, P, 3, 3) local axes as columns.
       prm: (S, P, NUM_PRM) shape parameters.  bound: (S, P) bounding-sphere radius.
-      tex_kind: (S, T) long.  tex_freq: (S, T).  tex_seed: (S, T) int64.
+      tex_kind: (S, T) long.  tex_freq: (S, T).  tex_seed: (S, T) int32.
       palette: (S, T, 3, 3).  tex_dir: (S, T, 3).  ks, shin: (S, T) Phong specular weight, exponent.
-      sky_zenith, sky_horizon: (S, 3).  cloud: (S,).  sky_seed: (S,) int64.
+      sky_zenith, sky_horizon: (S, 3).  cloud: (S,).  sky_seed: (S,) int32.
       light_point: (S,) bool (point lights, else directional).  light_vec: (S, 2, 3) position
       (point) or unit direction towards the light (directional).  light_col: (S, 2, 3), zero
       for an absent second light.  ambient: (S,).
@@ -191,7 +191,7 @@ def sample_scenes(cfg: ProceduralConfig, S: int, gen: torch.Generator, device) -
     tex_kind = r.choice((S, T), cfg.texture_kinds)
     sizes = torch.cat([s, L[:, None].expand(S, NUM_ENV) * 0.5], 1)
     tex_freq = r.logu((S, T), 1.0, 6.0) / sizes
-    tex_seed = torch.randint(0, 2 ** 30, (S, T), generator=gen, device=device)
+    tex_seed = torch.randint(0, 2 ** 30, (S, T), generator=gen, device=device, dtype=torch.int32)
     palette = _palette(r, (S, T))
     tex_dir = r.unit((S, T))
     ks = r.u((S, T), 0.0, 0.6) * (r.u((S, T)) < 0.7)
@@ -205,7 +205,7 @@ def sample_scenes(cfg: ProceduralConfig, S: int, gen: torch.Generator, device) -
     sky_zenith = (zen + 0.08 * r.n((S, 3))).clamp(0, 1)
     sky_horizon = (hor + 0.05 * r.n((S, 3))).clamp(0, 1)
     cloud = r.u((S,), 0.0, 0.7)
-    sky_seed = torch.randint(0, 2 ** 30, (S,), generator=gen, device=device)
+    sky_seed = torch.randint(0, 2 ** 30, (S,), generator=gen, device=device, dtype=torch.int32)
 
     # lights: point lights under a room's ceiling, else directional (sun-like)
     nl = r.int((S,), *cfg.num_lights)

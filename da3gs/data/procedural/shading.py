@@ -10,6 +10,7 @@ the primitives (the environment casts no shadows, so a closed room can have sun-
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from .primitives import BIG, NUM_SLOTS, TORUS, analytic_normal, slot_types
 from .scene import Scene
@@ -92,7 +93,8 @@ def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, 
     normals (zeros on sky), hit: (S, V, M) bool.
     """
     S, V, M = t.shape
-    p, n, albedo, tex, hit = surface(scene, o, d, t, slot, env)
+    with record_function("procedural.surface"):
+        p, n, albedo, tex, hit = surface(scene, o, d, t, slot, env)
     df = d.reshape(S, V * M, 3)
     td = torch.where(hit, t.reshape(S, V * M), 0.0)
     # lights: (S, 2, R, 3) directions towards the light and distances
@@ -107,7 +109,8 @@ def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, 
     test = hit[:, None] & (ndl > 0) & on
     eps = (1e-3 * scene.scale[:, None] + 5e-4 * td)[..., None]
     origin = (p + n * eps)[:, None]
-    vis = ~any_hit(scene, origin, ldir, torch.where(test, dist, 0.0), cfg)
+    with record_function("procedural.shadows"):
+        vis = ~any_hit(scene, origin, ldir, torch.where(test, dist, 0.0), cfg)
     rz = scene.room[:, 2][:, None, None]
     atten = torch.where(point, 1.5 / (1 + (dist / rz) ** 2), 1.0)
     lit = (vis & test).float() * atten  # (S, 2, R)

@@ -19,32 +19,39 @@ import math
 
 import torch
 
-__all__ = ["hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
+__all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
-_M32 = 0xFFFFFFFF
 _CORNERS = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
 
 
-def hash01(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Hash of integer lattice points to [0, 1).
+def hash_int(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """32-bit integer hash of lattice points (int32 arithmetic, wrapping).
 
-    ix: (..., 3) int64; seed: int64 broadcastable to ix[..., 0]. Returns (...,) float32.
+    ix: (..., 3) int32; seed: int32 broadcastable to ix[..., 0]. Returns (...,) int32.
     """
-    h = (ix[..., 0] * 73856093) ^ (ix[..., 1] * 19349663) ^ (ix[..., 2] * 83492791) ^ (seed * 2654435761)
-    h = h & _M32
-    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
-    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
-    h = (h >> 16) ^ h
-    return (h & 0xFFFFFF).float() * (1.0 / 16777216.0)
+    h = (ix[..., 0] * 1597334677) ^ (ix[..., 1] * 812365231) ^ (ix[..., 2] * 1664525) ^ (seed * 1013904223)
+    h = (h ^ (h >> 15)) * 739198763  # arithmetic shifts on negatives are fine for hashing
+    h = (h ^ (h >> 13)) * 1274126177
+    return h ^ (h >> 16)
+
+
+def hash01(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Hash of integer lattice points to [0, 1): ix (..., 3) int32, seed int32 -> (...,) float32."""
+    return (hash_int(ix, seed) & 0xFFFFFF).float() * (1.0 / 16777216.0)
+
+
+def _bytes01(h: torch.Tensor, n: int) -> torch.Tensor:
+    """n (<= 4) values in [0, 1) from the bytes of an int32 hash: (...,) -> (..., n)."""
+    return torch.stack([((h >> (8 * i)) & 255).float() * (1.0 / 255.0) for i in range(n)], -1)
 
 
 def value_noise(p: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int64 -> (N,) in [0, 1]."""
+    """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int32 -> (N,) in [0, 1]."""
     fl = torch.floor(p)
     f = p - fl
     u = f * f * (3 - 2 * f)
-    i = fl.long()
-    c = torch.tensor(_CORNERS, device=p.device)  # (8, 3)
+    i = fl.int()
+    c = torch.tensor(_CORNERS, device=p.device, dtype=torch.int32)  # (8, 3)
     h = hash01(i[:, None, :] + c, seed[:, None])  # (N, 8)
     cf = c.to(p.dtype)
     w = (cf * u[:, None, :] + (1 - cf) * (1 - u[:, None, :])).prod(-1)  # (N, 8)
@@ -80,20 +87,18 @@ def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal
         v2 = value_noise(q * 0.5 + 5.1, seed + 7)
         return _lerp(_lerp(c0, c1, v), c2, (v2 - 0.55).clamp(0, 1) * 2.0)
     if kind == 1:  # dead leaves: base cell colour, then layers of balls of shrinking size
-        cell = torch.floor(q * 0.5).long()
-        h = torch.stack([hash01(cell, seed + j) for j in range(3)], -1)
-        col = _mix(pal, h / h.sum(-1, keepdim=True).clamp_min(1e-6))
+        cell = torch.floor(q * 0.5).int()
+        h = _bytes01(hash_int(cell, seed), 3) + 0.05
+        col = _mix(pal, h / h.sum(-1, keepdim=True))
         for layer in range(4):
-            s = 1.0 + 0.8 * layer
-            ql = q * s + 3.7 * layer
-            ci = torch.floor(ql).long()
-            f = ql - torch.floor(ql)
+            ql = q * (1.0 + 0.8 * layer) + 3.7 * layer
+            fl = torch.floor(ql)
+            ci, f = fl.int(), ql - fl
             sd = seed + 1000 * (layer + 1)
-            ctr = 0.3 + 0.4 * torch.stack([hash01(ci, sd + j) for j in range(3)], -1)
-            rad = 0.12 + 0.18 * hash01(ci, sd + 3)
-            inside = (f - ctr).norm(dim=-1) < rad
-            w = torch.stack([hash01(ci, sd + 4 + j) for j in range(3)], -1) ** 2
-            leaf = _mix(pal, w / w.sum(-1, keepdim=True).clamp_min(1e-6))
+            g = _bytes01(hash_int(ci, sd), 4)  # centre (3), radius
+            inside = (f - (0.3 + 0.4 * g[:, :3])).norm(dim=-1) < 0.12 + 0.18 * g[:, 3]
+            w = _bytes01(hash_int(ci, sd + 1), 3) ** 2 + 0.01
+            leaf = _mix(pal, w / w.sum(-1, keepdim=True))
             col = torch.where(inside[:, None], leaf, col)
         return col
     if kind == 2:  # stripes
@@ -103,7 +108,7 @@ def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal
         thin = (torch.sin(2 * math.pi * 3 * x + 1.0) > 0.85).float()
         return _lerp(_lerp(c0, c1, s), c2, thin * 0.7)
     if kind == 3:  # checkers
-        par = (torch.floor(q).long().sum(-1) & 1).float()
+        par = (torch.floor(q).int().sum(-1) & 1).float()
         return _lerp(c0, c1, par)
     # colour field
     w = torch.stack([value_noise(q * 0.6 + 11.0 * j, seed + 31 * j) for j in range(3)], -1) ** 3
@@ -115,7 +120,7 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
     """Albedo of surface points.
 
     kind: (N,) long texture kind; p: (N, 3) points in the surface's texture frame; freq: (N,)
-    spatial frequency (cycles per unit); seed: (N,) int64; palette: (N, 3, 3) three RGB
+    spatial frequency (cycles per unit); seed: (N,) int32; palette: (N, 3, 3) three RGB
     colours; direction: (N, 3) unit stripe direction. Returns (N, 3) albedo in [0, 1].
     """
     out = torch.zeros_like(p)
@@ -134,7 +139,7 @@ def sky_color(d: torch.Tensor, zenith: torch.Tensor, horizon: torch.Tensor, clou
     """Sky radiance for world directions (z up).
 
     d: (N, 3) unit directions; zenith, horizon: (N, 3); cloud: (N,) cloud cover in [0, 1];
-    seed: (N,) int64. Returns (N, 3) in [0, 1].
+    seed: (N,) int32. Returns (N, 3) in [0, 1].
     """
     up = d[:, 2].clamp_min(0)
     col = _lerp(horizon, zenith, up.sqrt())

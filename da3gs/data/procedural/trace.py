@@ -10,7 +10,10 @@ that enter the bounding sphere before the nearest hit so far (:func:`.sdf.march`
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from torch.profiler import record_function
 
 from .primitives import (BIG, BOX, CYLINDER, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
                          intersect_box, intersect_cylinder, intersect_quad, intersect_sphere, slot_types)
@@ -24,14 +27,27 @@ _COMPILED: dict = {}
 
 
 def _kernel(fn, use_compile: bool):
-    """``fn`` or its torch.compile'd version (CUDA only; eager if compilation is unavailable)."""
+    """``fn`` or its torch.compile'd version (CUDA only; eager if compilation fails, also later
+    at the first call, where torch.compile reports most errors)."""
     if not use_compile:
         return fn
     if fn not in _COMPILED:
         try:
-            _COMPILED[fn] = torch.compile(fn, dynamic=True)
+            compiled = torch.compile(fn, dynamic=True)
         except Exception:  # noqa: BLE001 - any compile failure falls back to eager
-            _COMPILED[fn] = fn
+            compiled = fn
+
+        def call(*args, _c=compiled):
+            if _COMPILED.get(("failed", fn)):
+                return fn(*args)
+            try:
+                return _c(*args)
+            except Exception as e:  # noqa: BLE001
+                _COMPILED[("failed", fn)] = True
+                warnings.warn(f"torch.compile of {fn.__name__} failed, using eager: {e!r:.200}")
+                return fn(*args)
+
+        _COMPILED[fn] = call
     return _COMPILED[fn]
 
 
@@ -97,7 +113,8 @@ def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tens
         best_id = torch.where(better, am + SLOT_START[typ], best_id)
     idx, t0, t1 = _sdf_pairs(scene, o_l, d_l, best_t, tmin)
     if idx.shape[0]:
-        tp, slot = _march_pairs(scene, o_l, d_l, idx, t0, t1, best_t, cfg)
+        with record_function("procedural.march"):
+            tp, slot = _march_pairs(scene, o_l, d_l, idx, t0, t1, best_t, cfg)
         X, Y = best_t.shape[1:]
         f = (idx[:, 0] * X + idx[:, 1]) * Y + idx[:, 2]
         best_t, best_id = best_t.contiguous(), best_id.contiguous()
@@ -127,7 +144,8 @@ def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, 
     lim = torch.where(hit, 0.0, tmax)
     idx, t0, t1 = _sdf_pairs(scene, o_l, d_l, lim, tmin)
     if idx.shape[0]:
-        tp, _ = _march_pairs(scene, o_l, d_l, idx, t0, t1, lim, cfg)
+        with record_function("procedural.march"):
+            tp, _ = _march_pairs(scene, o_l, d_l, idx, t0, t1, lim, cfg)
         X, Y = hit.shape[1:]
         f = (idx[:, 0] * X + idx[:, 1]) * Y + idx[:, 2]
         hit = hit.contiguous()
