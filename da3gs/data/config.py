@@ -89,6 +89,8 @@ class DataConfig:
         self.zoom = tuple(float(v) for v in self.zoom)
         if isinstance(self.source, tuple):
             self.source = list(self.source)
+        elif isinstance(self.source, str) and self.source != "procedural":
+            self.source = [self.source]  # one scene folder or glob
         if len(self.views) != 2 or not 1 <= self.views[0] <= self.views[1]:
             raise ValueError(f"data.views: expected (lo, hi) with 1 <= lo <= hi, got {self.views}")
         if len(self.zoom) != 2 or not 1.0 <= self.zoom[0] <= self.zoom[1]:
