@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     from da3gs.apps.pseudo_label import add_pseudo_label_parser
 
     add_pseudo_label_parser(sub)
+    from da3gs.apps.export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.pseudo_label import run_pseudo_label
 
             run_pseudo_label(args)
+        elif args.command == "export":
+            from da3gs.apps.export import run_export
+
+            run_export(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)

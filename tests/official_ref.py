@@ -75,16 +75,58 @@ def build_official(name: str, seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
-def save_official(net: torch.nn.Module, folder: Path, name: str) -> Path:
-    """Write ``net`` as the official hub layout: ``config.json`` + ``model.safetensors``
-    with keys under ``model.`` (as ``DepthAnything3.save_pretrained`` does)."""
-    from safetensors.torch import save_file
+#: tensors in a released model.safetensors per official network (the state dict less the tied
+#: aliases that ``save_model`` drops; DA3-SMALL's published file holds 437)
+FILE_TENSORS = {"da3-small": 437, "da3-base": 437, "da3-large": 637, "da3-giant": 971,
+                "da3mono-large": 406, "da3metric-large": 406, "da3nested-giant-large": 1377}
+SMALL_FILE_TENSORS = FILE_TENSORS["da3-small"]
+
+
+def save_official(net: torch.nn.Module, folder: Path, name: str, all_keys: bool = False) -> Path:
+    """Write ``net`` exactly as the release does: wrapped as attribute ``model`` of a module
+    (``DepthAnything3``) and saved with ``safetensors.torch.save_model`` (the hub mixin's
+    writer), which stores each tied tensor once; plus ``config.json`` with ``model_name``.
+
+    ``all_keys=True`` writes every state-dict name instead (as older conversions do)."""
+    from safetensors.torch import save_file, save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {f"model.{k}": v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    wrapper = torch.nn.Module()
+    wrapper.model = net
+    if all_keys:
+        state = {k: v.detach().contiguous().clone() for k, v in wrapper.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+    else:
+        save_model(wrapper, str(folder / "model.safetensors"))
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            n = len(list(f.keys()))
+        assert n == FILE_TENSORS.get(name, n), f"{name}: {n} tensors, the release has " \
+            f"{FILE_TENSORS[name]}"
     (folder / "config.json").write_text(json.dumps({"model_name": name}))
     return folder
+
+
+def build_official_uninit(name: str) -> torch.nn.Module:
+    """Official network ``name`` with weight initialisation skipped (uninitialised memory):
+    builds the big presets in about a second, for checks of names, shapes and weight tying."""
+    from depth_anything_3.cfg import create_object, load_config
+    from depth_anything_3.registry import MODEL_REGISTRY
+
+    official_available()
+    saved = {}
+    noop = [(torch.nn.init, n) for n in dir(torch.nn.init)
+            if n.endswith("_") and not n.startswith("__")]
+    noop += [(torch.Tensor, n) for n in ("normal_", "uniform_", "zero_", "fill_")]
+    for mod, attr in noop:
+        saved[(mod, attr)] = getattr(mod, attr)
+        setattr(mod, attr, lambda t, *a, **k: t)
+    try:
+        return create_object(load_config(MODEL_REGISTRY[name]))
+    finally:
+        for (mod, attr), f in saved.items():
+            setattr(mod, attr, f)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -3,25 +3,33 @@
 Accepted sources:
   * a preset name prefixed with ``random:`` (``random:small``): random weights, for tests;
   * a folder with ``config.json`` + ``model.safetensors`` in the official layout (config key
-    ``model_name``, e.g. ``da3-large``) or in ours (config key ``preset``);
+    ``model_name``, e.g. ``da3-large``, at the top or in a nested ``config`` dict; hub-style
+    names such as ``DA3-LARGE-1.1`` are accepted; without it the preset is read off the weight
+    shapes) or in ours (config key ``preset``). Official files hold each tied tensor once
+    (see :mod:`da3gs.models.convert`); files that hold every name load too;
   * a ``.safetensors`` file written by da3gs (preset in its metadata);
   * a Hugging Face repo id (``depth-anything/DA3-LARGE``), fetched with ``huggingface_hub``
     into its cache (offline: the cache is used, else a one-line error says what to do).
-Weights are read with safetensors only; no pickle is ever loaded.
+Weights are read with safetensors only; no pickle is ever loaded. Half-precision files (fp16,
+bf16) are cast to the network's fp32 on load. A source that looks like a local path (a path
+separator beyond the one of ``org/name``, a weights suffix, or a leading ``.``, ``/`` or ``~``)
+and does not exist is reported as not found, never tried on the hub.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from da3gs.errors import ModelSourceError
-from da3gs.models.convert import CheckpointMismatch, is_official_state, load_into, official_to_ours
+from da3gs.models.convert import (CheckpointMismatch, is_official_state, load_into,
+                                  official_to_ours, unique_state)
 from da3gs.models.model import DA3Model
 from da3gs.models.net import build_net
-from da3gs.models.presets import OFFICIAL_NAMES, PRESETS, get_preset
+from da3gs.models.presets import NESTED, OFFICIAL_NAMES, PRESETS, get_preset
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 OFFICIAL_REPOS = {
@@ -43,29 +51,71 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise ModelSourceError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def infer_preset_name(state: dict[str, torch.Tensor]) -> str:
-    """Guess the preset from weight shapes (used when a config does not name it)."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _not_da3(state: dict[str, torch.Tensor], what: str) -> ModelSourceError:
+    keys = sorted(state)
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return ModelSourceError(f"{what}: not a DA3 checkpoint ({len(keys)} tensors"
+                            + (f": {shown})" if keys else ")"))
+
+
+def infer_preset_name(state: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """Guess the preset from weight shapes (used when a config does not name it).
+
+    A state dict of some other network, or one lacking the backbone (a partial file), raises
+    :class:`ModelSourceError` naming ``source``."""
     ours = official_to_ours(state) if is_official_state(state) else state
     if any(k.startswith("anyview.") for k in ours):
-        return "nested-giant-large"
-    dim = ours["backbone.cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[2]) for k in ours if k.startswith("backbone.blocks."))
+        ours = {k[len("anyview."):]: v for k, v in ours.items() if k.startswith("anyview.")}
+        nested = True
+    else:
+        nested = False
+    blocks = {int(m.group(1)) for k in ours if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))}
+    cls = ours.get("backbone.cls_token")
+    if cls is None or not blocks:
+        if not any(k.startswith(("backbone.", "depth_head.")) for k in ours):
+            raise _not_da3(state, source)
+        lacks = "backbone.cls_token" if cls is None else "backbone.blocks"
+        raise ModelSourceError(f"{source}: incomplete DA3 checkpoint ({len(state)} tensors; "
+                               f"no {lacks}): a partial or truncated file?")
+    dim, depth = cls.shape[-1], 1 + max(blocks)
+    has_cam = "backbone.camera_token" in ours
     for name, p in PRESETS.items():
-        if p.vit.dim == dim and p.vit.depth == depth:
-            has_cam = "backbone.camera_token" in ours
-            if has_cam == (p.kind == "anyview"):
-                return name
-    raise ModelSourceError(f"weights of width {dim} and depth {depth} match no known preset")
+        if p.vit.dim == dim and p.vit.depth == depth and has_cam == (p.kind == "anyview"):
+            if nested:
+                for n, q in NESTED.items():
+                    if q.anyview == name:
+                        return n
+                break
+            return name
+    raise ModelSourceError(f"{source}: weights of width {dim} and depth {depth} match no known "
+                           "preset")
 
 
-def _preset_from_config(cfg: dict, path: Path) -> str | None:
+def _config_name(name: str) -> str:
+    """Preset name from a config's ``model_name``: official registry names (``da3-large``) as
+    they are; hub-style names (``depth-anything/DA3-LARGE-1.1``) lower-cased, without the
+    organisation and the version suffix."""
+    if name in PRESETS or name in NESTED or name in OFFICIAL_NAMES:
+        return name
+    base = re.sub(r"[-_]v?\d+(\.\d+)+$", "", name.rsplit("/", 1)[-1].lower())
+    return base if base in OFFICIAL_NAMES or base in PRESETS or base in NESTED else name
+
+
+def _preset_from_config(cfg, path: Path) -> str | None:
+    if not isinstance(cfg, dict):
+        raise ModelSourceError(f"{path}: expected a JSON object")
     name = cfg.get("preset") or cfg.get("model_name")
     if name is None and isinstance(cfg.get("config"), dict):
-        name = cfg["config"].get("model_name")
+        name = cfg["config"].get("preset") or cfg["config"].get("model_name")
     if name is None:
         return None
+    if not isinstance(name, str):
+        raise ModelSourceError(f"{path}: model_name must be a string, got {name!r}")
     try:
-        return get_preset(name).name
+        return get_preset(_config_name(name)).name
     except ValueError as e:
         raise ModelSourceError(f"{path}: {e}") from None
 
@@ -73,13 +123,17 @@ def _preset_from_config(cfg: dict, path: Path) -> str | None:
 def _build(preset: str, state: dict[str, torch.Tensor], source: str,
            gs_geometry: str | None = None) -> DA3Model:
     official = is_official_state(state)
-    if official:
-        state = official_to_ours(state)
-    net = build_net(preset)
+    if not any(k.startswith(("backbone.", "anyview.", "model.", "depth_head."))
+               or ".pretrained." in k for k in state):
+        raise _not_da3(state, source)
     try:
+        if official:
+            state = official_to_ours(state)
+        net = build_net(preset)
         load_into(net, state, source)
     except CheckpointMismatch as e:
-        raise ModelSourceError(str(e)) from None
+        msg = str(e)
+        raise ModelSourceError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     return DA3Model(net.preset, net, gs_geometry or ("official" if official else "da3gs"))
 
 
@@ -96,15 +150,19 @@ def load_folder(folder: Path, preset: str | None = None) -> DA3Model:
     state, meta = _read_safetensors(weights)
     name = preset or _preset_from_config(cfg, folder / CONFIG) or meta.get("da3gs_preset")
     geometry = cfg.get("gs_geometry") or meta.get("da3gs_gs_geometry")
-    return _build(name or infer_preset_name(state), state, str(folder), geometry)
+    return _build(name or infer_preset_name(state, str(weights)), state, str(weights), geometry)
 
 
 def load_file(path: Path, preset: str | None = None) -> DA3Model:
     if path.suffix != ".safetensors":
         raise ModelSourceError(f"{path}: expected a .safetensors file or a model folder")
     state, meta = _read_safetensors(path)
-    name = preset or meta.get("da3gs_preset") or infer_preset_name(state)
-    return _build(get_preset(name).name, state, str(path), meta.get("da3gs_gs_geometry"))
+    name = preset or meta.get("da3gs_preset") or infer_preset_name(state, str(path))
+    try:
+        name = get_preset(name).name
+    except ValueError as e:
+        raise ModelSourceError(f"{path}: {e}") from None
+    return _build(name, state, str(path), meta.get("da3gs_gs_geometry"))
 
 
 def download(repo_id: str) -> Path:
@@ -121,7 +179,8 @@ def download(repo_id: str) -> Path:
     except Exception as e:
         kind = type(e).__name__
         raise ModelSourceError(
-            f"could not fetch {repo_id!r} from the Hugging Face hub ({kind}); offline? Download "
+            f"no local file or folder {repo_id!r}, and could not fetch it from the Hugging Face "
+            f"hub ({kind}); offline? Download "
             f"it elsewhere (huggingface-cli download {repo_id} --local-dir DIR) and pass DIR "
             "as the model source") from None
 
@@ -133,7 +192,7 @@ def save_model(model: DA3Model, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    state = unique_state(model.net)  # tied tensors once (save_file refuses shared storage)
     meta = {"da3gs_preset": model.preset.name, "da3gs_gs_geometry": model.gs_geometry}
     save_file(state, str(tmp / WEIGHTS), metadata=meta)
     cfg = {"format": "da3gs", "preset": model.preset.name, "gs_geometry": model.gs_geometry}
@@ -142,6 +201,13 @@ def save_model(model: DA3Model, path: str | Path) -> Path:
         raise ModelSourceError(f"{path}: already exists; not overwriting")
     tmp.rename(path)
     return path
+
+
+def _looks_local(src: str) -> bool:
+    """A path a user meant as local: leading ``.``/``/``/``~``, a backslash, more than one
+    ``/`` (hub ids are ``org/name``) or a weights suffix."""
+    return (src.startswith((".", "/", "~")) or "\\" in src or src.count("/") > 1
+            or src.lower().endswith(WEIGHT_SUFFIXES))
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu",
@@ -165,7 +231,9 @@ def load_model(source: str | Path, device: str | torch.device = "cpu",
         model = load_file(path, preset)
     elif src in OFFICIAL_REPOS or src in OFFICIAL_NAMES:
         model = load_folder(download(OFFICIAL_REPOS[get_preset(src).name]), preset)
-    elif src.count("/") == 1 and not src.startswith((".", "/", "~")):
+    elif _looks_local(src):
+        raise ModelSourceError(f"model source {src!r}: not found (no such file or folder)")
+    elif src.count("/") == 1:
         model = load_folder(download(src), preset)
     else:
         raise ModelSourceError(f"model source {src!r}: no such file or folder, and not a hub repo id")

@@ -26,7 +26,8 @@ class DualDPT(nn.Module):
     Output dict:
       ``depth: (B, V, H, W)`` (exp activation), ``depth_conf: (B, V, H, W)`` (exp + 1),
       ``ray: (B, V, 8h, 8w, 6)`` (0:3 direction, 3:6 origin; linear), ``ray_conf: (B, V, 8h, 8w)``.
-    Views are processed ``chunk_size`` at a time to bound memory.
+    Views are processed ``chunk_size`` at a time to bound memory. The LayerNorm of ``ray_out2`` is
+    one module shared by all levels, as in the official head.
     """
 
     RAY_LEVELS = 4  # the checkpoint holds a ray neck per pyramid level; only the finest is used
@@ -45,6 +46,10 @@ class DualDPT(nn.Module):
         self.ray_out1 = nn.ModuleList([_ray_neck(features) for _ in range(self.RAY_LEVELS)])
         self.ray_out2 = nn.ModuleList(
             [output_conv2(features // 2, 7, layer_norm=True) for _ in range(self.RAY_LEVELS)])
+        # As in the official head, one LayerNorm object sits in every level (weight tying; see
+        # da3gs.models.convert.TIED): checkpoints hold it once.
+        for level in self.ray_out2[1:]:
+            level[1] = self.ray_out2[0][1]
 
     def forward(self, feats: Sequence[torch.Tensor], H: int, W: int) -> dict[str, torch.Tensor]:
         return chunked_views(lambda f: self._forward_chunk(f, H, W), feats, self.chunk_size)
