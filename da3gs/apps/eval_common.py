@@ -81,7 +81,8 @@ def infer_views(model, scene, idx, args, bg, conditioned: bool, gs: bool):
     paths = [scene.image_paths[i] for i in idx]
     with Image.open(paths[0]) as im:
         alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    imgs = paths if (not alpha or tuple(bg) == (1.0, 1.0, 1.0)) else scene.subset(idx).load_images(bg)
+    # prepare_images drops alpha (as the official reader); composite on bg here instead
+    imgs = scene.subset(idx).load_images(bg) if alpha else paths
     c2w = K = None
     if conditioned:
         c2w, K = scene.c2w[idx].float(), scene.K[idx].float()
