@@ -101,6 +101,36 @@ def set_rng_state(st: dict) -> None:
 
 # ---------------------------------------------------------------- save / load
 
+def alias_map(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """name -> canonical name for tensors sharing storage (the canonical one is the first in
+    sorted order, as the official files store shared tensors); unshared names map to
+    themselves. (The Dual-DPT shares one LayerNorm across its ray output levels.)"""
+    first: dict[tuple, str] = {}
+    out = {}
+    for k in sorted(state):
+        v = state[k]
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype) \
+            if v.numel() else ("empty", k)
+        out[k] = first.setdefault(key, k)
+    return out
+
+
+def dedupe(state: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if aliases.get(k, k) == k}
+
+
+def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "") -> None:
+    """Load a (deduplicated) state dict; missing names must be aliases of present ones."""
+    aliases = alias_map(net.state_dict())
+    full = {k: state[aliases[k]] for k in aliases if aliases[k] in state}
+    missing = sorted(set(aliases) - set(full))
+    extra = sorted(set(state) - set(aliases))
+    if missing or extra:
+        raise RunFolderError(f"{where}: weights do not match the network (missing "
+                             f"{missing[:3]}, unexpected {extra[:3]})")
+    net.load_state_dict(full)
+
+
 def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -117,11 +147,12 @@ def save_checkpoint(run_dir: Path, step: int, preset_name: str, weights: dict, e
     """
     final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
     meta = {"da3gs_preset": preset_name, "da3gs_gs_geometry": "da3gs", "step": str(step)}
+    aliases = alias_map(weights)
     with atomic_dir(final) as tmp:
         tmp = Path(tmp)
-        _save_tensors(ema_weights if ema_weights is not None else weights,
+        _save_tensors(dedupe(ema_weights if ema_weights is not None else weights, aliases),
                       tmp / "model.safetensors", meta)
-        _save_tensors(weights, tmp / "train_weights.safetensors", meta)
+        _save_tensors(dedupe(weights, aliases), tmp / "train_weights.safetensors", meta)
         torch.save(train_state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(json.dumps(
             {"format": "da3gs", "preset": preset_name, "gs_geometry": "da3gs", "step": step,

@@ -332,7 +332,13 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     for text in overrides:
         key, value = parse_override(text)
         if key not in valid:
-            raise _unknown(key, valid, "")
+            tails = [k for k in valid if k.endswith("." + key)]
+            if len(tails) == 1:  # a unique leaf name is enough: steps=3 -> schedule.steps=3
+                key = tails[0]
+            elif len(tails) > 1:
+                raise ConfigError(f"config key {key!r} is ambiguous: {', '.join(tails)}")
+            else:
+                raise _unknown(key, valid, "")
         parts, node = key.split("."), d
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):

@@ -16,9 +16,13 @@ class EMA:
     """
 
     def __init__(self, net: nn.Module, decay: float):
+        from da3gs.train.checkpoint import alias_map
+
         self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in net.state_dict().items()
-                       if v.is_floating_point()}
+        state = net.state_dict()
+        self.aliases = alias_map(state)  # shared tensors are averaged once
+        self.shadow = {k: v.detach().float().clone() for k, v in state.items()
+                       if v.is_floating_point() and self.aliases[k] == k}
 
     def effective_decay(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))
@@ -36,6 +40,7 @@ class EMA:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """From a (deduplicated) full state dict such as a checkpoint's model.safetensors."""
         missing = set(self.shadow) - set(state)
         if missing:
             raise KeyError(f"EMA state lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
@@ -46,7 +51,8 @@ class EMA:
         """A complete ``net`` state dict with the EMA values (non-float buffers from ``net``)."""
         out = {}
         for k, v in net.state_dict().items():
-            out[k] = self.shadow[k].to(v.dtype) if k in self.shadow else v
+            c = self.aliases.get(k, k)
+            out[k] = self.shadow[c].to(v.dtype) if c in self.shadow else v
         return out
 
     @contextmanager

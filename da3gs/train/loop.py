@@ -19,8 +19,8 @@ from torch import nn
 
 from da3gs.errors import Da3gsError
 from da3gs.train import external
-from da3gs.train.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir,
-                                    rng_state, save_checkpoint, set_rng_state)
+from da3gs.train.checkpoint import (latest_checkpoint, load_checkpoint, load_weights,
+                                    prepare_run_dir, rng_state, save_checkpoint, set_rng_state)
 from da3gs.train.config import ConfigError, TrainConfig, save_config, to_dict
 from da3gs.train.dist import (DistInfo, all_reduce_, barrier, cleanup, full_state_dict,
                               gather_objects, init_distributed, mean_over_ranks, wrap)
@@ -160,7 +160,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
     opt_state = None
     if ckpt is not None:
         raw, ema_w, st = load_checkpoint(ckpt)
-        net.load_state_dict(raw)
+        load_weights(net, raw, str(ckpt))
         if ema is not None:
             ema.load_state_dict(ema_w)
         counters = Counters(**st["counters"])
