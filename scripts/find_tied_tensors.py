@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -41,7 +40,6 @@ def tied_groups(net: torch.nn.Module, meta: bool) -> tuple[int, list[list[str]]]
     wrapper = torch.nn.Module()
     wrapper.model = net
     state = wrapper.state_dict()
-    groups: dict = defaultdict(list)
     from safetensors.torch import _find_shared_tensors
 
     found = [sorted(g) for g in _find_shared_tensors(state) if len(g) > 1]
