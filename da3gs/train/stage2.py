@@ -1,0 +1,388 @@
+"""Stage 2: train the GS-DPT head with rendering losses; backbone, Dual-DPT and camera head frozen.
+
+One step (:func:`stage2_forward`, :func:`stage2_train_step`):
+
+1. **Split** each sample's V views into context views (the network input) and held-out
+   target views (rendered, never fed to the network): :func:`split_views`.
+2. **Frozen forward** (:func:`frozen_forward`): backbone, Dual-DPT and camera heads run once,
+   under ``no_grad`` (no activations kept), in eval mode, the backbone in bf16 autocast on
+   CUDA (heads in fp32 as at inference). Pose-conditioned samples (``batch.pose_conditioned``)
+   get their ground-truth context poses through the camera encoder, normalised as
+   ``DA3Model.infer`` does; the others run pose-free. The result also fixes each sample's
+   *frame*: the cameras and depth scale the Gaussians are built with, in the ground-truth
+   world frame:
+
+   * with input poses: the ground-truth context cameras, and the scale taking the network's
+     frame to theirs (Umeyama on the camera centres, :func:`~da3gs.models.model.scale_to_input`),
+     exactly as inference builds Gaussians;
+   * pose-free: the *predicted* context cameras aligned to the ground truth by the Sim(3)
+     fitted on the camera centres (predicted context c2w -> ground-truth context c2w; the
+     camera orientations when fewer than 3 non-collinear centres), with depth scaled by its
+     scale. Building the Gaussians in the aligned cameras equals building them in the
+     predicted frame and moving them by that Sim(3) (tested), at no extra cost.
+
+   The frozen outputs (:class:`FrozenOutputs`) do not depend on the GS head: pass them back
+   in (``frozen=``) to reuse them when the same batch is seen again.
+3. **GS head** with gradients on the detached features (fp32, or bf16 autocast on CUDA).
+4. **Gaussians** (``t + (D + dD) d``, our corrected geometry, by default) rendered into the
+   target cameras (and the context cameras) with the ground-truth intrinsics; gsplat on
+   CUDA, our torch rasteriser elsewhere (``render(..., backend="auto")``).
+5. **Loss** :func:`da3gs.losses.stage2.stage2_loss`: MSE + LPIPS on the rendered views,
+   scale-shift-invariant depth on the context views.
+
+Only ``gs_head`` parameters require gradients and go to the optimizer
+(:func:`setup_stage2`, :func:`stage2_param_groups`).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from da3gs.errors import Da3gsError
+from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
+from da3gs.io.images import imagenet_normalize
+from da3gs.losses.stage2 import Stage2LossConfig, stage2_loss
+from da3gs.models.gaussian_adapter import build_gaussians
+from da3gs.models.model import normalize_input_poses, scale_to_input
+from da3gs.models.net import DA3Net
+from da3gs.render import render
+
+__all__ = ["Stage2Config", "FrozenOutputs", "FROZEN_MODULES", "setup_stage2", "set_stage2_modes",
+           "stage2_param_groups", "init_gs_head_output", "check_optimizer", "split_views", "frozen_forward",
+           "gs_head_forward", "stage2_forward", "stage2_train_step"]
+
+FROZEN_MODULES = ("backbone", "depth_head", "camera_encoder", "camera_decoder")
+_SELECT = ("random", "interleaved", "last")
+
+
+@dataclass
+class Stage2Config:
+    """Stage-2 options.
+
+    Fields:
+      num_targets: held-out target views per sample; the other ``V - num_targets`` views are
+        the context fed to the network (at least 1). 0: only the context views are rendered.
+      target_select: which views are targets: "random" (seeded by ``seed`` and the step),
+        "interleaved" (evenly spaced, never view 0), "last".
+      rgb_on_context: the photometric loss also covers the context views rendered back.
+      geometry: Gaussian geometry: "da3gs" (``t + (D + dD) d``, default), "official" (the
+        compat geometry the official Giant GS weights were trained with), "model" (the
+        loaded model's ``gs_geometry``). :func:`setup_stage2` records it on the model, so
+        inference builds Gaussians the way they were trained.
+      frozen_precision: backbone autocast: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32".
+      head_precision: GS head: "fp32" (as at inference) or "bf16" (autocast, CUDA only).
+      backend: renderer: "auto" (gsplat on CUDA, torch elsewhere), "gsplat", "torch".
+      background: (3,) colour under the splats, in [0, 1].
+      ref_view_strategy: reference-view choice of the pose-free backbone (>= 3 views).
+      align_ransac: pose-free alignment by RANSAC from 10 context views on (else plain
+        Umeyama on all centres).
+      seed: seed of the random target selection.
+      init_head: re-initialise the GS head's output biases in :func:`setup_stage2` so a
+        fresh head starts with Gaussians of ``init_scale_px`` pixels (standard deviation) and
+        opacity ``init_opacity`` (for a head left at random init, e.g. on a stage-1
+        checkpoint; never for trained GS weights such as the official Giant's).
+      init_scale_px, init_opacity: see ``init_head``.
+      loss: weights of :func:`~da3gs.losses.stage2.stage2_loss`.
+    """
+
+    num_targets: int = 2
+    target_select: str = "random"
+    rgb_on_context: bool = True
+    geometry: str = "da3gs"
+    frozen_precision: str = "auto"
+    head_precision: str = "fp32"
+    backend: str = "auto"
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ref_view_strategy: str = "saddle_balanced"
+    align_ransac: bool = False
+    seed: int = 0
+    init_head: bool = False
+    init_scale_px: float = 1.0
+    init_opacity: float = 0.5
+    loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            self.loss = Stage2LossConfig(**self.loss)
+        if self.target_select not in _SELECT:
+            raise Da3gsError(f"stage2.target_select: expected one of {_SELECT}, got "
+                             f"{self.target_select!r}")
+        if self.geometry not in ("da3gs", "official", "model"):
+            raise Da3gsError(f"stage2.geometry: expected da3gs, official or model, got "
+                             f"{self.geometry!r}")
+        if self.frozen_precision not in ("auto", "bf16", "fp32"):
+            raise Da3gsError(f"stage2.frozen_precision: expected auto, bf16 or fp32, got "
+                             f"{self.frozen_precision!r}")
+        if self.head_precision not in ("fp32", "bf16"):
+            raise Da3gsError(f"stage2.head_precision: expected fp32 or bf16, got "
+                             f"{self.head_precision!r}")
+        if not 0 < self.init_scale_px < 6 or not 0 < self.init_opacity < 1:
+            raise Da3gsError("stage2: init_scale_px must lie in (0, 6) and init_opacity in (0, 1)")
+        if self.num_targets < 0:
+            raise Da3gsError(f"stage2.num_targets must be >= 0, got {self.num_targets}")
+        if self.num_targets == 0 and not self.rgb_on_context:
+            raise Da3gsError("stage2: num_targets=0 with rgb_on_context=False renders nothing")
+
+
+def _net(model: nn.Module) -> DA3Net:
+    net = getattr(model, "net", model)
+    if not isinstance(net, DA3Net) or not net.has_cameras:
+        raise Da3gsError(f"stage 2 needs an any-view DA3 network, got {type(net).__name__}"
+                         + (f" ({net.preset.name})" if isinstance(net, DA3Net) else ""))
+    if net.gs_head is None:
+        raise Da3gsError(f"stage 2: preset {net.preset.name!r} has no GS head (use a *-gs preset)")
+    return net
+
+
+def _geometry(model: nn.Module, cfg: Stage2Config) -> str:
+    return getattr(model, "gs_geometry", "da3gs") if cfg.geometry == "model" else cfg.geometry
+
+
+def set_stage2_modes(model: nn.Module, training: bool = True) -> None:
+    """GS head in train (or eval) mode; the frozen modules always in eval mode."""
+    net = _net(model)
+    model.train(training)
+    for name in FROZEN_MODULES:
+        getattr(net, name).eval()
+
+
+def setup_stage2(model: nn.Module, cfg: Stage2Config | None = None) -> list[nn.Parameter]:
+    """Freeze everything but the GS head (``requires_grad`` False, eval mode), record the
+    training geometry on the model (``gs_geometry``) and return the GS head's parameters."""
+    net = _net(model)
+    if cfg is not None and hasattr(model, "gs_geometry"):
+        model.gs_geometry = _geometry(model, cfg)
+    if cfg is not None and cfg.init_head:
+        init_gs_head_output(model, cfg.init_scale_px, cfg.init_opacity)
+    model.requires_grad_(False)
+    net.gs_head.requires_grad_(True)
+    set_stage2_modes(model)
+    return list(net.gs_head.parameters())
+
+
+@torch.no_grad()
+def init_gs_head_output(model: nn.Module, scale_px: float = 1.0, opacity: float = 0.5) -> None:
+    """Set the GS head's last conv biases: scale logits to ``logit(scale_px / 6)`` (the
+    adapter's scale is ``30 sigmoid(l) * 0.1 (1/fx + 1/fy) * depth``, i.e. ``6 sigmoid(l)``
+    pixels), xy and depth offsets to 0, density logit to ``logit(opacity)``."""
+    conv = _net(model).gs_head.out2[-1]
+    b = conv.bias
+    b[0:2] = 0.0
+    b[2:5] = torch.logit(torch.tensor(scale_px / 6.0))
+    b[-2] = 0.0  # depth offset (the channel before the density)
+    b[-1] = torch.logit(torch.tensor(opacity))
+
+
+def stage2_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
+                        cfg: Stage2Config | None = None) -> list[dict]:
+    """Optimizer groups for stage 2 (calls :func:`setup_stage2`): the GS head's weights
+    (``weight_decay``) and its biases / norms (no decay). Frozen parameters are absent, so the
+    optimizer keeps no state for them."""
+    params = setup_stage2(model, cfg)
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return [g for g in ({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "gs_head"},
+                        {"params": rest, "lr": lr, "weight_decay": 0.0, "name": "gs_head_no_decay"})
+            if g["params"]]
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Raise Da3gsError if ``optimizer`` holds any parameter outside the GS head."""
+    head = {id(p) for p in _net(model).gs_head.parameters()}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            if id(p) not in head:
+                raise Da3gsError("stage 2: the optimizer holds parameters outside gs_head "
+                                 "(use stage2_param_groups)")
+
+
+def split_views(V: int, cfg: Stage2Config, step: int = 0) -> tuple[list[int], list[int]]:
+    """(context indices, target indices), both sorted, for V views (same for the whole batch)."""
+    n = cfg.num_targets
+    if V - n < 1:
+        raise Da3gsError(f"stage 2: {V} views cannot give {n} targets and >= 1 context view")
+    if n == 0:
+        tgt: list[int] = []
+    elif cfg.target_select == "last":
+        tgt = list(range(V - n, V))
+    elif cfg.target_select == "interleaved":
+        tgt = sorted({min(V - 1, 1 + int((k + 0.5) * (V - 1) / n)) for k in range(n)})
+        tgt += [i for i in range(V - 1, 0, -1) if i not in tgt][: n - len(tgt)]
+        tgt = sorted(tgt)
+    else:
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+        tgt = sorted(torch.randperm(V, generator=gen)[:n].tolist())
+    return [i for i in range(V) if i not in tgt], tgt
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class FrozenOutputs:
+    """Frozen-network outputs for the B samples' Vc context views (no gradients).
+
+    Fields:
+      ctx, tgt: context / target view indices into the batch's V views.
+      x: (B, Vc, 3, H, W) ImageNet-normalised context images (the GS head's image input).
+      feats: features ``(B, Vc, h*w, 2C)`` per head layer, fp32.
+      depth: (B, Vc, H, W) predicted z-depth, network units.
+      frame_c2w: (B, Vc, 4, 4) cameras the Gaussians are built with, in the GT world frame.
+      frame_K: (B, Vc, 3, 3) their intrinsics.
+      depth_scale: (B,) network depth units -> GT world units.
+      pose_conditioned: (B,) bool.
+    """
+
+    ctx: list[int]
+    tgt: list[int]
+    x: torch.Tensor
+    feats: list[torch.Tensor]
+    depth: torch.Tensor
+    frame_c2w: torch.Tensor
+    frame_K: torch.Tensor
+    depth_scale: torch.Tensor
+    pose_conditioned: torch.Tensor
+
+
+@torch.no_grad()
+def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int = 0) -> FrozenOutputs:
+    """Run the frozen part on the context views of ``batch`` (a ViewBatch) and fix each
+    sample's frame (module docstring). Returns :class:`FrozenOutputs`."""
+    net = _net(model)
+    B, V, H, W = batch.shape
+    ctx, tgt = split_views(V, cfg, step)
+    dev = batch.images.device
+    x = imagenet_normalize(batch.images[:, ctx].float())
+    gt_c2w, gt_K = batch.c2w[:, ctx].float(), batch.K[:, ctx].float()
+    pc = batch.pose_conditioned
+    pc = torch.zeros(B, dtype=torch.bool, device=dev) if pc is None else pc.to(dev).bool()
+    depth = torch.empty(B, len(ctx), H, W, device=dev)
+    pred_c2w = torch.empty(B, len(ctx), 4, 4, device=dev)
+    pred_K = torch.empty(B, len(ctx), 3, 3, device=dev)
+    feats: list[torch.Tensor] | None = None
+    for flag in (False, True):
+        idx = (pc == flag).nonzero()[:, 0]
+        if idx.numel() == 0:
+            continue
+        ext = intr = None
+        if flag:
+            ext = torch.cat([normalize_input_poses(c2w_to_w2c(gt_c2w[b])[None])[0] for b in idx.tolist()])
+            intr = gt_K[idx]
+        with _autocast(dev, cfg.frozen_precision):
+            out, f = net.forward_features(x[idx], ext, intr, cfg.ref_view_strategy)
+        if feats is None:
+            feats = [torch.empty((B,) + t.shape[1:], dtype=torch.float32, device=dev) for t in f]
+        for full, part in zip(feats, f):
+            full[idx] = part.float()
+        depth[idx] = out["depth"].float()
+        pred_c2w[idx] = w2c_to_c2w(as_homogeneous(out["extrinsics"].float()))
+        pred_K[idx] = out["intrinsics"].float()
+    frame_c2w, frame_K = gt_c2w.clone(), gt_K.clone()
+    scale = torch.ones(B, device=dev)
+    for b in range(B):
+        pc64, gt64 = pred_c2w[b].double().cpu(), gt_c2w[b].double().cpu()
+        if bool(pc[b]):
+            scale[b] = scale_to_input(pc64, gt64)
+        else:
+            sim3, aligned = align_cameras(pc64, gt64, ransac=cfg.align_ransac and len(ctx) >= 10,
+                                          orientation_fallback=True)
+            frame_c2w[b], frame_K[b] = aligned.to(dev, torch.float32), pred_K[b]
+            scale[b] = float(sim3.s)
+    return FrozenOutputs(ctx, tgt, x, feats, depth, frame_c2w, frame_K, scale, pc)
+
+
+def gs_head_forward(model: nn.Module, fo: FrozenOutputs, cfg: Stage2Config
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GS head on the frozen features, with gradients: ``raw (B, Vc, H, W, C)`` and
+    ``density (B, Vc, H, W)``, fp32."""
+    net = _net(model)
+    dev = fo.x.device
+    ctx_mgr = (torch.autocast("cuda", dtype=torch.bfloat16)
+               if cfg.head_precision == "bf16" and dev.type == "cuda"
+               else torch.autocast(dev.type, enabled=False))
+    with ctx_mgr:
+        out = net.gs_from_features(fo.feats, fo.x)
+    return out["raw_gs"].float(), out["raw_gs_conf"].float()
+
+
+@dataclass
+class Stage2Result:
+    """loss (scalar, with grad), logs (floats), images: first sample's rendered and GT target
+    (or context) views ``(n, 3, H, W)`` under "render" / "gt", detached, for image grids."""
+
+    loss: torch.Tensor
+    logs: dict
+    images: dict
+
+
+def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpips_fn=None,
+                   step: int = 0, frozen: FrozenOutputs | None = None) -> Stage2Result:
+    """Stage-2 loss on a ViewBatch ``batch`` (B, V, H, W) (module docstring)."""
+    cfg = cfg or Stage2Config()
+    net = _net(model)
+    set_stage2_modes(model, True)
+    fo = frozen if frozen is not None else frozen_forward(model, batch, cfg, step)
+    raw, density = gs_head_forward(model, fo, cfg)
+    B, V, H, W = batch.shape
+    ctx, tgt = fo.ctx, fo.tgt
+    geometry = _geometry(model, cfg)
+    ssi = cfg.loss.depth_weight > 0
+    rendered_depth = ssi and cfg.loss.depth_source == "rendered"
+    views = tgt + (ctx if (cfg.rgb_on_context or rendered_depth) else [])
+    n_rgb = len(tgt) + (len(ctx) if cfg.rgb_on_context else 0)
+    bg = torch.tensor(cfg.background, dtype=torch.float32, device=raw.device)
+    p_rgb, g_rgb, p_d, g_d, valid = [], [], [], [], []
+    n_gauss = 0
+    for b in range(B):
+        g = build_gaussians(raw[b], density[b], fo.depth[b], fo.frame_c2w[b], fo.frame_K[b],
+                            net.preset.sh_degree, geometry, depth_scale=float(fo.depth_scale[b]))
+        n_gauss += len(g)
+        w2c = c2w_to_w2c(batch.c2w[b, views].float())
+        out = render(g, w2c, batch.K[b, views].float(), W, H, backend=cfg.backend, background=bg)
+        p_rgb.append(out.color[:n_rgb].permute(0, 3, 1, 2))
+        g_rgb.append(batch.images[b, views[:n_rgb]].float())
+        if rendered_depth:
+            a = out.alpha[len(tgt):, ..., 0]
+            p_d.append(out.depth[len(tgt):, ..., 0])
+            valid.append(batch.valid[b, ctx] & (a.detach() > cfg.loss.depth_min_alpha))
+        elif ssi:
+            p_d.append((fo.depth[b] + raw[b, ..., -1]) * fo.depth_scale[b])
+            valid.append(batch.valid[b, ctx])
+        if ssi:
+            g_d.append(batch.depth[b, ctx].float())
+    depth_args = (torch.cat(p_d), torch.cat(g_d), torch.cat(valid)) if ssi else (None, None, None)
+    loss, logs = stage2_loss(torch.cat(p_rgb), torch.cat(g_rgb), *depth_args, cfg=cfg.loss,
+                             lpips_fn=lpips_fn)
+    logs.update(num_gaussians=n_gauss / B, pose_conditioned=float(fo.pose_conditioned.float().mean()),
+                opacity=float(density.detach().mean()))
+    images = {"render": p_rgb[0].detach().clamp(0, 1), "gt": g_rgb[0]}
+    return Stage2Result(loss, logs, images)
+
+
+def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
+                      cfg: Stage2Config | None = None, lpips_fn=None, step: int = 0,
+                      grad_clip: float = 1.0, frozen: FrozenOutputs | None = None) -> dict:
+    """One optimizer step of stage 2 on ``batch``; returns the logs (floats). A non-finite
+    loss skips the update and logs ``skipped: 1``. ``grad_clip`` <= 0 disables clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    res = stage2_forward(model, batch, cfg, lpips_fn, step, frozen)
+    logs = dict(res.logs)
+    if not torch.isfinite(res.loss):
+        logs["skipped"] = 1.0
+        return logs
+    res.loss.backward()
+    params = [p for p in _net(model).gs_head.parameters() if p.grad is not None]
+    if grad_clip > 0 and params:
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    logs["skipped"] = 0.0
+    return logs
