@@ -7,6 +7,7 @@ so an interrupted or failed run leaves nothing half-made.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,6 +61,47 @@ def add_render_parser(sub) -> None:
                    "(default 0: none)")
 
 
+def _views_folder(args) -> Path:
+    """``--views`` (``--images`` is the same folder, named as for COLMAP scenes)."""
+    if args.views and args.images and Path(args.views).resolve() != Path(args.images).resolve():
+        raise Da3gsError("--views and --images name different folders; give one of them")
+    folder = args.views or args.images
+    if not folder:
+        raise Da3gsError("--views: required (the folder of input images)")
+    return Path(folder)
+
+
+def unique_stems(images: list[Path]) -> list[str]:
+    """Output names: file stems, made unique (``a.jpg``, ``a.png`` -> ``a``, ``a_2``)."""
+    used: set[str] = set()
+    out = []
+    for p in images:
+        n, k = p.stem, 1
+        while n in used:
+            k += 1
+            n = f"{p.stem}_{k}"
+        used.add(n)
+        out.append(n)
+    return out
+
+
+MIN_SIDE = 14  # one network patch
+
+
+def check_image_sizes(images: list[Path]) -> None:
+    """Refuse degenerate images (a side under one patch, e.g. 1x1) before the model loads."""
+    from PIL import Image
+
+    for p in images:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:
+            continue  # unreadable files are reported, with their path, when they are loaded
+        if min(w, h) < MIN_SIDE:
+            raise Da3gsError(f"{p}: image is {w}x{h} pixels; each side needs at least {MIN_SIDE}")
+
+
 def check_render_args(args) -> None:
     """Flag values, checked before any file is read or the model loaded (errors name the flag)."""
     check_number(args.process_res, "--process-res", 14, what="an integer >= 14")
@@ -94,7 +136,10 @@ def match_poses(poses_path: str, images: list[Path]) -> tuple[torch.Tensor, torc
     from da3gs.data import load_scene
     from da3gs.data.scene import detect_format
 
-    opts = {"images_dir": images[0].parent} if detect_format(poses_path) == "llff" else {}
+    fmt = detect_format(poses_path)
+    opts = {"images_dir": images[0].parent} if fmt in ("llff", "colmap") else {}
+    if fmt in ("nerf", "colmap"):
+        opts["skip_missing"] = True  # a pose file may list more frames than --views holds
     scene = load_scene(poses_path, **opts)
     by_name = {Path(p).stem: i for i, p in enumerate(scene.image_paths)}
     missing = [p.name for p in images if p.stem not in by_name]
@@ -127,13 +172,18 @@ def run_render(args) -> dict:
     """Run the render job for parsed CLI ``args``; returns the summary dict."""
     timer = Timer()
     t_start = time.perf_counter()
-    views = Path(args.views)
+    views = _views_folder(args)
     out = Path(args.out) if args.out else views.parent / f"{views.name}_da3gs"
     check_output_dir(out, {"--views": views, "--poses": args.poses,
                            "--checkpoint": args.checkpoint, "--model": args.model}, args.overwrite)
     check_render_args(args)
     images, skipped = list_images(views)
+    if skipped and not args.quiet:
+        more = f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        print(f"da3gs render: note: skipped {len(skipped)} non-image file(s) in {views}: "
+              f"{', '.join(p.name for p in skipped[:5])}{more}", file=sys.stderr)
     images = select_views(images, args.max_views)
+    check_image_sizes(images)
     device = resolve_device(args.device)
     c2w = K = None
     if args.poses:
@@ -143,7 +193,7 @@ def run_render(args) -> dict:
     with timer("inference"):
         pred = model.infer(images, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
                            infer_gs=model.has_gs_head)
-    names = [p.stem for p in images]
+    names = unique_stems(images)
     V, H, W = pred.depth.shape
     summary: dict = {
         "views": V, "processed_size": [H, W], "input_folder": str(views),
@@ -215,7 +265,7 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
 
 
 def _write_cameras(tmp: Path, pred: Prediction, names, gaussians, summary, colmap: bool) -> None:
-    from da3gs.io.cameras import write_cameras_json, write_colmap_text, write_transforms_json
+    from da3gs.io.cameras import write_cameras_json, write_colmap, write_transforms_json
 
     hw = [tuple(pred.depth.shape[1:])] * pred.num_views
     files = [f"{n}.png" for n in names]
@@ -234,7 +284,8 @@ def _write_cameras(tmp: Path, pred: Prediction, names, gaussians, summary, colma
     write_transforms_json(tmp / "transforms.json", c2w, K, hw, files, ply_file_path="points.ply",
                           image_dir="images")
     if colmap:
-        write_colmap_text(tmp / "colmap", c2w, K, hw, files, points=pts, colors=cols)
+        summary["colmap_format"] = write_colmap(tmp / "colmap", c2w, K, hw, files, points=pts,
+                                                colors=cols)
         summary["colmap_points"] = int(pts.shape[0])
 
 

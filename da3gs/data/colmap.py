@@ -225,10 +225,12 @@ def _images_root(model_dir: Path, root: Path, images_dir) -> Path:
         if (base / "images").is_dir():
             return base / "images"
     raise SceneError(f"{model_dir}: no images folder beside the COLMAP model (looked in {', '.join(looked)}); "
-                     "pass images=FOLDER")
+                     "give the images folder (da3gs render: --views or --images; da3gs eval: "
+                     "--scene-opt images=FOLDER)")
 
 
-def read_colmap(path: Path, *, images_dir=None, load_points: bool = True) -> Scene:
+def read_colmap(path: Path, *, images_dir=None, load_points: bool = True,
+                skip_missing: bool = False) -> Scene:
     """Read a COLMAP scene.
 
     Args:
@@ -238,6 +240,7 @@ def read_colmap(path: Path, *, images_dir=None, load_points: bool = True) -> Sce
             in the model folder and up to two parents); relative paths are taken
             from the scene root when they exist there.
         load_points: read ``points3D`` into ``Scene.points``/``point_colors``.
+        skip_missing: drop images absent from the images folder instead of raising.
     """
     path = Path(path)
     root = path.parent if path.is_file() else path
@@ -250,6 +253,8 @@ def read_colmap(path: Path, *, images_dir=None, load_points: bool = True) -> Sce
     img_root = _images_root(model_dir, root, images_dir)
     images = sorted(images, key=lambda im: im[0])
     missing = [im[0] for im in images if not (img_root / im[0]).is_file()]
+    if missing and skip_missing and len(missing) < len(images):
+        images, missing = [im for im in images if (img_root / im[0]).is_file()], []
     if missing:
         raise missing_error(f"images in {img_root}", missing, len(images), model_dir)
     Ks, hws, dists = [], [], []

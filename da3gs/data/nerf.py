@@ -66,6 +66,7 @@ def _is_nerfstudio(meta: dict) -> bool:
 
 
 def _clean(p: str) -> str:
+    p = p.replace("\\", "/")  # paths written on Windows
     return p[2:] if p.startswith("./") else p
 
 
@@ -133,7 +134,7 @@ def _files(path: Path, split: str | None) -> tuple[list[tuple[str | None, Path]]
 
 
 def read_nerf(path: Path, *, split: str | None = None, background=None, flavour: str | None = None,
-              depth_scale: float = 1000.0) -> Scene:
+              depth_scale: float = 1000.0, skip_missing: bool = False) -> Scene:
     """Read a Blender (``transforms_{split}.json``) or nerfstudio/instant-ngp (``transforms.json``) scene.
 
     Args:
@@ -145,6 +146,8 @@ def read_nerf(path: Path, *, split: str | None = None, background=None, flavour:
         background: RGB in [0, 1] for RGBA images; Blender default white.
         flavour: force the ``Scene.format`` label (``blender``/``nerfstudio``).
         depth_scale: for nerfstudio ``depth_file_path`` PNGs, value per metre (1000: mm).
+        skip_missing: drop frames whose image file is absent instead of raising (a subset of
+            the images was copied); at least one frame must remain.
     """
     if split is not None and split not in SPLITS + ("all",):
         raise SceneError(f"split: expected one of {', '.join(SPLITS)}, all; got {split!r}")
@@ -163,7 +166,7 @@ def read_nerf(path: Path, *, split: str | None = None, background=None, flavour:
             where = f"{jpath} frame {j}"
             if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
                 raise SceneError(f"{where}: missing 'file_path'")
-            img = find_image(root / fr["file_path"])
+            img = find_image(root / _clean(fr["file_path"]))
             if img is None:
                 missing.append(_clean(fr["file_path"]))
                 continue
@@ -180,7 +183,7 @@ def read_nerf(path: Path, *, split: str | None = None, background=None, flavour:
             d = fr.get("depth_file_path")
             depths.append(None if d is None else root / d)
     total = len(paths) + len(missing)
-    if missing:
+    if missing and not (skip_missing and paths):
         raise missing_error("images", missing, total, files[0][1] if len(files) == 1 else root)
     if not paths:
         raise SceneError(f"{files[0][1]}: no frames")

@@ -14,6 +14,9 @@ is written unchanged. Floats are written with ``repr`` (round-trip exact).
   top-level ``ply_file_path`` (splatfacto initialisation).
 Readers for transforms.json and COLMAP models are the scene readers in :mod:`da3gs.data`.
 
+* COLMAP binary model (:func:`write_colmap_binary`, same content; image names may hold spaces,
+  which the text format cannot): ``cameras.bin``, ``images.bin``, ``points3D.bin``.
+  :func:`write_colmap` picks text unless a name needs the binary form.
 * COLMAP text model: ``cameras.txt`` (one PINHOLE camera per image),
   ``images.txt`` (world-to-camera qvec wxyz + tvec, empty 2D-points line),
   ``points3D.txt`` (optional points, error 0, empty tracks).
@@ -35,7 +38,7 @@ from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = ["CameraSet", "write_cameras_json", "read_cameras_json", "write_transforms_json",
-           "write_colmap_text"]
+           "write_colmap_text", "write_colmap_binary", "write_colmap", "colmap_text_ok"]
 
 
 @dataclass
@@ -197,3 +200,67 @@ def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None)
         with atomic_path(folder / fname) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
     return folder
+
+
+def colmap_text_ok(names) -> bool:
+    """True when every image name can be written in a COLMAP text model (no whitespace)."""
+    return not any(any(c.isspace() for c in str(n)) for n in names)
+
+
+def _points_colors(points, colors):
+    if points is None:
+        return None, None
+    P = _t64(points, "points").numpy()
+    if P.ndim != 2 or P.shape[1] != 3:
+        raise InputError(f"points: expected shape (P, 3), got {P.shape}")
+    if colors is None:
+        return P, np.full(P.shape, 128, np.uint8)
+    C = colors.detach().cpu().numpy() if isinstance(colors, torch.Tensor) else np.asarray(colors)
+    if C.shape != P.shape:
+        raise InputError(f"colors: expected shape {P.shape}, got {C.shape}")
+    if not np.issubdtype(C.dtype, np.integer):
+        C = np.round(np.clip(C.astype(np.float64), 0, 1) * 255)
+    return P, np.clip(C, 0, 255).astype(np.uint8)
+
+
+def write_colmap_binary(folder, c2w, K, image_hw, names, points=None, colors=None) -> Path:
+    """Write a COLMAP binary model (``cameras.bin``, ``images.bin``, ``points3D.bin``) into
+    ``folder``: one PINHOLE camera per image, no 2D points, points with empty tracks. Image
+    names may contain spaces (the text format cannot hold them)."""
+    import struct
+
+    c2w, K, hw, names = _check(c2w, K, image_hw, names)
+    if any("\x00" in n for n in names):
+        raise InputError("names: COLMAP image names must not contain NUL characters")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    qvec, tvec = c2w_to_colmap(c2w)
+    cams = [struct.pack("<Q", len(names))]
+    imgs = [struct.pack("<Q", len(names))]
+    for i, (n, (h, w)) in enumerate(zip(names, hw)):
+        k = K[i]
+        cams.append(struct.pack("<iiQQ4d", i + 1, 1, w, h, float(k[0, 0]), float(k[1, 1]),
+                                float(k[0, 2]), float(k[1, 2])))  # model id 1: PINHOLE
+        imgs.append(struct.pack("<I7dI", i + 1, *[float(x) for x in qvec[i].tolist()],
+                                *[float(x) for x in tvec[i].tolist()], i + 1))
+        imgs.append(n.encode("utf-8") + b"\x00" + struct.pack("<Q", 0))
+    P, C = _points_colors(points, colors)
+    pts = [struct.pack("<Q", 0 if P is None else len(P))]
+    if P is not None:
+        pts += [struct.pack("<Q3d3BdQ", j + 1, *map(float, p), *map(int, c), 0.0, 0)
+                for j, (p, c) in enumerate(zip(P, C))]
+    for fname, chunks in (("cameras.bin", cams), ("images.bin", imgs), ("points3D.bin", pts)):
+        with atomic_path(folder / fname) as tmp:
+            tmp.write_bytes(b"".join(chunks))
+    return folder
+
+
+def write_colmap(folder, c2w, K, image_hw, names, points=None, colors=None) -> str:
+    """A COLMAP model in ``folder``: text, or binary when an image name holds whitespace.
+    Returns ``"text"`` or ``"binary"``."""
+    if colmap_text_ok(names):
+        write_colmap_text(folder, c2w, K, image_hw, names, points, colors)
+        return "text"
+    write_colmap_binary(folder, c2w, K, image_hw, names, points, colors)
+    return "binary"
+
