@@ -13,7 +13,6 @@ from da3gs.errors import Da3gsError
 
 SKY_THRESHOLD = 0.3  # sky map values at or above this are sky
 METRIC_FOCAL = 300.0  # the metric head predicts depth for a focal length of 300 px
-SKY_DEPTH_CAP = 200.0
 
 
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:

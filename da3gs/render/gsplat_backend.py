@@ -24,7 +24,7 @@ import torch
 
 from da3gs.errors import Da3gsError
 
-__all__ = ["gsplat_available", "gsplat_version", "rasterize_gsplat"]
+__all__ = ["gsplat_available", "rasterize_gsplat"]
 
 _IMPORT: list = []  # [module] or [exception], filled at the first import attempt
 
@@ -52,14 +52,6 @@ def gsplat_available() -> bool:
         return True
     except Da3gsError:
         return False
-
-
-def gsplat_version() -> str | None:
-    """gsplat's version string, or None when it cannot be imported."""
-    try:
-        return str(getattr(_import_gsplat(), "__version__", "unknown"))
-    except Da3gsError:
-        return None
 
 
 def _dense_radii(meta: dict, C: int, N: int, device) -> torch.Tensor:
