@@ -17,8 +17,8 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
         "export", help="write a model in the official Depth Anything 3 layout",
         description="Write a model as config.json + model.safetensors in the layout of the "
         "official Depth Anything 3 release (tied tensors stored once), so that the official "
-        "package loads it. DIR must be new or empty, or hold an earlier da3gs export "
-        "(replaced with --overwrite); no other file in it is touched.")
+        "package loads it. DIR must be new; with --overwrite, a folder da3gs wrote is replaced "
+        "(never a folder holding anything else).")
     fmt = p.add_mutually_exclusive_group(required=True)
     fmt.add_argument("--official", metavar="DIR", help="output folder, official layout")
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
@@ -30,27 +30,33 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="precision of the written weights (default fp32)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier da3gs export in DIR")
+                   help="replace DIR when it is a folder da3gs wrote (never anything else)")
     p.add_argument("--seed", type=int, default=0, help="random seed (random: sources)")
     return p
 
 
 def run_export(args: argparse.Namespace) -> None:
-    """Load ``args.source`` and write it to ``args.official``; prints one summary line."""
-    from pathlib import Path
+    """Load ``args.source`` and write it to ``args.official``; prints one summary line.
 
+    The output folder is checked before the model loads and written atomically, under the rules
+    of every da3gs output folder (:mod:`da3gs.apps.outputs`)."""
     import torch
 
-    from da3gs.models.export import check_export_target, save_official
+    from da3gs.apps.outputs import check_output_dir, write_output_dir
+    from da3gs.models.export import DTYPES, ExportError, official_name, write_official_files
     from da3gs.models.loading import load_model
 
-    out = Path(args.official).expanduser()
-    check_export_target(out, args.overwrite)  # before loading a big model
+    if args.dtype not in DTYPES:
+        raise ExportError(f"--dtype: expected one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    out = check_output_dir(args.official, {"--from": args.source}, args.overwrite,
+                           flag="--official")
     torch.manual_seed(args.seed)
     model = load_model(args.source, device="cpu", preset=args.preset)
-    save_official(model, out, overwrite=args.overwrite, dtype=args.dtype)
+    official_name(model)  # a preset without an official network: refused before writing
+    with write_output_dir(out, "export") as tmp:
+        write_official_files(model, tmp, args.dtype)
     note = ""
     if getattr(model, "has_gs_head", False) and model.gs_geometry != "official":
         note = (" (note: the official package builds Gaussians with its own geometry; this GS "
                 "head was trained with da3gs's)")
-    print(f"wrote {out} ({model.preset.official_name}, {args.dtype}){note}")
+    print(f"wrote {args.official} ({model.preset.official_name}, {args.dtype}){note}")

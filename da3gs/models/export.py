@@ -7,10 +7,12 @@ dropped aliases as ``safetensors.torch.save_model`` does, plus ``da3gs_export`` 
 which a later export may replace the folder). ``DepthAnything3.from_pretrained(DIR)`` of the
 official package loads it.
 
-Writing is atomic: into a temporary name beside the target, renamed at the end. An existing
-folder is written into only when it is empty or holds an earlier ``da3gs export`` (and then only
-with ``overwrite``); only ``config.json`` and ``model.safetensors`` are ever replaced, no other
-file is touched.
+:func:`save_official` (the API) writes atomically: into a temporary name beside the target,
+renamed at the end. An existing folder is written into only when it is empty or holds an earlier
+export (and then only with ``overwrite``); only ``config.json`` and ``model.safetensors`` are
+ever replaced, no other file is touched. The ``da3gs export`` command follows the rules of every
+da3gs output folder instead (:mod:`da3gs.apps.outputs`: checked before the model loads, never
+inside or around an input, replaced only when da3gs wrote it and it holds no foreign files).
 """
 
 from __future__ import annotations
@@ -82,6 +84,37 @@ def check_export_target(folder: Path, overwrite: bool) -> None:
                               "(overwrite=True) to replace its config.json and model.safetensors")
 
 
+def official_name(model) -> str:
+    """The official ``model_name`` of ``model``'s preset (``da3-large``...); raises
+    :class:`ExportError` for presets without an official network."""
+    preset = getattr(model, "preset", None)
+    name = getattr(preset, "official_name", "")
+    if not name:
+        raise ExportError(f"preset {getattr(preset, 'name', '?')!r} has no official network; "
+                          "only small, base, large, giant, mono-large, metric-large and "
+                          "nested-giant-large can be exported")
+    return name
+
+
+def write_official_files(model, folder: str | Path, dtype: str = "fp32") -> None:
+    """Write ``config.json`` + ``model.safetensors`` of ``model`` into the existing ``folder``,
+    with no checks of the folder (callers check and write atomically: :func:`save_official`,
+    ``da3gs export``). Raises :class:`ExportError` for a preset without an official network or
+    an unknown ``dtype``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    preset = model.preset
+    name = official_name(model)
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    state = official_state(model, DTYPES[dtype])
+    meta = {**_aliases(state), MARK: "official", "da3gs_version": __version__,
+            "da3gs_preset": preset.name}
+    save_file(state, str(folder / WEIGHTS), metadata=meta)
+    (folder / CONFIG).write_text(json.dumps({"model_name": name}, indent=2) + "\n")
+
+
 def save_official(model, folder: str | Path, overwrite: bool = False,
                   dtype: str = "fp32") -> Path:
     """Write ``model`` (a ``DA3Model`` of a preset with an official counterpart) as
@@ -90,34 +123,18 @@ def save_official(model, folder: str | Path, overwrite: bool = False,
     ``dtype``: ``fp32`` (default), ``fp16`` or ``bf16``. Raises :class:`ExportError` for a
     preset without an official network (``tiny``...) or a folder in the way (see the module
     docstring). Returns ``folder``."""
-    from safetensors.torch import save_file
-
     folder = Path(folder).expanduser()
-    preset = getattr(model, "preset", None)
-    name = getattr(preset, "official_name", "")
-    if not name:
-        raise ExportError(f"preset {getattr(preset, 'name', '?')!r} has no official network; "
-                          "only small, base, large, giant, mono-large, metric-large and "
-                          "nested-giant-large can be exported")
-    if dtype not in DTYPES:
-        raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     check_export_target(folder, overwrite)
-    state = official_state(model, DTYPES[dtype])
-    meta = {**_aliases(state), MARK: "official", "da3gs_version": __version__,
-            "da3gs_preset": preset.name}
-    cfg = json.dumps({"model_name": name}, indent=2) + "\n"
-
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.da3gs-tmp-", dir=parent))
     try:
-        save_file(state, str(tmp / WEIGHTS), metadata=meta)
-        (tmp / CONFIG).write_text(cfg)
+        write_official_files(model, tmp, dtype)
         if not folder.exists():
             tmp.rename(folder)
             return folder
         check_export_target(folder, overwrite)  # again: it may have changed while we wrote
-        for fname in (CONFIG, WEIGHTS):
+        for fname in (WEIGHTS, CONFIG):
             os.replace(tmp / fname, folder / fname)
     finally:
         if tmp.exists():

@@ -100,19 +100,26 @@ def test_da3gs_weights_run_in_official_package(tmp_path):
 
 
 def test_export_refusals(tmp_path, capsys):
-    # a preset without an official network
+    # a preset without an official network: refused before anything is written
     assert main(["export", "--official", str(tmp_path / "t"), "--from", "random:tiny"]) == 2
     assert "has no official network" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
-    # a user's folder is never written into
+    # a user's folder is never written into, with or without --overwrite
     user = tmp_path / "user"
     user.mkdir()
     (user / "notes.txt").write_text("mine")
-    assert main(["export", "--official", str(user), "--from", "random:tiny"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not written by da3gs export" in err
+    for extra, msg in (([], "already exists"), (["--overwrite"], "not a folder that da3gs wrote")):
+        assert main(["export", "--official", str(user), "--from", "random:small", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
     assert [p.name for p in user.iterdir()] == ["notes.txt"]
-    # a file in the way
+    # an output around the input
+    src = tmp_path / "run" / "ckpt"
+    save_official(load_model("random:small"), src)
+    assert main(["export", "--official", str(tmp_path / "run"), "--from", str(src),
+                 "--overwrite"]) == 2
+    assert "contains the --from input" in capsys.readouterr().err
+    # API: a file in the way
     (tmp_path / "f").write_text("x")
     with pytest.raises(ExportError, match="not a folder"):
         save_official(load_model("random:small"), tmp_path / "f")
@@ -122,22 +129,34 @@ def test_export_refusals(tmp_path, capsys):
 def test_export_replaces_only_its_own(tmp_path, capsys, dtype):
     torch.manual_seed(0)
     m = load_model("random:small")
-    out = tmp_path / "exp"
-    out.mkdir()  # an empty folder is fine
+    # API: an empty folder is fine; an earlier export is replaced with overwrite=True, and
+    # only its two files: a user's file beside them stays
+    out = tmp_path / "api"
+    out.mkdir()
     save_official(m, out, dtype=dtype)
     assert load_file(str(out / "model.safetensors"))["model.backbone.pretrained.cls_token"].dtype \
         == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     (out / "README.md").write_text("user notes")
     with pytest.raises(ExportError, match="earlier da3gs export"):
         save_official(m, out)
-    assert main(["export", "--official", str(out), "--from", "random:small", "--overwrite"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    save_official(m, out, overwrite=True)
     assert (out / "README.md").read_text() == "user notes"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
                                                        "model.safetensors"]
+    # CLI: the rules of every da3gs output folder
+    cli = tmp_path / "cli"
+    args = ["export", "--official", str(cli), "--from", "random:small", "--dtype", dtype]
+    assert main(args) == 0 and main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    (cli / "README.md").write_text("user notes")
+    assert main(args + ["--overwrite"]) == 2
+    assert "holds files da3gs did not write" in capsys.readouterr().err
+    assert (cli / "README.md").read_text() == "user notes"
     assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
     # the half-precision export loads back (cast to fp32)
-    back = load_model(out)
+    back = load_model(cli)
     assert back.preset.name == "small"
     assert all(p.dtype == torch.float32 for p in back.parameters())
 
