@@ -297,3 +297,13 @@ def test_hub_like_id_offline_names_both(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelSourceError, match="no local file or folder 'my-org/my-model'"):
         load_model("my-org/my-model")
+
+
+def test_cli_local_looking_source_not_found(tmp_path, capsys, monkeypatch):
+    from da3gs.cli import main
+
+    monkeypatch.setattr("da3gs.models.loading.download", lambda *a, **k: 1 / 0)
+    assert main(["export", "--official", str(tmp_path / "o"), "--from",
+                 "runs/exp1/model.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err and "Hugging Face" not in err
