@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from da3gs.errors import Da3gsError
+from da3gs.data.config import EvalDataConfig
 from da3gs.train.external import DataConfig, LossConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -80,30 +81,18 @@ class ScheduleConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalDataConfig):
     """Held-out evaluation during training (and with ``--eval-only``).
 
-    every: evaluate every N steps (0: only at the end).
-    scenes: number of held-out procedural scenes (seeds ``seed .. seed + scenes - 1``).
-    seed: first seed of the held-out procedural scenes (training streams draw seeds below
-      2**31, so the default range is disjoint from them).
-    views, height, width: procedural held-out views and size (multiples of 14).
-    batch_size: samples per evaluation forward.
-    real: real scenes: folders (any format ``da3gs.data.load_scene`` reads) or dicts
-      ``{path: ..., **reader_options}`` such as ``{path: ../shared/data/llff_fern, factor: 8}``.
-    real_views: views per real scene (evenly spaced); real_res: longest side (multiple of 14).
+    every: evaluate every N steps (0: only at the end of the run).
+    The other fields are :class:`da3gs.data.config.EvalDataConfig`'s (the sets come from
+    ``da3gs.data.sources.make_eval_sets``): ``scenes`` procedural scenes with fixed seeds
+    outside the training range, ``views``/``height``/``width``, ``batch_size``, ``real`` scene
+    entries (a folder, or ``{path: ..., factor: 8}`` with reader options), ``real_views``,
+    ``real_res``, ``real_selection`` (overlap | even), ``seed``, ``procedural``.
     """
 
     every: int = 1000
-    scenes: int = 16
-    seed: int = 2**31
-    views: int = 4
-    height: int = 196
-    width: int = 252
-    batch_size: int = 4
-    real: list = field(default_factory=list)
-    real_views: int = 8
-    real_res: int = 280
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Held-out evaluation: procedural scenes with fixed seeds and optional real scene folders.
+"""Held-out evaluation on the sets of ``da3gs.data.sources.make_eval_sets``: procedural scenes
+with fixed seeds outside the training range, and optional real scene folders.
 
 Metrics (pose-free input, world frame = view 0):
   depth: AbsRel and delta1 per view after median scale alignment (da3gs.metrics.depth), on
@@ -9,11 +10,8 @@ Metrics (pose-free input, world frame = view 0):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from da3gs.data.batch import ViewBatch
@@ -21,65 +19,6 @@ from da3gs.geometry import as_homogeneous, w2c_to_c2w
 from da3gs.train import external
 from da3gs.train.config import EvalConfig
 from da3gs.train.step import autocast_for, network_inputs
-
-PATCH = 14
-
-
-def procedural_eval_set(cfg: EvalConfig, device: torch.device) -> list[ViewBatch]:
-    """``cfg.scenes`` held-out procedural samples (seeds ``cfg.seed + i``), kept on the CPU,
-    grouped in batches of ``cfg.batch_size``."""
-    out = []
-    for i in range(0, cfg.scenes, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.scenes - i)
-        items = [external.procedural_sample(device, 1, cfg.views, cfg.height, cfg.width,
-                                            seed=cfg.seed + i + j).to("cpu") for j in range(n)]
-        out.append(ViewBatch.collate(items))
-    return out
-
-
-def _resize_hw(h: int, w: int, res: int) -> tuple[int, int]:
-    s = res / max(h, w)
-    return max(PATCH, round(h * s / PATCH) * PATCH), max(PATCH, round(w * s / PATCH) * PATCH)
-
-
-def real_scene_sample(entry, views: int, res: int) -> ViewBatch:
-    """``views`` evenly spaced views of a scene: a folder (any format ``load_scene`` reads) or
-    a dict ``{"path": ..., **reader_options}`` (e.g. ``{"path": "llff_fern", "factor": 8}``),
-    resized with torch (no OpenCV) so the longest side is ``res`` and both sides are
-    multiples of 14; intrinsics scaled per axis; depth (if the scene has it) resized nearest.
-    Returns a ViewBatch with B = 1."""
-    from da3gs.data import load_scene
-    from da3gs.io.depth import load_depth_png
-    from da3gs.io.images import read_image
-
-    opts = dict(entry) if isinstance(entry, dict) else {"path": entry}
-    path = opts.pop("path")
-    scene = load_scene(path, **opts)
-    idx = np.linspace(0, len(scene) - 1, min(views, len(scene))).round().astype(int).tolist()
-    h0, w0 = scene.image_hw[idx[0]]
-    H, W = _resize_hw(h0, w0, res)
-    imgs, Ks, depths = [], [], []
-    for i in idx:
-        bg = scene.background if scene.background is not None else (1.0, 1.0, 1.0)
-        img = torch.from_numpy(read_image(scene.image_paths[i], background=bg)).permute(2, 0, 1)
-        h, w = img.shape[-2:]
-        imgs.append(F.interpolate(img[None], (H, W), mode="bilinear", antialias=True,
-                                  align_corners=False)[0].clamp(0, 1))
-        K = scene.K[i].clone()
-        K[0] *= W / w
-        K[1] *= H / h
-        Ks.append(K)
-        if scene.depth_paths is not None:
-            d = load_depth_png(scene.depth_paths[i], scale=1.0 / (scene.depth_scale or 1.0))
-            d = torch.from_numpy(np.asarray(d, np.float32))[None, None]
-            depths.append(F.interpolate(d, (H, W), mode="nearest")[0, 0])
-        else:
-            depths.append(torch.zeros(H, W))
-    depth = torch.stack(depths)[None]
-    return ViewBatch(images=torch.stack(imgs)[None].float(), depth=depth, valid=depth > 0,
-                     c2w=scene.c2w[idx][None].float(), K=torch.stack(Ks)[None].float(),
-                     pose_conditioned=torch.zeros(1, dtype=torch.bool),
-                     scene_ids=[Path(path).name])
 
 
 @torch.no_grad()
@@ -134,20 +73,12 @@ def evaluate_batches(net: nn.Module, batches: list[ViewBatch], device: torch.dev
 class Evaluator:
     """Builds the held-out sets once and evaluates a network on all of them.
 
-    ``run(net) -> {"procedural/abs_rel": ..., "<scene>/auc@30": ...}``."""
+    ``run(net) -> {"procedural/abs_rel": ..., "real/<scene>/auc@30": ...}``."""
 
     def __init__(self, cfg: EvalConfig, device: torch.device, precision: str = "auto"):
         self.cfg, self.device, self.precision = cfg, device, precision
-        self.sets: dict[str, list[ViewBatch]] = {}
-        self.skipped: dict[str, str] = {}
-        if cfg.scenes > 0:
-            self.sets["procedural"] = procedural_eval_set(cfg, device)
-        for entry in cfg.real:
-            name = Path(entry["path"] if isinstance(entry, dict) else entry).name
-            try:
-                self.sets[name] = [real_scene_sample(entry, cfg.real_views, cfg.real_res)]
-            except Exception as e:  # an unreadable scene is reported, never fatal
-                self.skipped[name] = f"{type(e).__name__}: {e}"
+        self.sets: dict[str, list[ViewBatch]] = {
+            k: [b.to("cpu") for b in v] for k, v in external.make_eval_sets(cfg, device).items()}
 
     def run(self, net: nn.Module) -> dict[str, float]:
         out = {}

@@ -9,7 +9,7 @@ Interfaces:
   stage1_loss(out, batch, cfg) -> (total, parts);  teacher_loss(out, batch, cfg) -> same
   normalize_batch(batch) -> (batch, scale (B,))
   robust_scale_shift(pred, target, mask) -> (s, t)
-  procedural_sample(device, batch_size, num_views, height, width, seed) -> ViewBatch
+  make_eval_sets(cfg: EvalDataConfig, device) -> {name: [ViewBatch, ...]}
 """
 
 from __future__ import annotations
@@ -67,9 +67,6 @@ def robust_scale_shift(pred, target, mask):
     return _need("da3gs.geometry.depth_align", "robust_scale_shift")(pred, target, mask)
 
 
-def procedural_sample(device, batch_size: int, num_views: int, height: int, width: int,
-                      seed: int):
-    """One held-out procedural batch (default generator settings), reproducible by ``seed``."""
-    gen_cls = _need("da3gs.data.procedural", "ProceduralGenerator")
-    cfg_cls = _need("da3gs.data.procedural", "ProceduralConfig")
-    return gen_cls(cfg_cls(), device).sample(batch_size, num_views, height, width, seed=seed)
+def make_eval_sets(cfg, device):
+    """``{name: [ViewBatch, ...]}`` held-out sets (procedural with fixed seeds; real scenes)."""
+    return _need("da3gs.data.sources", "make_eval_sets")(cfg, device=device)

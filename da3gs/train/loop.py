@@ -211,8 +211,6 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
             with preserved_rng():
                 if evaluator is None:
                     evaluator = Evaluator(cfg.eval, dev, cfg.run.precision)
-                    for name, why in evaluator.skipped.items():
-                        logger.message(f"eval: skipped scene {name}: {why}")
                 if ema is not None:
                     with ema.swapped_in(net):
                         res = evaluator.run(net)
@@ -296,8 +294,6 @@ def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, floa
         from da3gs.train.evaluate import Evaluator
 
         ev = Evaluator(cfg.eval, info.device, cfg.run.precision)
-        res = ev.run(net)
-        res.update({f"skipped/{k}": v for k, v in ev.skipped.items()})
-        return res
+        return ev.run(net)
     finally:
         cleanup()

@@ -46,7 +46,8 @@ def test_teacher_lowers_loss():
 
 def _run(tmp_path, name, steps, resume=False, extra=()):
     cfg = load_config("stage1-tiny", [f"schedule.steps={steps}", f"run.out={tmp_path / name}",
-                                      "run.ckpt_every=2", "optim.ema_decay=0.5", *extra])
+                                      "run.ckpt_every=2", "optim.ema_decay=0.5", "eval.scenes=0",
+                                      *extra])
     return train(cfg, resume=resume)
 
 
