@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     from da3gs.apps.export import add_export_parser
 
     add_export_parser(sub)
+    from da3gs.apps.train import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.export import run_export
 
             run_export(args)
+        elif args.command == "train":
+            from da3gs.apps.train import run_train
+
+            run_train(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)
