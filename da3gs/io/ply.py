@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement
 
 from da3gs.types import Gaussians
 
@@ -113,6 +112,8 @@ def _check_gaussians(g: Gaussians, path: Path) -> int:
 
 def write_ply(path, gaussians: Gaussians) -> Path:
     """Write ``gaussians`` as an INRIA-layout 3DGS PLY (atomically). Returns the path."""
+    from plyfile import PlyData, PlyElement  # lazy: not needed on the training path
+
     path = Path(path)
     g = gaussians
     k = _check_gaussians(g, path)
@@ -146,6 +147,8 @@ def write_ply(path, gaussians: Gaussians) -> Path:
 
 
 def _read_vertex(path: Path):
+    from plyfile import PlyData  # lazy: not needed on the training path
+
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -222,6 +225,8 @@ def write_point_cloud_ply(path, points, colors=None) -> Path:
         points: (N, 3) numpy array or tensor.
         colors: (N, 3) uint8 (0-255) or float in [0, 1] (clipped, rounded); None -> no colour.
     """
+    from plyfile import PlyData, PlyElement  # lazy: not needed on the training path
+
     path = Path(path)
     pts = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
