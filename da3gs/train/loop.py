@@ -138,14 +138,15 @@ def _log_images(logger: RunLogger, net: nn.Module, batch, step: int, precision: 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run (``resume``: continue, when the run folder has a checkpoint) one training run.
     Launch several processes with ``torchrun``; each reads RANK/WORLD_SIZE/LOCAL_RANK."""
+    t0 = time.time()  # run.max_minutes counts from here (set-up included)
     info = init_distributed(cfg.run.device)
     try:
-        return _train(cfg, info, resume)
+        return _train(cfg, info, resume, t0)
     finally:
         cleanup()
 
 
-def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
+def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainResult:
     run_dir, dev = run_dir_of(cfg), info.device
     ckpt = latest_checkpoint(run_dir) if resume else None
     if info.is_main:
@@ -184,7 +185,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
         logger.message(f"resumed from {ckpt} at step {counters.step}")
     teacher = load_teacher(cfg.teacher, dev) if cfg.teacher else None
     evaluator = None
-    total, t0 = cfg.schedule.steps, time.time()
+    total = cfg.schedule.steps
     last_ckpt, last_metrics, reason = ckpt, {}, "done"
     win_t, win_imgs, step_time = time.time(), 0, 0.0
 
@@ -282,12 +283,16 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainResult:
 
 def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, float]:
     """Held-out metrics of ``source`` (any load_model source: a checkpoint folder, an official
-    model) or, when None, of the run's initialisation (``model.init`` or random ``run.seed``)."""
+    model; or a run folder: its newest checkpoint) or, when None, of the run's initialisation
+    (``model.init``, else the random network of ``model.preset`` seeded by ``run.seed``)."""
     info = init_distributed(cfg.run.device)
     try:
         if source:
             from da3gs import load_model
 
+            run_ckpt = latest_checkpoint(Path(source))
+            if (Path(source) / ".da3gs_run").is_file() and run_ckpt is not None:
+                source = str(run_ckpt)  # a run folder: its newest checkpoint
             net = load_model(source, device=info.device).net
         else:
             net = build_network(cfg, info.device)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Resumable training on a GPU machine in short calls: every call continues the run in
+# runs/<config> from its newest checkpoint and stops cleanly (with a checkpoint) before MINUTES.
+#
+#   scripts/train_gpu.sh [CONFIG] [MINUTES] [key=value ...]
+#     CONFIG   config preset or YAML (default stage1-compact)
+#     MINUTES  time limit of this call, set-up included (default 8)
+#   env: RUN=folder (default runs/<CONFIG>), NGPU=n (default: all visible GPUs; >1 uses torchrun),
+#        OUT=folder (copy metrics, images, TensorBoard events there; FETCH_MODEL=1 adds the
+#        newest checkpoint's model.safetensors + config.json)
+# Real held-out scenes are added when shared/data or ../shared/data holds them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+CONFIG=${1:-stage1-compact}; [ $# -gt 0 ] && shift
+MINUTES=${1:-8}; [ $# -gt 0 ] && shift
+RUN=${RUN:-runs/$(basename "$CONFIG" .yaml)}
+NGPU=${NGPU:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+REAL=()
+for d in shared/data ../shared/data; do
+  if [ -d "$d/llff_fern" ]; then
+    REAL=("eval.real=[{path: $d/llff_fern, factor: 8}, $d/lego_400, $d/icl_nuim_livingroom_rgbd5]")
+    break
+  fi
+done
+if [ "$NGPU" -gt 1 ]; then
+  LAUNCH=(torchrun --standalone --nproc_per_node "$NGPU" -m da3gs.cli)
+else
+  LAUNCH=(python -m da3gs.cli)
+fi
+status=0
+"${LAUNCH[@]}" train --config "$CONFIG" --out "$RUN" --resume --max-minutes "$MINUTES" \
+  ${REAL[@]+"${REAL[@]}"} "$@" || status=$?
+if [ -n "${OUT:-}" ] && [ -d "$RUN" ]; then
+  mkdir -p "$OUT/run"
+  for f in metrics.jsonl config.yaml images tb; do
+    [ -e "$RUN/$f" ] && cp -r "$RUN/$f" "$OUT/run/"
+  done
+  ck=$(ls -d "$RUN"/checkpoints/step_* 2>/dev/null | tail -1 || true)
+  if [ -n "$ck" ] && [ "${FETCH_MODEL:-0}" = 1 ]; then
+    mkdir -p "$OUT/model" && cp "$ck/model.safetensors" "$ck/config.json" "$OUT/model/"
+  fi
+  echo "newest checkpoint: ${ck:-none}"
+fi
+exit $status
