@@ -66,7 +66,10 @@ def infer_preset_name(state: dict[str, torch.Tensor], source: str = "checkpoint"
 
     A state dict of some other network, or one lacking the backbone (a partial file), raises
     :class:`ModelSourceError` naming ``source``."""
-    ours = official_to_ours(state) if is_official_state(state) else state
+    try:
+        ours = official_to_ours(state) if is_official_state(state) else state
+    except CheckpointMismatch as e:
+        raise ModelSourceError(f"{source}: {e}") from None
     if any(k.startswith("anyview.") for k in ours):
         ours = {k[len("anyview."):]: v for k, v in ours.items() if k.startswith("anyview.")}
         nested = True

@@ -135,6 +135,10 @@ def test_tied_names_with_different_values_refused(small_pair, tmp_path):
     with pytest.raises(ModelSourceError, match=r"output_conv2_aux\.0\.2\.weight and .*"
                        r"output_conv2_aux\.2\.2\.weight hold different values"):
         load_model(tmp_path / "bad")
+    (tmp_path / "bad" / "config.json").unlink()  # preset read off the weights: same line
+    with pytest.raises(ModelSourceError, match=r"bad.model\.safetensors: tied tensors .* hold "
+                       "different values"):
+        load_model(tmp_path / "bad")
 
 
 def test_fill_tied_rules():
