@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from da3gs.data.batch import ViewBatch
 from da3gs.data.procedural import ProceduralConfig, ProceduralGenerator
 
 
@@ -54,6 +55,18 @@ def make_grid(batch, n_scenes: int, n_views: int) -> np.ndarray:
                                 .astype(np.uint8) for x, v in zip(nrm, val)], 1)
         rows += [r_img, r_dep, r_nrm, np.full((4, r_img.shape[1], 3), 255, np.uint8)]
     return np.concatenate(rows[:-1], 0)
+
+
+def _profile(gen, size: str, H: int, W: int, dev):
+    """Print the profiler's table (stages are labelled procedural.*) for one call."""
+    B, V = (int(x) for x in size.lower().split("x"))
+    gen.sample(B, V, H, W)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        gen.sample(B, V, H, W)
+        _sync(dev)
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
 
 def main(argv=None):
@@ -93,27 +106,29 @@ def main(argv=None):
         med = statistics.median(ts)
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
         print(f"| {B}x{V} | {B * V} | {med:.4f} | {B * V / med:.0f} | {min(ts):.4f} | {max(ts):.4f} | {peak:.1f} |", flush=True)
-    if a.profile:
-        B, V = (int(x) for x in a.profile.lower().split("x"))
-        gen.sample(B, V, H, W)
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with torch.profiler.profile(activities=acts) as prof:
-            gen.sample(B, V, H, W)
-            _sync(dev)
-        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-        ev = prof.key_averages()
-        print(ev.table(sort_by=key, row_limit=30, max_name_column_width=60))
     if a.grid:
         gh, gw = a.grid_res
-        batch = gen.sample(a.grid_scenes, a.grid_views, gh, gw, seed=7)
-        grid = make_grid(batch, a.grid_scenes, a.grid_views)
+        batch = gen.sample(3 * a.grid_scenes, a.grid_views, gh, gw, seed=7)
+        # the same number of scenes of each kind, in kind order
+        kinds = [s.split("/")[1] for s in batch.scene_ids]
+        per = max(1, a.grid_scenes // 3)
+        pick = [i for k in ("room", "ground_sky", "backdrop") for i in [j for j, x in enumerate(kinds) if x == k][:per]]
+        sel = torch.tensor(pick, device=batch.images.device)
+        batch = ViewBatch(images=batch.images[sel], depth=batch.depth[sel], valid=batch.valid[sel], c2w=batch.c2w[sel],
+                          K=batch.K[sel], normals=batch.normals[sel], sky=batch.sky[sel],
+                          scene_ids=[batch.scene_ids[i] for i in pick])
+        grid = make_grid(batch, len(pick), a.grid_views)
         im = Image.fromarray(grid)
         if a.grid.lower().endswith((".jpg", ".jpeg")):
             im.save(a.grid, quality=85)
         else:
             im.save(a.grid)
         print(f"grid: {a.grid} {grid.shape[1]}x{grid.shape[0]}  scenes: {batch.scene_ids}")
-
+    if a.profile:
+        try:
+            _profile(gen, a.profile, H, W, dev)
+        except Exception as e:  # noqa: BLE001 - the profile is optional
+            print(f"profile failed: {e!r}")
 
 if __name__ == "__main__":
     main()

@@ -26,10 +26,11 @@ __all__ = ["ProceduralGenerator", "render"]
 
 
 def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
-           shaded: bool = True) -> dict:
+           shaded: bool = True, approx: bool = False) -> dict:
     """Ray-cast S scenes from V cameras each.
 
-    c2w: (S, V, 4, 4) OpenCV; K: (S, V, 3, 3) pixels of H x W. Returns a dict with ``depth``
+    c2w: (S, V, 4, 4) OpenCV; K: (S, V, 3, 3) pixels of H x W. ``approx`` (unshaded only):
+    tori and blends as their bounding spheres (fast; for the overlap check). Returns a dict with ``depth``
     (S, V, H, W) z-depth (0 on sky), ``hit`` (S, V, H, W) bool and, if ``shaded``, ``rgb``
     (S, V, H, W, 3) in [0, 1] and ``normals`` (S, V, H, W, 3) camera-frame unit normals facing
     the camera (zeros on sky).
@@ -41,7 +42,7 @@ def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tens
     o = c2w[:, :, None, :3, 3]
     with record_function("procedural.primary"):
         t_env, env = environment_hit(scene, o, du)
-        t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg)
+        t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg, approx=approx and not shaded)
     env = torch.where(slot >= 0, -1, env)
     hit = (slot >= 0) | (env >= 0)
     out = {"depth": torch.where(hit, t / dn, 0.0).reshape(S, V, H, W), "hit": hit.reshape(S, V, H, W)}
@@ -109,7 +110,7 @@ class ProceduralGenerator:
         for _ in range(max(1, cfg.camera_tries)):
             c2w = sample_cameras(scene, cfg, mode, V, gen)
             K = sample_intrinsics(cfg, S, V, H, W, mode, gen)
-            lr = render(scene, cfg, c2w, K * scale, h, w, shaded=False)
+            lr = render(scene, cfg, c2w, K * scale, h, w, shaded=False, approx=True)
             ov = _overlap_score(lr["depth"], lr["hit"], c2w, K * scale)
             val = lr["hit"].float().mean((2, 3)).amin(1)
             ok = positions_ok(scene, c2w)

@@ -19,12 +19,14 @@ A miss is ``BIG`` (a large finite number, never inf, so that products stay NaN-f
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = ["SPHERE", "BOX", "CYLINDER", "QUAD", "TORUS", "BLEND", "TYPE_NAMES", "SLOTS",
            "SLOT_START", "NUM_SLOTS", "NUM_PRM", "BIG", "slot_types", "intersect_sphere",
            "intersect_box", "intersect_cylinder", "intersect_quad", "bound_interval",
-           "analytic_normal", "bounding_radius"]
+           "analytic_normal", "bounding_radius", "maybe_compile"]
 
 SPHERE, BOX, CYLINDER, QUAD, TORUS, BLEND = range(6)
 TYPE_NAMES = ("sphere", "box", "cylinder", "quad", "torus", "blend")
@@ -173,3 +175,31 @@ def bounding_radius(ptype: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
     blend = torch.where(op == 2, b2, torch.where(op == 3, b3, b0))
     out = torch.stack([sph, box, cyl, quad, tor, blend], -1)
     return out.gather(-1, ptype.unsqueeze(-1)).squeeze(-1) * 1.001 + 1e-4
+
+
+_COMPILED: dict = {}
+
+
+def maybe_compile(fn, use_compile: bool):
+    """``fn`` or its torch.compile'd version (CUDA only; eager if compilation fails, also later
+    at the first call, where torch.compile reports most errors)."""
+    if not use_compile:
+        return fn
+    if fn not in _COMPILED:
+        try:
+            compiled = torch.compile(fn, dynamic=True)
+        except Exception:  # noqa: BLE001 - any compile failure falls back to eager
+            compiled = fn
+
+        def call(*args, _c=compiled):
+            if _COMPILED.get(("failed", fn)):
+                return fn(*args)
+            try:
+                return _c(*args)
+            except Exception as e:  # noqa: BLE001
+                _COMPILED[("failed", fn)] = True
+                warnings.warn(f"torch.compile of {fn.__name__} failed, using eager: {e!r:.200}")
+                return fn(*args)
+
+        _COMPILED[fn] = call
+    return _COMPILED[fn]

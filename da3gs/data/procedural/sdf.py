@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .primitives import BIG
+from .primitives import BIG, maybe_compile
 
 __all__ = ["NUM_OPS", "sdf_grouped", "march", "sdf_normal"]
 
@@ -64,20 +64,22 @@ def _sdf_op(op: int, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
     return _smin(_capsule(p, -ax, ax, th), _capsule(p, az, off, th), k)
 
 
-def sdf_grouped(p: torch.Tensor, prm: torch.Tensor, counts: list[int]) -> torch.Tensor:
+def sdf_grouped(p: torch.Tensor, prm: torch.Tensor, counts: list[int], use_compile: bool = False) -> torch.Tensor:
     """SDF of points grouped by op (rows sorted by op, ``counts[i]`` rows of op i).
 
     p: (M, 3) local points; prm: (M, NUM_PRM). Returns (M,).
     """
     outs = []
+    fn = maybe_compile(_sdf_op, use_compile)
     for op, (pp, pr) in enumerate(zip(p.split(counts), prm.split(counts))):
         if pp.shape[0]:
-            outs.append(_sdf_op(op, pp, pr))
+            outs.append(fn(op, pp, pr))
     return torch.cat(outs) if outs else p.new_zeros(0)
 
 
 def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, prm: torch.Tensor,
-          op: torch.Tensor, steps: int, eps: float, compact_every: int = 4) -> torch.Tensor:
+          op: torch.Tensor, steps: int, eps: float, compact_every: int = 4,
+          use_compile: bool = False) -> torch.Tensor:
     """Sphere-trace (ray, primitive) pairs inside [t0, t1].
 
     o, d: (M, 3) local origins and unit directions; t0, t1: (M,); prm: (M, NUM_PRM);
@@ -93,7 +95,7 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     o, d, t, t1, prm = o[order], d[order], t0[order].clone(), t1[order], prm[order]
     counts = torch.bincount(op, minlength=NUM_OPS).tolist()
     for step in range(steps):
-        dist = sdf_grouped(o + t[:, None] * d, prm, counts)
+        dist = sdf_grouped(o + t[:, None] * d, prm, counts, use_compile)
         hit = dist < eps * t.clamp_min(1.0)
         out[idx[hit]] = t[hit]
         t = torch.where(hit, t, t + dist)
@@ -105,7 +107,7 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
             idx, o, d, t, t1, prm, op = idx[k], o[k], d[k], t[k], t1[k], prm[k], op[k]
             counts = torch.bincount(op, minlength=NUM_OPS).tolist()
     # pairs that ran out of steps: accept the nearly-converged ones
-    dist = sdf_grouped(o + t[:, None] * d, prm, counts)
+    dist = sdf_grouped(o + t[:, None] * d, prm, counts, use_compile)
     ok = (dist < 20 * eps * t.clamp_min(1.0)) & (t < t1)
     out[idx[ok]] = torch.minimum(out[idx[ok]], t[ok])
     return out

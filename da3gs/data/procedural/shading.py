@@ -109,8 +109,19 @@ def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, 
     test = hit[:, None] & (ndl > 0) & on
     eps = (1e-3 * scene.scale[:, None] + 5e-4 * td)[..., None]
     origin = (p + n * eps)[:, None]
+    tmax = torch.where(test, dist, 0.0)
     with record_function("procedural.shadows"):
-        vis = ~any_hit(scene, origin, ldir, torch.where(test, dist, 0.0), cfg)
+        # split samples by light type: directional lights keep one direction per light
+        # (S', L, 1, 3), which keeps the local-frame transform and the slab tests small;
+        # a second light is traced only if some sample has one
+        nl = 2 if bool(on[:, 1].any()) else 1
+        vis = torch.ones_like(test)
+        for grp in (False, True):
+            idx = (scene.light_point == grp).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            dd = ldir[idx, :nl] if grp else scene.light_vec[idx, :nl, None, :]
+            vis[idx, :nl] = ~any_hit(scene.select(idx), origin[idx], dd, tmax[idx, :nl], cfg)
     rz = scene.room[:, 2][:, None, None]
     atten = torch.where(point, 1.5 / (1 + (dist / rz) ** 2), 1.0)
     lit = (vis & test).float() * atten  # (S, 2, R)

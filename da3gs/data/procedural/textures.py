@@ -21,9 +21,6 @@ import torch
 
 __all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
-_CORNERS = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-
-
 def hash_int(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """32-bit integer hash of lattice points (int32 arithmetic, wrapping).
 
@@ -45,17 +42,29 @@ def _bytes01(h: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack([((h >> (8 * i)) & 255).float() * (1.0 / 255.0) for i in range(n)], -1)
 
 
+_A = (1597334677, 812365231, 1664525)
+
+
 def value_noise(p: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int32 -> (N,) in [0, 1]."""
+    """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int32 -> (N,) in [0, 1].
+
+    Same lattice hash as :func:`hash_int`, with the per-axis products formed once and combined
+    into the 8 corners by broadcasting (no (N, 8, 3) integer tensor).
+    """
     fl = torch.floor(p)
     f = p - fl
     u = f * f * (3 - 2 * f)
     i = fl.int()
-    c = torch.tensor(_CORNERS, device=p.device, dtype=torch.int32)  # (8, 3)
-    h = hash01(i[:, None, :] + c, seed[:, None])  # (N, 8)
-    cf = c.to(p.dtype)
-    w = (cf * u[:, None, :] + (1 - cf) * (1 - u[:, None, :])).prod(-1)  # (N, 8)
-    return (h * w).sum(-1)
+    one = torch.tensor([0, 1], device=p.device, dtype=torch.int32)
+    hx, hy, hz = ((i[:, a, None] + one) * _A[a] for a in range(3))  # (N, 2) each
+    h = hx[:, :, None, None] ^ hy[:, None, :, None] ^ hz[:, None, None, :] ^ (seed * 1013904223)[:, None, None, None]
+    h = (h ^ (h >> 15)) * 739198763
+    h = (h ^ (h >> 13)) * 1274126177
+    v = ((h ^ (h >> 16)) & 0xFFFFFF).float() * (1.0 / 16777216.0)  # (N, 2, 2, 2)
+    ux, uy, uz = u.unbind(-1)
+    v = v[:, 0] + (v[:, 1] - v[:, 0]) * ux[:, None, None]
+    v = v[:, 0] + (v[:, 1] - v[:, 0]) * uy[:, None]
+    return v[:, 0] + (v[:, 1] - v[:, 0]) * uz
 
 
 def fbm(p: torch.Tensor, seed: torch.Tensor, octaves: int = 4) -> torch.Tensor:

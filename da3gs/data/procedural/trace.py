@@ -10,12 +10,10 @@ that enter the bounding sphere before the nearest hit so far (:func:`.sdf.march`
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.profiler import record_function
 
-from .primitives import (BIG, BOX, CYLINDER, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
+from .primitives import (BIG, maybe_compile, BOX, CYLINDER, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
                          intersect_box, intersect_cylinder, intersect_quad, intersect_sphere, slot_types)
 from .scene import Scene
 from .sdf import march
@@ -23,34 +21,6 @@ from .sdf import march
 __all__ = ["to_local", "closest_hit", "any_hit", "environment_hit"]
 
 _ANALYTIC = ((SPHERE, intersect_sphere), (BOX, intersect_box), (CYLINDER, intersect_cylinder), (QUAD, intersect_quad))
-_COMPILED: dict = {}
-
-
-def _kernel(fn, use_compile: bool):
-    """``fn`` or its torch.compile'd version (CUDA only; eager if compilation fails, also later
-    at the first call, where torch.compile reports most errors)."""
-    if not use_compile:
-        return fn
-    if fn not in _COMPILED:
-        try:
-            compiled = torch.compile(fn, dynamic=True)
-        except Exception:  # noqa: BLE001 - any compile failure falls back to eager
-            compiled = fn
-
-        def call(*args, _c=compiled):
-            if _COMPILED.get(("failed", fn)):
-                return fn(*args)
-            try:
-                return _c(*args)
-            except Exception as e:  # noqa: BLE001
-                _COMPILED[("failed", fn)] = True
-                warnings.warn(f"torch.compile of {fn.__name__} failed, using eager: {e!r:.200}")
-                return fn(*args)
-
-        _COMPILED[fn] = call
-    return _COMPILED[fn]
-
-
 def to_local(scene: Scene, o: torch.Tensor, d: torch.Tensor):
     """World rays in every primitive's local frame.
 
@@ -87,15 +57,18 @@ def _march_pairs(scene, o_l, d_l, idx, t0, t1, best_t, cfg):
     prm = scene.prm[s, slot]
     op = torch.where(slot_types(prm.device)[slot] == TORUS, 4, prm[:, 8].round().long())
     t1 = torch.minimum(t1, best_t[s, x, y])
-    return march(ol, dl, t0, t1, prm, op, cfg.max_march_steps, cfg.march_eps), slot
+    return march(ol, dl, t0, t1, prm, op, cfg.max_march_steps, cfg.march_eps,
+                 use_compile=cfg.compile and ol.is_cuda), slot
 
 
 def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, cfg,
-                tmin: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+                tmin: float = 1e-4, approx: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest primitive hit before ``tmax``.
 
-    o, d: (S, X, Y, 3) broadcastable (d unit); tmax: (S, X, Y). Returns t: (S, X, Y) (tmax
-    where nothing is hit) and slot: (S, X, Y) long, -1 where nothing is hit.
+    o, d: (S, X, Y, 3) broadcastable (d unit); tmax: (S, X, Y). ``approx``: tori and blends
+    are replaced by their bounding spheres (no sphere tracing; for the cameras' overlap check).
+    Returns t: (S, X, Y) (tmax where nothing is hit) and slot: (S, X, Y) long, -1 where
+    nothing is hit.
     """
     use_c = cfg.compile and o.is_cuda
     o_l, d_l = to_local(scene, o, d)
@@ -105,12 +78,18 @@ def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tens
     act = scene.active[:, None, None]
     for typ, fn in _ANALYTIC:
         sl = slice(SLOT_START[typ], SLOT_START[typ + 1])
-        t = _kernel(fn, use_c)(o_l[..., sl, :], d_l[..., sl, :], prm[..., sl, :], tmin)
+        t = maybe_compile(fn, use_c)(o_l[..., sl, :], d_l[..., sl, :], prm[..., sl, :], tmin)
         t = torch.where(act[..., sl], t, BIG)
         tm, am = t.min(-1)
         better = tm < best_t
         best_t = torch.where(better, tm, best_t)
         best_id = torch.where(better, am + SLOT_START[typ], best_id)
+    if approx:
+        sl = slice(SLOT_START[TORUS], NUM_SLOTS)
+        t = intersect_sphere(o_l[..., sl, :], d_l[..., sl, :], scene.bound[:, None, None, sl, None], tmin)
+        tm, am = torch.where(act[..., sl], t, BIG).min(-1)
+        better = tm < best_t
+        return torch.where(better, tm, best_t), torch.where(better, am + SLOT_START[TORUS], best_id)
     idx, t0, t1 = _sdf_pairs(scene, o_l, d_l, best_t, tmin)
     if idx.shape[0]:
         with record_function("procedural.march"):
@@ -139,7 +118,7 @@ def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, 
     hit = torch.zeros_like(tmax, dtype=torch.bool)
     for typ, fn in _ANALYTIC:
         sl = slice(SLOT_START[typ], SLOT_START[typ + 1])
-        t = _kernel(fn, use_c)(o_l[..., sl, :], d_l[..., sl, :], prm[..., sl, :], tmin)
+        t = maybe_compile(fn, use_c)(o_l[..., sl, :], d_l[..., sl, :], prm[..., sl, :], tmin)
         hit = hit | ((t < tmax[..., None]) & act[..., sl]).any(-1)
     lim = torch.where(hit, 0.0, tmax)
     idx, t0, t1 = _sdf_pairs(scene, o_l, d_l, lim, tmin)
