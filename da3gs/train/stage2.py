@@ -200,8 +200,10 @@ def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
                                  "(use stage2_param_groups)")
 
 
-def split_views(V: int, cfg: Stage2Config, step: int = 0) -> tuple[list[int], list[int]]:
-    """(context indices, target indices), both sorted, for V views (same for the whole batch)."""
+def split_views(V: int, cfg: Stage2Config, step: int | None = None) -> tuple[list[int], list[int]]:
+    """(context indices, target indices), both sorted, for V views (same for the whole batch).
+    "random" draws from a generator seeded by ``cfg.seed`` and ``step``, or from torch's
+    global RNG when ``step`` is None (the trainer's choice: its RNG state is checkpointed)."""
     n = cfg.num_targets
     if V - n < 1:
         raise Da3gsError(f"stage 2: {V} views cannot give {n} targets and >= 1 context view")
@@ -214,7 +216,8 @@ def split_views(V: int, cfg: Stage2Config, step: int = 0) -> tuple[list[int], li
         tgt += [i for i in range(V - 1, 0, -1) if i not in tgt][: n - len(tgt)]
         tgt = sorted(tgt)
     else:
-        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+        gen = None if step is None else torch.Generator().manual_seed(
+            int(cfg.seed) * 1_000_003 + int(step))
         tgt = sorted(torch.randperm(V, generator=gen)[:n].tolist())
     return [i for i in range(V) if i not in tgt], tgt
 
@@ -254,7 +257,8 @@ class FrozenOutputs:
 
 
 @torch.no_grad()
-def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int = 0) -> FrozenOutputs:
+def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None = None
+                   ) -> FrozenOutputs:
     """Run the frozen part on the context views of ``batch`` (a ViewBatch) and fix each
     sample's frame (module docstring). Returns :class:`FrozenOutputs`."""
     net = _net(model)
@@ -325,7 +329,7 @@ class Stage2Result:
 
 
 def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpips_fn=None,
-                   step: int = 0, frozen: FrozenOutputs | None = None) -> Stage2Result:
+                   step: int | None = None, frozen: FrozenOutputs | None = None) -> Stage2Result:
     """Stage-2 loss on a ViewBatch ``batch`` (B, V, H, W) (module docstring)."""
     cfg = cfg or Stage2Config()
     net = _net(model)
@@ -369,7 +373,7 @@ def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpi
 
 
 def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
-                      cfg: Stage2Config | None = None, lpips_fn=None, step: int = 0,
+                      cfg: Stage2Config | None = None, lpips_fn=None, step: int | None = None,
                       grad_clip: float = 1.0, frozen: FrozenOutputs | None = None) -> dict:
     """One optimizer step of stage 2 on ``batch``; returns the logs (floats). A non-finite
     loss skips the update and logs ``skipped: 1``. ``grad_clip`` <= 0 disables clipping."""
@@ -377,6 +381,9 @@ def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
     res = stage2_forward(model, batch, cfg, lpips_fn, step, frozen)
     logs = dict(res.logs)
     if not torch.isfinite(res.loss):
+        logs["skipped"] = 1.0
+        return logs
+    if not res.loss.requires_grad:  # no Gaussian reached any rendered view
         logs["skipped"] = 1.0
         return logs
     res.loss.backward()
