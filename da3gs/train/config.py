@@ -21,6 +21,7 @@ from typing import Any
 from da3gs.errors import Da3gsError
 from da3gs.data.config import EvalDataConfig
 from da3gs.train.external import DataConfig, LossConfig
+from da3gs.train.stage2 import Stage2Config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -135,9 +136,13 @@ class TrainConfig:
     """One training run.
 
     name: run name (default: the preset name).
-    stage: stage1 (multi-view student: depth, rays, cameras) | teacher (monocular teacher).
+    stage: stage1 (multi-view student: depth, rays, cameras) | teacher (monocular teacher)
+      | stage2 (GS head on the frozen network, :mod:`da3gs.train.stage2`).
     teacher: teacher model (any load_model source) whose depth, aligned to the ground truth
       with a robust scale and shift, replaces GT depth from step ``teacher_after_step`` on.
+    stage2: options of ``stage: stage2`` (GS head trained by rendering, everything else
+      frozen; :class:`da3gs.train.stage2.Stage2Config`: view split, geometry, precision and
+      the loss weights ``stage2.loss.{mse,lpips,depth}_weight``); ``loss`` is then unused.
     """
 
     name: str = ""
@@ -151,9 +156,10 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     teacher: str | None = None
     teacher_after_step: int = 0
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
 
-STAGES = ("stage1", "teacher")
+STAGES = ("stage1", "teacher", "stage2")
 
 
 # ---------------------------------------------------------------- dict <-> dataclass

@@ -95,11 +95,19 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
                               f"model.preset is {preset.name!r}; set model.preset={net.preset.name}")
     else:
         net = build_net(preset, head_chunk=cfg.model.head_chunk)
-    if cfg.stage == "stage1" and not net.has_cameras:
-        raise ConfigError(f"stage1 needs an any-view preset; {preset.name!r} is monocular")
+    if cfg.stage in ("stage1", "stage2") and not net.has_cameras:
+        raise ConfigError(f"{cfg.stage} needs an any-view preset; {preset.name!r} is monocular")
     for m in net.modules():
         if hasattr(m, "grad_checkpointing"):
             m.grad_checkpointing = cfg.model.grad_checkpointing
+    if cfg.stage == "stage2":  # only the GS head trains (ConfigError when there is none)
+        from da3gs.train.stage2 import setup_stage2
+
+        try:
+            setup_stage2(net, cfg.stage2)
+        except Da3gsError as e:
+            raise ConfigError(f"model.preset: {e}") from None
+        return net.to(device)
     freeze_unused(net, cfg.model.train_gs_head)
     return net.to(device).train()
 
@@ -156,7 +164,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     logger = RunLogger(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.progress)
     net = build_network(cfg, dev)
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision)
+    module = StepModule(net, cfg.stage, cfg.stage2 if cfg.stage == "stage2" else cfg.loss,
+                        cfg.run.precision)
     counters, rank_state = Counters(), None
     opt_state = None
     if ckpt is not None:

@@ -1,6 +1,7 @@
 """Stage 2: train the GS-DPT head with rendering losses; backbone, Dual-DPT and camera head frozen.
 
-One step (:func:`stage2_forward`, :func:`stage2_train_step`):
+One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
+:class:`Stage2Objective`):
 
 1. **Split** each sample's V views into context views (the network input) and held-out
    target views (rendered, never fed to the network): :func:`split_views`.
@@ -8,30 +9,25 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`):
    under ``no_grad`` (no activations kept), in eval mode, the backbone in bf16 autocast on
    CUDA (heads in fp32 as at inference). Pose-conditioned samples (``batch.pose_conditioned``)
    get their ground-truth context poses through the camera encoder, normalised as
-   ``DA3Model.infer`` does; the others run pose-free. The result also fixes each sample's
-   *frame*: the cameras and depth scale the Gaussians are built with, in the ground-truth
-   world frame:
-
-   * with input poses: the ground-truth context cameras, and the scale taking the network's
-     frame to theirs (Umeyama on the camera centres, :func:`~da3gs.models.model.scale_to_input`),
-     exactly as inference builds Gaussians;
+   ``DA3Model.infer`` does; the others run pose-free. It also fixes each sample's *frame*,
+   the cameras and depth scale the Gaussians are built with, in the ground-truth world:
+   * with input poses: the ground-truth context cameras and the scale from the network's
+     frame to theirs (:func:`~da3gs.models.model.scale_to_input`), as inference does;
    * pose-free: the *predicted* context cameras aligned to the ground truth by the Sim(3)
-     fitted on the camera centres (predicted context c2w -> ground-truth context c2w; the
-     camera orientations when fewer than 3 non-collinear centres), with depth scaled by its
-     scale. Building the Gaussians in the aligned cameras equals building them in the
-     predicted frame and moving them by that Sim(3) (tested), at no extra cost.
-
-   The frozen outputs (:class:`FrozenOutputs`) do not depend on the GS head: pass them back
-   in (``frozen=``) to reuse them when the same batch is seen again.
+     fitted on the camera centres (predicted context c2w -> GT context c2w; camera
+     orientations when fewer than 3 non-collinear centres), depth scaled by its scale.
+     Building the Gaussians in the aligned cameras equals building them in the predicted
+     frame and moving them by that Sim(3) (tested), at no extra cost.
+   The :class:`FrozenOutputs` do not depend on the GS head: pass them back (``frozen=``) to
+   reuse them when the same batch is seen again.
 3. **GS head** with gradients on the detached features (fp32, or bf16 autocast on CUDA).
 4. **Gaussians** (``t + (D + dD) d``, our corrected geometry, by default) rendered into the
-   target cameras (and the context cameras) with the ground-truth intrinsics; gsplat on
-   CUDA, our torch rasteriser elsewhere (``render(..., backend="auto")``).
+   target (and context) cameras with the ground-truth intrinsics; gsplat on CUDA, our torch
+   rasteriser elsewhere (``render(..., backend="auto")``).
 5. **Loss** :func:`da3gs.losses.stage2.stage2_loss`: MSE + LPIPS on the rendered views,
    scale-shift-invariant depth on the context views.
 
-Only ``gs_head`` parameters require gradients and go to the optimizer
-(:func:`setup_stage2`, :func:`stage2_param_groups`).
+Only ``gs_head`` parameters require gradients and reach the optimizer (:func:`setup_stage2`).
 """
 
 from __future__ import annotations
@@ -51,9 +47,10 @@ from da3gs.models.model import normalize_input_poses, scale_to_input
 from da3gs.models.net import DA3Net
 from da3gs.render import render
 
-__all__ = ["Stage2Config", "FrozenOutputs", "FROZEN_MODULES", "setup_stage2", "set_stage2_modes",
-           "stage2_param_groups", "init_gs_head_output", "check_optimizer", "split_views", "frozen_forward",
-           "gs_head_forward", "stage2_forward", "stage2_train_step"]
+__all__ = ["Stage2Config", "FrozenOutputs", "FROZEN_MODULES", "Stage2Objective", "setup_stage2",
+           "set_stage2_modes", "stage2_param_groups", "init_gs_head_output", "check_optimizer",
+           "split_views", "frozen_forward", "gs_head_forward", "stage2_forward",
+           "stage2_train_step"]
 
 FROZEN_MODULES = ("backbone", "depth_head", "camera_encoder", "camera_decoder")
 _SELECT = ("random", "interleaved", "last")
@@ -108,18 +105,13 @@ class Stage2Config:
     def __post_init__(self):
         if isinstance(self.loss, dict):
             self.loss = Stage2LossConfig(**self.loss)
-        if self.target_select not in _SELECT:
-            raise Da3gsError(f"stage2.target_select: expected one of {_SELECT}, got "
-                             f"{self.target_select!r}")
-        if self.geometry not in ("da3gs", "official", "model"):
-            raise Da3gsError(f"stage2.geometry: expected da3gs, official or model, got "
-                             f"{self.geometry!r}")
-        if self.frozen_precision not in ("auto", "bf16", "fp32"):
-            raise Da3gsError(f"stage2.frozen_precision: expected auto, bf16 or fp32, got "
-                             f"{self.frozen_precision!r}")
-        if self.head_precision not in ("fp32", "bf16"):
-            raise Da3gsError(f"stage2.head_precision: expected fp32 or bf16, got "
-                             f"{self.head_precision!r}")
+        choices = {"target_select": _SELECT, "geometry": ("da3gs", "official", "model"),
+                   "frozen_precision": ("auto", "bf16", "fp32"), "head_precision": ("fp32", "bf16"),
+                   "backend": ("auto", "gsplat", "torch")}
+        for key, ok in choices.items():
+            if getattr(self, key) not in ok:
+                raise Da3gsError(f"stage2.{key}: expected one of {', '.join(ok)}, got "
+                                 f"{getattr(self, key)!r}")
         if not 0 < self.init_scale_px < 6 or not 0 < self.init_opacity < 1:
             raise Da3gsError("stage2: init_scale_px must lie in (0, 6) and init_opacity in (0, 1)")
         if self.num_targets < 0:
@@ -223,11 +215,8 @@ def split_views(V: int, cfg: Stage2Config, step: int | None = None) -> tuple[lis
 
 
 def _autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    on = precision in ("auto", "bf16") and device.type == "cuda"
+    return torch.autocast("cuda", dtype=torch.bfloat16) if on else nullcontext()
 
 
 @dataclass
@@ -308,13 +297,10 @@ def gs_head_forward(model: nn.Module, fo: FrozenOutputs, cfg: Stage2Config
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """GS head on the frozen features, with gradients: ``raw (B, Vc, H, W, C)`` and
     ``density (B, Vc, H, W)``, fp32."""
-    net = _net(model)
-    dev = fo.x.device
-    ctx_mgr = (torch.autocast("cuda", dtype=torch.bfloat16)
-               if cfg.head_precision == "bf16" and dev.type == "cuda"
-               else torch.autocast(dev.type, enabled=False))
-    with ctx_mgr:
-        out = net.gs_from_features(fo.feats, fo.x)
+    dev = fo.x.device.type
+    bf16 = cfg.head_precision == "bf16" and dev == "cuda"
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+        out = _net(model).gs_from_features(fo.feats, fo.x)
     return out["raw_gs"].float(), out["raw_gs_conf"].float()
 
 
@@ -366,6 +352,7 @@ def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpi
     depth_args = (torch.cat(p_d), torch.cat(g_d), torch.cat(valid)) if ssi else (None, None, None)
     loss, logs = stage2_loss(torch.cat(p_rgb), torch.cat(g_rgb), *depth_args, cfg=cfg.loss,
                              lpips_fn=lpips_fn)
+    loss = loss + 0.0 * (raw.sum() + density.sum())  # every head output in the graph (DDP)
     logs.update(num_gaussians=n_gauss / B, pose_conditioned=float(fo.pose_conditioned.float().mean()),
                 opacity=float(density.detach().mean()))
     images = {"render": p_rgb[0].detach().clamp(0, 1), "gt": g_rgb[0]}
@@ -393,3 +380,21 @@ def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
     optimizer.step()
     logs["skipped"] = 0.0
     return logs
+
+
+class Stage2Objective:
+    """The trainer's stage-2 loss: ``objective(net, batch) -> (loss, parts)`` with the LPIPS
+    network built once per device (a plain object, so the LPIPS weights stay out of the
+    trained module, its state dict and DDP)."""
+
+    def __init__(self, cfg: Stage2Config):
+        self.cfg, self._lpips = cfg, {}
+
+    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from da3gs.losses.stage2 import build_lpips_loss
+
+        dev = str(batch.images.device)
+        if dev not in self._lpips:
+            self._lpips[dev] = build_lpips_loss(self.cfg.loss, dev)
+        res = stage2_forward(net, batch, self.cfg, self._lpips[dev])
+        return res.loss, res.logs

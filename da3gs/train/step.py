@@ -101,12 +101,17 @@ class StepModule(nn.Module):
     pose-free and pose-conditioned sub-batches, and weight each group's loss by its share of
     the samples (so the loss is a mean over samples, as DDP's gradient averaging assumes).
 
-    stage: ``stage1`` (any-view network, :func:`external.stage1_loss`) or ``teacher``
-    (monocular network, :func:`external.teacher_loss`)."""
+    stage: ``stage1`` (any-view network, :func:`external.stage1_loss`), ``teacher``
+    (monocular network, :func:`external.teacher_loss`) or ``stage2`` (``loss_cfg`` a
+    :class:`~da3gs.train.stage2.Stage2Config`; :class:`~da3gs.train.stage2.Stage2Objective`)."""
 
     def __init__(self, net: nn.Module, stage: str, loss_cfg, precision: str = "auto"):
         super().__init__()
         self.net, self.stage, self.loss_cfg, self.precision = net, stage, loss_cfg, precision
+        if stage == "stage2":
+            from da3gs.train.stage2 import Stage2Objective
+
+            self.stage2 = Stage2Objective(loss_cfg)
 
     def run_net(self, batch: ViewBatch, conditioned: bool) -> dict[str, torch.Tensor]:
         x, w2c, K = network_inputs(batch, conditioned and self.stage == "stage1")
@@ -114,6 +119,8 @@ class StepModule(nn.Module):
             return self.net(x, w2c, K, ref_view_strategy="first")
 
     def forward(self, batch: ViewBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.stage == "stage2":  # GT units kept: rendering and its losses are scale-free
+            return self.stage2(self.net, batch)
         batch, _ = external.normalize_batch(batch)
         loss_fn = external.stage1_loss if self.stage == "stage1" else external.teacher_loss
         B = batch.images.shape[0]
