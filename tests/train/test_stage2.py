@@ -191,3 +191,28 @@ def test_pose_free_step_renders_targets_through_aligned_cameras():
     res = stage2_forward(model, batch, cfg)
     assert res.images["render"].shape == (3, 3, 28, 42)  # target + 2 context views
     assert float(res.images["render"].mean()) > 0.2
+
+
+def test_engine_stage2_presets_freeze_and_step():
+    from da3gs.train.config import load_config
+    from da3gs.train.loop import build_network
+    from da3gs.train.optim import build_optimizer
+    from da3gs.train.step import StepModule, train_step
+
+    compact = load_config("stage2-compact", ["model.init=some/stage1/checkpoint"])
+    assert compact.stage == "stage2" and compact.stage2.num_targets == 2
+    assert compact.stage2.loss.lpips_weight == 0.05 and compact.stage2.geometry == "da3gs"
+    cfg = load_config("stage2-tiny", ["stage2.loss.depth_weight=0.0"])
+    assert cfg.stage2.loss.depth_weight == 0.0
+    net = build_network(cfg, torch.device("cpu"))
+    opt = build_optimizer(net, cfg.optim)
+    head = {id(p) for p in net.gs_head.parameters()}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == head
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    module = StepModule(net, "stage2", cfg.stage2)
+    params = [p for p in net.parameters() if p.requires_grad]
+    res = train_step(module, params, opt, plane_batch(B=1, V=3), cfg.optim.grad_clip)
+    assert not res.skipped and math.isfinite(res.loss) and "mse" in res.parts
+    after = net.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]) != k.startswith("gs_head."), k
