@@ -38,13 +38,16 @@ class RunFolderError(Da3gsError):
     """The run folder cannot be used (exists and is not a da3gs run, or nothing to resume)."""
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, restart: bool = False) -> None:
     """Create ``run_dir`` for a new run, or check it for ``--resume``.
 
     A new run refuses a non-empty folder (use ``--resume`` for a da3gs run folder, or another
-    ``run.out``); a resumed run needs a da3gs run folder with a checkpoint."""
+    ``run.out``); a resumed run needs a da3gs run folder with a checkpoint. ``restart``: a da3gs
+    run folder without any checkpoint (stopped before its first one) is started again."""
     run_dir = Path(run_dir)
     marker = run_dir / RUN_MARKER
+    if restart and marker.is_file() and latest_checkpoint(run_dir) is None:
+        return
     if resume:
         if not marker.is_file():
             raise RunFolderError(f"{run_dir}: not a da3gs run folder; nothing to resume")

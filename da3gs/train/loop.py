@@ -158,12 +158,15 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     run_dir, dev = run_dir_of(cfg), info.device
     ckpt = latest_checkpoint(run_dir) if resume else None
     if info.is_main:
-        prepare_run_dir(run_dir, resume=ckpt is not None)
+        prepare_run_dir(run_dir, resume=ckpt is not None, restart=resume)
         save_config(cfg, run_dir / ("config.yaml" if ckpt is None else "config.resumed.yaml"))
     barrier()
     logger = RunLogger(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.progress)
     net = build_network(cfg, dev)
-    ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    fsdp = info.enabled and cfg.run.parallel == "fsdp"
+    if fsdp and cfg.optim.ema_decay > 0:
+        logger.message("run.parallel=fsdp: EMA is off (sharded weights); resume is not exact")
+    ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 and not fsdp else None
     module = StepModule(net, cfg.stage, cfg.stage2 if cfg.stage == "stage2" else cfg.loss,
                         cfg.run.precision)
     counters, rank_state = Counters(), None
