@@ -8,7 +8,12 @@
 #   env: RUN=folder (default runs/<CONFIG>), NGPU=n (default: all visible GPUs; >1 uses torchrun),
 #        OUT=folder (copy metrics, images, TensorBoard events there; FETCH_MODEL=1 adds the
 #        newest checkpoint's model.safetensors + config.json)
-# Real held-out scenes are added when shared/data or ../shared/data holds them.
+# Real held-out scenes are added when runs/eval_data, shared/data or ../shared/data holds them.
+# A slim copy (20 MB) to carry to a machine without ../shared:
+#   mkdir -p runs/eval_data/llff_fern runs/eval_data/lego_400
+#   cp -r ../shared/data/llff_fern/{images_8,poses_bounds.npy} runs/eval_data/llff_fern/
+#   cp -r ../shared/data/lego_400/{train,transforms_train.json} runs/eval_data/lego_400/
+#   cp -r ../shared/data/icl_nuim_livingroom_rgbd5 runs/eval_data/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -17,7 +22,7 @@ MINUTES=${1:-8}; [ $# -gt 0 ] && shift
 RUN=${RUN:-runs/$(basename "$CONFIG" .yaml)}
 NGPU=${NGPU:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 REAL=()
-for d in shared/data ../shared/data; do
+for d in runs/eval_data shared/data ../shared/data; do
   if [ -d "$d/llff_fern" ]; then
     REAL=("eval.real=[{path: $d/llff_fern, factor: 8}, $d/lego_400, $d/icl_nuim_livingroom_rgbd5]")
     break
