@@ -7,7 +7,8 @@
 #     MINUTES  time limit of this call, set-up included (default 8)
 #   env: RUN=folder (default runs/<CONFIG>), NGPU=n (default: all visible GPUs; >1 uses torchrun),
 #        OUT=folder (copy metrics, images, TensorBoard events there; FETCH_MODEL=1 adds the
-#        newest checkpoint's model.safetensors + config.json)
+#        newest checkpoint's model.safetensors + config.json),
+#        EVAL_ONLY=1 [CKPT=runs/<CONFIG>]: no training, held-out metrics as JSON (MINUTES unused)
 # Real held-out scenes are added when runs/eval_data, shared/data or ../shared/data holds them.
 # A slim copy (20 MB) to carry to a machine without ../shared:
 #   mkdir -p runs/eval_data/llff_fern runs/eval_data/lego_400
@@ -32,6 +33,13 @@ if [ "$NGPU" -gt 1 ]; then
   LAUNCH=(torchrun --standalone --nproc_per_node "$NGPU" -m da3gs.cli)
 else
   LAUNCH=(python -m da3gs.cli)
+fi
+if [ "${EVAL_ONLY:-0}" = 1 ]; then  # held-out metrics of CKPT (a run folder, a checkpoint, any
+  # load_model source) or, without CKPT, of the config's untrained initialisation
+  dest=${OUT:-runs}/eval_$(basename "${CKPT:-untrained}").json
+  python -m da3gs.cli train --config "$CONFIG" --eval-only ${CKPT:+--checkpoint "$CKPT"} \
+    --eval-out "$dest" ${REAL[@]+"${REAL[@]}"} "$@"
+  exit $?
 fi
 status=0
 "${LAUNCH[@]}" train --config "$CONFIG" --out "$RUN" --resume --max-minutes "$MINUTES" \
