@@ -141,6 +141,22 @@ class NestedDA3Net(nn.Module):
         return out
 
 
+def with_gs_head(net: DA3Net, preset: Preset, head_chunk: int = 8) -> DA3Net:
+    """``net`` (no GS head) rebuilt as ``preset``, the same network plus a GS-DPT head at
+    random initialisation (e.g. official DA3-SMALL -> ``small-gs`` for stage 2); every other
+    tensor is copied. Raises ValueError when ``preset`` differs in more than the head."""
+    import dataclasses
+
+    same = dataclasses.replace(preset, name=net.preset.name, gs_head=False,
+                               official_name=net.preset.official_name)
+    if not preset.gs_head or net.gs_head is not None or same != net.preset:
+        raise ValueError(f"preset {preset.name!r} is not preset {net.preset.name!r} plus a GS head")
+    out = DA3Net(preset, head_chunk).to(next(net.parameters()).device)
+    missing, unexpected = out.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("gs_head.") for k in missing)
+    return out
+
+
 def build_net(preset: str | Preset | NestedPreset, head_chunk: int = 8) -> nn.Module:
     """Network for a preset name (ours or official) or preset object, randomly initialised."""
     p = get_preset(preset) if isinstance(preset, str) else preset

@@ -64,6 +64,10 @@ VITG = ViTSpec(1536, 40, 24, ffn="swiglu")
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("small", VITS, (5, 7, 9, 11), 4, 64, (48, 96, 192, 384), official_name="da3-small"),
     Preset("base", VITB, (5, 7, 9, 11), 4, 128, (96, 192, 384, 768), official_name="da3-base"),
+    # The Apache-2.0 small / base networks with a GS-DPT head to train in stage 2
+    # (``model.init`` an official DA3-SMALL / DA3-BASE: the head is added at initialisation).
+    Preset("small-gs", VITS, (5, 7, 9, 11), 4, 64, (48, 96, 192, 384), gs_head=True),
+    Preset("base-gs", VITB, (5, 7, 9, 11), 4, 128, (96, 192, 384, 768), gs_head=True),
     Preset("large", VITL, (11, 15, 19, 23), 8, 256, (256, 512, 1024, 1024),
            official_name="da3-large"),
     Preset("giant", VITG, (19, 27, 33, 39), 13, 256, (256, 512, 1024, 1024), gs_head=True,

@@ -90,6 +90,13 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
         from da3gs import load_model
 
         net = load_model(cfg.model.init, device="cpu").net
+        if cfg.stage == "stage2" and getattr(net, "gs_head", 0) is None and preset.gs_head:
+            from da3gs.models.net import with_gs_head
+
+            try:  # e.g. official DA3-SMALL with model.preset=small-gs: add a fresh GS head
+                net = with_gs_head(net, preset, cfg.model.head_chunk)
+            except ValueError:
+                pass  # reported just below
         if net.preset.name != preset.name:
             raise ConfigError(f"model.init {cfg.model.init!r} is preset {net.preset.name!r}, but "
                               f"model.preset is {preset.name!r}; set model.preset={net.preset.name}")

@@ -216,3 +216,22 @@ def test_engine_stage2_presets_freeze_and_step():
     after = net.state_dict()
     for k in before:
         assert torch.equal(before[k], after[k]) != k.startswith("gs_head."), k
+
+
+def test_stage2_on_a_network_without_gs_head(tmp_path):
+    """``model.init`` of a network without a GS head (official DA3-SMALL -> small-gs; here
+    tiny -> tiny-gs): the head is added at random init, every other tensor is kept."""
+    from da3gs.models.loading import save_model
+    from da3gs.train.config import load_config
+    from da3gs.train.loop import build_network
+
+    torch.manual_seed(0)
+    src = load_model("random:tiny")
+    save_model(src, tmp_path / "tiny")
+    cfg = load_config("stage2-tiny", [f"model.init={tmp_path / 'tiny'}"])
+    net = build_network(cfg, torch.device("cpu"))
+    assert net.preset.name == "tiny-gs" and net.gs_head is not None
+    own = net.state_dict()
+    for k, v in src.net.state_dict().items():
+        assert torch.equal(own[k], v), k
+    assert all(p.requires_grad == n.startswith("gs_head.") for n, p in net.named_parameters())
