@@ -119,6 +119,19 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
     return net.to(device).train()
 
 
+def _eval_all(evaluator, net: nn.Module, cfg: TrainConfig, dev: torch.device) -> dict:
+    """The evaluator's depth / pose numbers; for stage 2 also novel-view PSNR / SSIM / LPIPS
+    of held-out target views in both pose modes (:mod:`da3gs.train.stage2_eval`)."""
+    res = evaluator.run(net)
+    if cfg.stage == "stage2":
+        from da3gs.train.stage2_eval import nvs_metrics
+
+        for name, batches in evaluator.sets.items():
+            res.update({f"{name}/{k}": v
+                        for k, v in nvs_metrics(net, batches, cfg.stage2, dev).items()})
+    return res
+
+
 def load_teacher(source: str, device: torch.device) -> nn.Module:
     from da3gs import load_model
 
@@ -233,9 +246,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
                     evaluator = Evaluator(cfg.eval, dev, cfg.run.precision)
                 if ema is not None:
                     with ema.swapped_in(net):
-                        res = evaluator.run(net)
+                        res = _eval_all(evaluator, net, cfg, dev)
                 else:
-                    res = evaluator.run(net)
+                    res = _eval_all(evaluator, net, cfg, dev)
             logger.scalars(counters.step, res, "eval")
         barrier()
         return res
@@ -318,6 +331,6 @@ def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, floa
         from da3gs.train.evaluate import Evaluator
 
         ev = Evaluator(cfg.eval, info.device, cfg.run.precision)
-        return ev.run(net)
+        return _eval_all(ev, net, cfg, info.device)
     finally:
         cleanup()

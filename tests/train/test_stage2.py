@@ -235,3 +235,18 @@ def test_stage2_on_a_network_without_gs_head(tmp_path):
     for k, v in src.net.state_dict().items():
         assert torch.equal(own[k], v), k
     assert all(p.requires_grad == n.startswith("gs_head.") for n, p in net.named_parameters())
+
+
+def test_nvs_metrics_both_pose_modes():
+    from da3gs.train.stage2_eval import nvs_metrics
+
+    model = _model()
+    batch = plane_batch(B=1, V=3)
+    _perfect_but_moved(model, batch, _known_sim3())
+    model.train()
+    res = nvs_metrics(model, [batch], Stage2Config(init_head=True), torch.device("cpu"),
+                      lpips=False)
+    assert set(res) == {f"nvs_{m}/{p}" for m in ("psnr", "ssim")
+                        for p in ("pose_free", "pose_conditioned")}
+    assert all(math.isfinite(v) for v in res.values())
+    assert model.net.training and model.net.gs_head.training  # modes restored
