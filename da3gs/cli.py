@@ -55,10 +55,26 @@ def _terminate_cleanly(fn):
     return wrapper
 
 
+def _console_log(command: str):
+    """Library log records (logger ``da3gs``, WARNING and up) as ``da3gs COMMAND: note: ...``
+    lines on stderr for the duration of one command; returns the handler to remove."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"da3gs {command}: note: %(message)s"))
+    logger = logging.getLogger("da3gs")
+    logger.addHandler(handler)
+    return handler
+
+
 @_terminate_cleanly
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = _console_log(args.command)
     try:
         if args.command == "render":
             from da3gs.apps.render import run_render
@@ -87,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"da3gs {args.command}: interrupted; no output written", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("da3gs").removeHandler(handler)
 
 
 if __name__ == "__main__":

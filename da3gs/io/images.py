@@ -5,8 +5,9 @@ See :mod:`da3gs.io.resize` for the resize/crop rules and the intrinsics conventi
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -15,7 +16,20 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
-from .resize import PATCH_SIZE, PreparedImages, check_K, check_method, collate, process_view, unify_sizes
+from .resize import (
+    PATCH_SIZE,
+    PreparedImages,
+    check_K,
+    check_method,
+    check_mixed_sizes,
+    collate,
+    common_size,
+    cover_view,
+    process_view,
+    unify_sizes,
+)
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -245,6 +259,7 @@ def prepare_images(
     process_res: int = 504,
     method: str = "upper_bound_resize",
     background=None,
+    mixed_sizes: str = "cover",
 ) -> PreparedImages:
     """Load, resize and crop a batch of views as the official Depth Anything 3 does.
 
@@ -260,6 +275,18 @@ def prepare_images(
         background: ``None`` (default): alpha is dropped and the stored colours
             are used, as the official pipeline does; or RGB in [0, 1] to
             composite RGBA / LA / transparent-palette images on.
+        mixed_sizes: what to do when the views' processed sizes differ (the
+            network needs one H x W per batch). ``"cover"`` (default): the
+            common size is the processed size of one view (the one that keeps
+            most of all images, :func:`~da3gs.io.resize.common_size`); every
+            other view is resized *from its original* by its own factor to
+            just cover it and centre-cropped on its longer relative side
+            only (same aspect: nothing is cropped). ``"crop_to_smallest"``:
+            the official rule, every view centre-cropped to the smallest H
+            and smallest W of the batch (can discard most of an image).
+            Either way one log line (logger ``da3gs.io.images``, WARNING)
+            says what was done, and ``resize_scale``/``crop_offsets``/``K``
+            describe each view exactly.
 
     8-bit images are resized as 8-bit with OpenCV's kernels (``INTER_AREA``
     when shrinking, ``INTER_CUBIC`` when enlarging), so files give exactly the
@@ -270,11 +297,9 @@ def prepare_images(
     Raises:
         InputError: a bad image, argument or size; Da3gsError if an image needs
         resizing and OpenCV (``opencv-python-headless``) is missing.
-
-    Mixed processed sizes are centre-cropped to the smallest H and W of the
-    batch (official rule) with a :func:`warnings.warn`.
     """
     check_method(method)
+    check_mixed_sizes(mixed_sizes)
     if isinstance(process_res, bool) or not isinstance(process_res, (int, np.integer)) or process_res < PATCH_SIZE:
         raise InputError(f"process_res: expected an integer >= {PATCH_SIZE}, got {process_res!r}")
     bg = _check_background(background)
@@ -305,20 +330,42 @@ def prepare_images(
         Ks = check_K(K, V)
         paths = [Path(p) for p in items] if all(isinstance(p, (str, Path)) for p in items) else None
         views, sizes = [], []
+        names = [str(item) if isinstance(item, (str, Path)) else f"images[{i}]" for i, item in enumerate(items)]
         for i, item in enumerate(items):
-            name = str(item) if isinstance(item, (str, Path)) else f"images[{i}]"
-            arr = _load_item(item, bg, name)
+            arr = _load_item(item, bg, names[i])
             sizes.append((int(arr.shape[0]), int(arr.shape[1])))
-            views.append(process_view(arr, None if Ks is None else Ks[i], process_res, method, name))
-    views, n_cropped = unify_sizes(views)
-    if n_cropped:
-        h, w = views[0].image.shape[:2]
-        warnings.warn(
-            f"prepare_images: {n_cropped} of {len(views)} images had a different processed size; "
-            f"centre-cropped them to {w}x{h} (W x H)",
-            stacklevel=2,
-        )
+            views.append(process_view(arr, None if Ks is None else Ks[i], process_res, method, names[i]))
+            del arr  # only the processed views are kept; a view to re-fit is read again
+        views = _unify(views, sizes, mixed_sizes, lambda i: _load_item(items[i], bg, names[i]), Ks)
     return collate(views, sizes, paths)
+
+
+def _unify(views, orig_sizes, mode: str, reload, Ks) -> list:
+    """One processed size for the batch (see ``mixed_sizes`` of :func:`prepare_images`)."""
+    processed = [tuple(v.image.shape[:2]) for v in views]
+    if len(set(processed)) <= 1:
+        return views
+    V = len(views)
+    if mode == "crop_to_smallest":
+        views, n = unify_sizes(views)
+        h, w = views[0].image.shape[:2]
+        log.warning("mixed image sizes: centre-cropped %d of %d views to the smallest common size "
+                    "%dx%d (W x H)", n, V, w, h)
+        return views
+    th, tw = common_size(orig_sizes, processed)
+    out, changed = list(views), []
+    for i, hw in enumerate(processed):
+        if hw != (th, tw):
+            out[i] = cover_view(reload(i), None if Ks is None else Ks[i], (th, tw))
+            changed.append(i)
+    kept = min(th * tw / (round(orig_sizes[i][0] * out[i].scale[1]) * round(orig_sizes[i][1] * out[i].scale[0]))
+               for i in changed)
+    how = ("resized, nothing cropped" if kept == 1.0 else
+           f"resized by each view's own factor and centre-cropped, at least {math.floor(kept * 100)}% "
+           "of every image kept")
+    log.warning("mixed image sizes: %d of %d views brought to the common size %dx%d (W x H); %s",
+                len(changed), V, tw, th, how)
+    return out
 
 
 def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,14 @@ official behaviour. A crop at ``(left, top)`` maps ``u' = u - left`` and
 Overall, processed pixel ``(u', v')`` relates to original pixel ``(u, v)`` by
 ``u' = u * sx - left`` and ``v' = v * sy - top`` with the per-view ``scale`` and
 ``crop`` of :class:`ProcessedView` (resizes always happen before crops).
+
+Mixed sizes
+-----------
+The network needs one H x W per batch. Views whose processed size differs from
+the batch's common size (:func:`common_size`) are resized from their original by
+their own factor to just cover it and centre-cropped (:func:`cover_view`); views
+already at that size are left exactly as above. The official rule (crop all to
+the smallest H and W) is :func:`unify_sizes`.
 """
 
 from __future__ import annotations
@@ -194,8 +202,52 @@ def process_view(
     return ProcessedView(arr, K, (w / float(ow), h / float(oh)), (left, top))
 
 
+MIXED_SIZES = ("cover", "crop_to_smallest")
+
+
+def check_mixed_sizes(mode: str) -> None:
+    """Raise :class:`InputError` unless ``mode`` is one of :data:`MIXED_SIZES`."""
+    if mode not in MIXED_SIZES:
+        raise InputError(f"mixed_sizes: unsupported value {mode!r}; expected one of {', '.join(MIXED_SIZES)}")
+
+
+def kept_fraction(orig_hw: tuple[int, int], target_hw: tuple[int, int]) -> float:
+    """Share of an ``orig_hw`` image left after scaling it to cover ``target_hw`` and centre-cropping."""
+    (oh, ow), (th, tw) = orig_hw, target_hw
+    a, b = ow / float(oh), tw / float(th)
+    return min(a, b) / max(a, b)
+
+
+def common_size(orig_sizes: list[tuple[int, int]], processed_sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """The ``(H, W)`` a mixed batch is brought to: the processed size of one of its views that
+    keeps the most of all images when each is scaled to cover it (:func:`kept_fraction`); ties go
+    to the size most views already have, then to the earliest view."""
+    cands = list(dict.fromkeys(processed_sizes))
+    def score(t):
+        return (round(sum(kept_fraction(o, t) for o in orig_sizes), 9),
+                processed_sizes.count(t), -cands.index(t))
+    return max(cands, key=score)
+
+
+def cover_view(arr: np.ndarray, K: np.ndarray | None, target_hw: tuple[int, int]) -> ProcessedView:
+    """Scale ``arr (H, W, C)`` by its own factor to just cover ``target_hw`` and centre-crop the
+    overflow (the longer relative side only). Same kernels as :func:`process_view`; ``K`` is
+    scaled by ``(sx, sy)`` and shifted by the crop, so ``scale``/``crop`` invert exactly."""
+    oh, ow = arr.shape[:2]
+    th, tw = target_hw
+    s = max(tw / float(ow), th / float(oh))
+    rw, rh = max(tw, int(round(ow * s))), max(th, int(round(oh * s)))
+    if (rw, rh) != (ow, oh):
+        arr = resize_array(arr, rw, rh, upscale=(rw > ow) or (rh > oh))
+        K = scale_intrinsics(K, rw / float(ow), rh / float(oh))
+    left, top = (rw - tw) // 2, (rh - th) // 2
+    arr = arr[top : top + th, left : left + tw]
+    return ProcessedView(arr, shift_intrinsics(K, left, top), (rw / float(ow), rh / float(oh)), (left, top))
+
+
 def unify_sizes(views: list[ProcessedView]) -> tuple[list[ProcessedView], int]:
-    """Centre-crop all views to the smallest H and smallest W of the batch (official rule).
+    """Centre-crop all views to the smallest H and smallest W of the batch (the official rule,
+    ``mixed_sizes="crop_to_smallest"``; it can discard most of an image).
 
     Returns the new views and how many of them were cropped. ``cx, cy`` are
     shifted by the crop offsets ``((W - min_w) // 2, (H - min_h) // 2)``.

@@ -101,7 +101,8 @@ class DA3Model(nn.Module):
     def infer(self, images: Sequence | torch.Tensor, c2w: torch.Tensor | None = None,
               K: torch.Tensor | None = None, *, process_res: int = 504,
               process_method: str = "upper_bound_resize", ref_view: str = "saddle_balanced",
-              precision: str = "auto", infer_gs: bool = False) -> Prediction:
+              precision: str = "auto", infer_gs: bool = False,
+              mixed_sizes: str = "cover") -> Prediction:
         """Depth, confidence and cameras for a set of views.
 
         Args:
@@ -109,6 +110,8 @@ class DA3Model(nn.Module):
           c2w: optional ``(V, 4, 4)`` OpenCV camera-to-world poses (needs ``K``).
           K: optional ``(V, 3, 3)`` intrinsics in pixels of the input images.
           process_res, process_method: resize rule (see ``da3gs.io.images.prepare_images``).
+          mixed_sizes: views of different sizes: ``cover`` (default; each resized by its own
+            factor to one common size, minimal centre crop) or ``crop_to_smallest`` (official).
           ref_view: reference-view strategy for pose-free input (``saddle_balanced`` default).
           precision: ``auto`` (bf16 backbone on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
           infer_gs: also run the GS head and return ``pred.gaussians`` (models with a GS head;
@@ -120,7 +123,8 @@ class DA3Model(nn.Module):
             raise Da3gsError(f"ref_view: expected one of {', '.join(STRATEGIES)}, got {ref_view!r}")
         if (c2w is None) != (K is None):
             raise Da3gsError("c2w and K must be given together (the camera encoder needs both)")
-        prep = prepare_images(images, K=K, process_res=process_res, method=process_method)
+        prep = prepare_images(images, K=K, process_res=process_res, method=process_method,
+                              mixed_sizes=mixed_sizes)
         V = prep.images.shape[0]
         in_c2w = None
         if c2w is not None:

@@ -159,3 +159,19 @@ def test_render_llff_poses(tmp_path):
                 "random:tiny-gs", "--out", out, "--max-views", 4, "--no-video") == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["pose_conditioned"] and s["views"] == 4
+
+
+def test_render_mixed_sizes_one_line(tmp_path, capsys):
+    """A 4:3, a larger 4:3 and a 3:4 photo: processed at the common 4:3 size (not cropped to
+    the smallest), and one console line says so (no warning with a source path)."""
+    v = tmp_path / "v"
+    for i, size in enumerate([(84, 63), (128, 96), (60, 80)]):
+        _make_views(v / str(i), n=1, size=size)[0].rename(v / f"img{i}.png")
+    out = tmp_path / "out"
+    assert main(["render", "--device", "cpu", "--process-res", "84", "--views", str(v), "--model",
+                 "random:tiny-gs", "--out", str(out), "--no-video", "--no-colmap"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "mixed image sizes" in ln]
+    assert len(lines) == 1 and lines[0].startswith("da3gs render: note: mixed image sizes: 1 of 3")
+    assert ".py" not in err and "Warning" not in err
+    assert json.loads((out / "summary.json").read_text())["processed_size"] == [70, 84]

@@ -190,10 +190,11 @@ def test_pixel_content_follows_edge_convention():
     assert (x, y) == (50, 25) and p.images[0, 0, 25, 50] == pytest.approx(1.0)
 
 
-def test_mixed_sizes_center_cropped_with_cx_shift():
+def test_mixed_sizes_official_crop_to_smallest(caplog):
     K = np.stack([_K(480, 640), _K(640, 480)])  # portrait -> 378x504, landscape -> 504x378
-    with pytest.warns(UserWarning, match="2 of 2 images"):
-        p = prepare_images([_rgb(480, 640), _rgb(640, 480)], K=K)
+    with caplog.at_level("WARNING", logger="da3gs"):
+        p = prepare_images([_rgb(480, 640), _rgb(640, 480)], K=K, mixed_sizes="crop_to_smallest")
+    assert "centre-cropped 2 of 2 views" in caplog.text
     assert p.images.shape == (2, 3, 378, 378)
     assert p.crop_offsets == [(0, 63), (63, 0)]
     s = 504 / 640
@@ -202,16 +203,69 @@ def test_mixed_sizes_center_cropped_with_cx_shift():
     np.testing.assert_allclose(p.K[:, 0, 0].numpy(), 1200 * s)
 
 
-def test_mixed_sizes_one_cropped():
-    with pytest.warns(UserWarning, match="1 of 2 images"):
+def _project(K, X):
+    uvw = np.asarray(K, np.float64) @ X
+    return uvw[:2] / uvw[2]
+
+
+def test_mixed_sizes_cover_keeps_most_of_each_image(caplog):
+    """504x378 + 640x480 + 300x400: the common size is 504x378 (not the 378x378 of the
+    official rule, nor tiny); K and K_original stay exact (a known 3D point projects alike)."""
+    from da3gs.types import Prediction
+
+    sizes = [(504, 378), (640, 480), (300, 400)]
+    K_in = np.stack([_K(w, h, fx=0.9 * w, fy=0.95 * w) for w, h in sizes])
+    imgs = [_rgb(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
+    ref = prepare_images(imgs[:1], K=K_in[:1])  # the first view alone: untouched by the mix
+    with caplog.at_level("WARNING", logger="da3gs"):
+        p = prepare_images(imgs, K=K_in)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "1 of 3 views" in lines[0] and "504x378" in lines[0] and "56%" in lines[0]
+    assert p.images.shape == (3, 3, 378, 504)
+    assert torch.equal(p.images[0], ref.images[0])  # same-size views are bit-identical
+    assert p.resize_scale[1] == (0.7875, 0.7875) and p.crop_offsets[1] == (0, 0)
+    assert p.resize_scale[2] == (1.68, 1.68) and p.crop_offsets[2] == (0, (672 - 378) // 2)
+    X = np.array([0.1, -0.05, 2.0])
+    for i in range(3):  # the point lands where the pixel mapping says it should
+        uv = _project(K_in[i], X)
+        (sx, sy), (left, top) = p.resize_scale[i], p.crop_offsets[i]
+        np.testing.assert_allclose(_project(p.K[i].numpy(), X), [uv[0] * sx - left, uv[1] * sy - top])
+        np.testing.assert_allclose(p.to_original(_project(p.K[i].numpy(), X), i), uv)
+    pred = Prediction(images=p.images, depth=torch.ones(3, 378, 504), K=p.K.float(),
+                      resize_scale=p.resize_scale, crop_offsets=p.crop_offsets)
+    Ko = pred.K_original().numpy()
+    for i in range(3):
+        np.testing.assert_allclose(_project(Ko[i], X), _project(K_in[i], X), rtol=1e-5)
+
+
+def test_mixed_sizes_cover_content_is_the_centre():
+    """The re-fitted view shows its own centre: a bright dot at the centre stays at the centre."""
+    a = np.zeros((400, 300, 3), np.uint8)
+    a[199:201, 149:151] = 255
+    p = prepare_images([_rgb(504, 378), a])
+    y, x = np.unravel_index(int(p.images[1, 0].argmax()), p.images.shape[-2:])
+    assert abs(x - 252) <= 2 and abs(y - 189) <= 2
+
+
+def test_mixed_sizes_same_aspect_nothing_cropped(caplog):
+    with caplog.at_level("WARNING", logger="da3gs"):
         p = prepare_images([_rgb(640, 480), _rgb(1208, 680)])
-    assert p.images.shape == (2, 3, 280, 504) and p.crop_offsets == [(0, 49), (0, 0)]
+    assert p.images.shape == (2, 3, 378, 504)
+    assert "nothing cropped" not in caplog.text or p.crop_offsets[1] == (0, 0)
+    assert len(caplog.records) == 1
 
 
-def test_same_sizes_no_warning():
-    with warnings.catch_warnings():
+def test_mixed_sizes_bad_mode():
+    with pytest.raises(InputError, match="mixed_sizes"):
+        prepare_images([_rgb(64, 48)], mixed_sizes="pad")
+
+
+def test_same_sizes_no_warning(caplog):
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="da3gs"):
         warnings.simplefilter("error")
         prepare_images([_rgb(640, 480), _rgb(640, 480, seed=1)])
+    assert not caplog.records
 
 
 # ----------------------------------------------------------------------------- prepare_images inputs

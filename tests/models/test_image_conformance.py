@@ -130,8 +130,7 @@ def test_mixed_batch_unified_like_official(tmp_path):
     paths = [_file(tmp_path, n) for n in ("shrink_jpg", "portrait", "enlarge")]
     K = np.stack([_K(w, h) for (h, w), _ in (FILES[n] for n in ("shrink_jpg", "portrait", "enlarge"))])
     off, off_K = official_tensor(paths, K=K)
-    with pytest.warns(UserWarning, match="centre-cropped"):
-        ours, p = ours_tensor(paths, K=K)
+    ours, p = ours_tensor(paths, K=K, mixed_sizes="crop_to_smallest")  # the official rule, kept as an option
     _exact(ours, off)
     np.testing.assert_allclose(p.K.numpy(), off_K.numpy(), rtol=1e-6, atol=1e-4)
 
@@ -228,7 +227,8 @@ def _outputs_close(pair, ours_inputs, off_inputs, method="upper_bound_resize", p
     x, _ = official_tensor(off_inputs, method, process_res)
     with torch.no_grad():
         a = off_net(x[None].float(), None, None, export_feat_layers=[], ref_view_strategy="saddle_balanced")
-    pred = model.infer(ours_inputs, process_res=process_res, process_method=method, precision="fp32")
+    pred = model.infer(ours_inputs, process_res=process_res, process_method=method, precision="fp32",
+                       mixed_sizes="crop_to_smallest")  # the official rule for mixed sizes
     torch.testing.assert_close(imagenet_normalize(pred.images), x, rtol=0, atol=0)
     errs = {
         "depth": rel_err(pred.depth, a["depth"][0]),
