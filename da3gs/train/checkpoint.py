@@ -142,14 +142,15 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, st
 
 
 def save_checkpoint(run_dir: Path, step: int, preset_name: str, weights: dict, ema_weights,
-                    train_state: dict, keep: int = 2) -> Path:
+                    train_state: dict, keep: int = 2, gs_geometry: str = "da3gs") -> Path:
     """Write ``checkpoints/step_{step:08d}`` atomically and prune to the newest ``keep``.
 
     weights / ema_weights: full state dicts of the network (ema_weights may be None);
-    train_state: optimizer state dict, step, counters, per-rank RNG/data state.
+    train_state: optimizer state dict, step, counters, per-rank RNG/data state;
+    gs_geometry: the Gaussian geometry the GS head was trained with (stage 2).
     """
     final = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
-    meta = {"da3gs_preset": preset_name, "da3gs_gs_geometry": "da3gs", "step": str(step)}
+    meta = {"da3gs_preset": preset_name, "da3gs_gs_geometry": gs_geometry, "step": str(step)}
     aliases = alias_map(weights)
     with atomic_dir(final) as tmp:
         tmp = Path(tmp)
@@ -158,7 +159,7 @@ def save_checkpoint(run_dir: Path, step: int, preset_name: str, weights: dict, e
         _save_tensors(dedupe(weights, aliases), tmp / "train_weights.safetensors", meta)
         torch.save(train_state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(json.dumps(
-            {"format": "da3gs", "preset": preset_name, "gs_geometry": "da3gs", "step": step,
+            {"format": "da3gs", "preset": preset_name, "gs_geometry": gs_geometry, "step": step,
              "weights": "ema" if ema_weights is not None else "raw"}, indent=2))
     for old in list_checkpoints(run_dir)[:-keep]:
         import shutil

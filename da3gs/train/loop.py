@@ -89,7 +89,9 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
     if cfg.model.init:
         from da3gs import load_model
 
-        net = load_model(cfg.model.init, device="cpu").net
+        model = load_model(cfg.model.init, device="cpu")
+        net = model.net
+        net.gs_geometry = model.gs_geometry  # "official" for the official GS weights
         if cfg.stage == "stage2" and getattr(net, "gs_head", 0) is None and preset.gs_head:
             from da3gs.models.net import with_gs_head
 
@@ -231,7 +233,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
                      "ranks": ranks, "config": to_dict(cfg)}
             path = save_checkpoint(run_dir, counters.step, net.preset.name, weights,
                                    ema.full_state(net) if ema is not None else None, state,
-                                   cfg.run.keep_checkpoints)
+                                   cfg.run.keep_checkpoints,
+                                   gs_geometry=getattr(net, "gs_geometry", "da3gs"))
         barrier()
         return path
 

@@ -146,7 +146,7 @@ def setup_stage2(model: nn.Module, cfg: Stage2Config | None = None) -> list[nn.P
     """Freeze everything but the GS head (``requires_grad`` False, eval mode), record the
     training geometry on the model (``gs_geometry``) and return the GS head's parameters."""
     net = _net(model)
-    if cfg is not None and hasattr(model, "gs_geometry"):
+    if cfg is not None:  # recorded for inference (DA3Model) and checkpoints (trainer)
         model.gs_geometry = _geometry(model, cfg)
     if cfg is not None and cfg.init_head:
         init_gs_head_output(model, cfg.init_scale_px, cfg.init_opacity)

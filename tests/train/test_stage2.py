@@ -250,3 +250,16 @@ def test_nvs_metrics_both_pose_modes():
                         for p in ("pose_free", "pose_conditioned")}
     assert all(math.isfinite(v) for v in res.values())
     assert model.net.training and model.net.gs_head.training  # modes restored
+
+
+def test_training_geometry_recorded_in_checkpoints(tmp_path):
+    from da3gs.train.checkpoint import save_checkpoint
+    from da3gs.train.config import load_config
+    from da3gs.train.loop import build_network
+
+    cfg = load_config("stage2-tiny", ["stage2.geometry=official", "stage2.init_head=false"])
+    net = build_network(cfg, torch.device("cpu"))
+    assert net.gs_geometry == "official"
+    path = save_checkpoint(tmp_path, 1, net.preset.name, net.state_dict(), None, {}, 1,
+                           gs_geometry=net.gs_geometry)
+    assert load_model(path).gs_geometry == "official"
