@@ -117,6 +117,43 @@ def check_render_args(args) -> None:
                  what="a non-negative number of steps")
 
 
+def check_exports(args) -> dict[str, str]:
+    """Optional exports, checked before the model loads: ``{export: note}`` for those that will be
+    written differently (no ffmpeg: the fly-through becomes ``video.gif``). Required writers that
+    are missing (``plyfile`` for the .ply files) are an error here, not after inference."""
+    from da3gs.io import video
+
+    try:
+        import plyfile  # noqa: F401
+    except ImportError:
+        raise Da3gsError("writing gaussians.ply / points.ply needs plyfile: pip install plyfile") from None
+    notes = {}
+    if not args.no_video and not video.ffmpeg_available():
+        notes["video"] = ("ffmpeg not found (pip install imageio-ffmpeg), so the fly-through is "
+                          "written as video.gif instead of video.mp4")
+    return notes
+
+
+def optional_export(name: str, fn, summary: dict, leftovers=()) -> None:
+    """Run ``fn()``, an optional export; if it fails, the run still finishes: one warning line, the
+    reason in ``summary["exports_failed"][name]`` and partial files (``leftovers``) removed.
+    Interrupts (Ctrl-C, SIGTERM) are not caught."""
+    import shutil
+
+    try:
+        fn()
+    except Exception as e:  # an optional output must never cost the user the finished run
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        summary.setdefault("exports_failed", {})[name] = why
+        for p in leftovers:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+        print(f"da3gs render: warning: {name} not written ({why}); the other outputs are complete",
+              file=sys.stderr)
+
+
 def select_views(images: list[Path], max_views: int | None) -> list[Path]:
     """At most ``max_views`` images, evenly spaced, first and last included."""
     if max_views is None or max_views >= len(images):
@@ -177,6 +214,10 @@ def run_render(args) -> dict:
     check_output_dir(out, {"--views": views, "--poses": args.poses,
                            "--checkpoint": args.checkpoint, "--model": args.model}, args.overwrite)
     check_render_args(args)
+    export_notes = check_exports(args)
+    if not args.quiet:
+        for note in export_notes.values():
+            print(f"da3gs render: note: {note}", file=sys.stderr)
     images, skipped = list_images(views)
     if skipped and not args.quiet:
         more = f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
@@ -201,16 +242,23 @@ def run_render(args) -> dict:
         "preset": model.preset.name, "device": str(device), "pose_conditioned": pred.pose_conditioned,
         "is_metric": pred.is_metric, "versions": versions(),
     }
+    if export_notes:
+        summary["export_notes"] = export_notes
     with write_output_dir(out, "render") as tmp:
         with timer("write_images_depth"):
             _write_images_and_depth(tmp, pred, names)
         with timer("write_gaussians"):
             gaussians = _write_scene(tmp, pred, args, summary)
         with timer("write_cameras"):
-            _write_cameras(tmp, pred, names, gaussians, summary, not args.no_colmap)
+            pts, cols = _write_cameras(tmp, pred, names, gaussians)
+        if not args.no_colmap:
+            with timer("colmap"):
+                optional_export("colmap", lambda: _write_colmap(tmp, pred, names, pts, cols, summary),
+                                summary, leftovers=[tmp / "colmap"])
         if not args.no_video:
             with timer("video"):
-                _write_video(tmp, pred, gaussians, args, summary)
+                optional_export("video", lambda: _write_video(tmp, pred, gaussians, args, summary),
+                                summary, leftovers=[tmp / "video.mp4", tmp / "video.gif"])
         summary["timings_s"] = timer.times
         summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -264,8 +312,9 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
     return g
 
 
-def _write_cameras(tmp: Path, pred: Prediction, names, gaussians, summary, colmap: bool) -> None:
-    from da3gs.io.cameras import write_cameras_json, write_colmap, write_transforms_json
+def _write_cameras(tmp: Path, pred: Prediction, names, gaussians):
+    """cameras.json, transforms.json and points.ply; returns the points ``(N, 3)`` and colours."""
+    from da3gs.io.cameras import write_cameras_json, write_transforms_json
 
     hw = [tuple(pred.depth.shape[1:])] * pred.num_views
     files = [f"{n}.png" for n in names]
@@ -283,10 +332,17 @@ def _write_cameras(tmp: Path, pred: Prediction, names, gaussians, summary, colma
         pts, cols = _point_cloud(pred)
     write_transforms_json(tmp / "transforms.json", c2w, K, hw, files, ply_file_path="points.ply",
                           image_dir="images")
-    if colmap:
-        summary["colmap_format"] = write_colmap(tmp / "colmap", c2w, K, hw, files, points=pts,
-                                                colors=cols)
-        summary["colmap_points"] = int(pts.shape[0])
+    return pts, cols
+
+
+def _write_colmap(tmp: Path, pred: Prediction, names, pts, cols, summary: dict) -> None:
+    from da3gs.io.cameras import write_colmap
+
+    hw = [tuple(pred.depth.shape[1:])] * pred.num_views
+    files = [f"{n}.png" for n in names]
+    c2w, K = pred.c2w.cpu().double(), pred.K.cpu().double()
+    summary["colmap_format"] = write_colmap(tmp / "colmap", c2w, K, hw, files, points=pts, colors=cols)
+    summary["colmap_points"] = int(pts.shape[0])
 
 
 def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) -> None:
@@ -324,6 +380,6 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
                 rgb = side_by_side(rgb, vis)
             yield rgb
 
-    written = write_video(tmp / "video.mp4", frames(), fps=args.fps)
+    written = write_video(tmp / "video.mp4", frames(), fps=args.fps, fallback_gif=True)
     summary["video"] = {"file": Path(written).name, "frames": len(path), "fps": args.fps,
                         "trajectory": args.trajectory}

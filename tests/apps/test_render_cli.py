@@ -175,3 +175,49 @@ def test_render_mixed_sizes_one_line(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("da3gs render: note: mixed image sizes: 1 of 3")
     assert ".py" not in err and "Warning" not in err
     assert json.loads((out / "summary.json").read_text())["processed_size"] == [70, 84]
+
+
+def test_render_without_ffmpeg_notes_up_front_and_writes_gif(tmp_path, capsys, monkeypatch):
+    """No ffmpeg: said before the model loads (the model source here is bad, so the run stops
+    right after the checks), and a real run writes video.gif, recorded in summary.json."""
+    import da3gs.io.video as video
+
+    monkeypatch.setattr(video, "ffmpeg_available", lambda: False)
+    _make_views(tmp_path / "v")
+    assert main(["render", "--device", "cpu", "--views", str(tmp_path / "v"), "--model",
+                 str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "note: ffmpeg not found" in err and err.index("ffmpeg") < err.index("error")
+    out = tmp_path / "out"
+    assert main(["render", "--device", "cpu", "--process-res", "42", "--views", str(tmp_path / "v"),
+                 "--model", "random:tiny-gs", "--out", str(out), "--frames", "2", "--no-colmap"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (out / "video.gif").is_file() and not (out / "video.mp4").exists()
+    assert s["video"]["file"] == "video.gif" and "ffmpeg" in s["export_notes"]["video"]
+
+
+def test_render_optional_export_failure_keeps_the_run(tmp_path, capsys, monkeypatch):
+    """A failing optional export (COLMAP, video) warns and is recorded; the run exits 0 with
+    every other output, and leaves no partial export behind."""
+    import da3gs.io.cameras as cameras
+    import da3gs.io.video as video
+
+    def broken_colmap(path, *a, **k):
+        Path(path).mkdir()
+        (Path(path) / "cameras.txt").write_text("half")
+        raise OSError("disk full")
+
+    def broken_video(*a, **k):
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(cameras, "write_colmap", broken_colmap)
+    monkeypatch.setattr(video, "write_video", broken_video)
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out, "--frames", 2) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert "disk full" in s["exports_failed"]["colmap"] and "encoder crashed" in s["exports_failed"]["video"]
+    assert not (out / "colmap").exists() and not (out / "video.mp4").exists()
+    assert (out / "gaussians.ply").is_file() and (out / "cameras.json").is_file()
+    err = capsys.readouterr().err
+    assert "warning: colmap not written (OSError: disk full)" in err and "Traceback" not in err
