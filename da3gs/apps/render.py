@@ -19,7 +19,7 @@ from da3gs.apps.common import (Timer, add_model_flags, add_run_flags, check_numb
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
 from da3gs.apps.outputs import check_output_dir, write_output_dir
-from da3gs.io.images import list_images
+from da3gs.io.images import list_images, skipped_note
 from da3gs.types import Prediction
 
 
@@ -220,9 +220,7 @@ def run_render(args) -> dict:
             print(f"da3gs render: note: {note}", file=sys.stderr)
     images, skipped = list_images(views)
     if skipped and not args.quiet:
-        more = f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        print(f"da3gs render: note: skipped {len(skipped)} non-image file(s) in {views}: "
-              f"{', '.join(p.name for p in skipped[:5])}{more}", file=sys.stderr)
+        print(f"da3gs render: note: {skipped_note(skipped, views)}", file=sys.stderr)
     images = select_views(images, args.max_views)
     check_image_sizes(images)
     device = resolve_device(args.device)

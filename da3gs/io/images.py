@@ -32,12 +32,46 @@ from .resize import (
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+HEIF_EXTS = (".heic", ".heif")  # read when pillow-heif is installed (extra ``heif``)
+HEIF_HINT = "HEIC/HEIF photos need pillow-heif: pip install 'da3gs[heif]' (or pip install pillow-heif)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _RANGE_TOL = 1e-3
 _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
+
+
+_HEIF_STATE: dict[str, bool] = {}
+
+
+def heif_available() -> bool:
+    """Whether HEIC/HEIF files can be read; on first call registers pillow-heif's opener with
+    Pillow (only when a .heic/.heif file is met, so Pillow is untouched otherwise)."""
+    if "ok" not in _HEIF_STATE:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _HEIF_STATE["ok"] = True
+        except Exception:  # not installed, or a broken libheif build
+            _HEIF_STATE["ok"] = False
+    return _HEIF_STATE["ok"]
+
+
+def is_heif(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in HEIF_EXTS
+
+
+def skipped_note(skipped: list[Path], folder: str | Path, limit: int = 5) -> str:
+    """One line naming the files :func:`list_images` skipped (with the HEIF hint when some are
+    HEIC/HEIF photos that could not be read)."""
+    more = f" (+{len(skipped) - limit} more)" if len(skipped) > limit else ""
+    note = (f"skipped {len(skipped)} non-image file(s) in {folder}: "
+            f"{', '.join(p.name for p in skipped[:limit])}{more}")
+    if any(is_heif(p) for p in skipped):
+        note += f"; {HEIF_HINT}"
+    return note
 
 
 def _one_line(e: BaseException) -> str:
@@ -117,6 +151,8 @@ def _open(path, bg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"{p}: file not found")
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected an image file")
+    if is_heif(p) and not heif_available():
+        raise InputError(f"{p}: {HEIF_HINT}")
     try:
         with Image.open(p) as img:
             img.load()  # full decode: truncated/corrupt files fail here
@@ -171,8 +207,9 @@ def _natural_key(p: Path):
 def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
     """Image files of ``folder`` in natural order (``img2`` before ``img10``).
 
-    Extensions (case-insensitive): ``.jpg .jpeg .png .webp .bmp .tif .tiff``.
-    Hidden files and sub-folders are ignored.
+    Extensions (case-insensitive): ``.jpg .jpeg .png .webp .bmp .tif .tiff``, and
+    ``.heic .heif`` when pillow-heif is installed (extra ``heif``; else they are
+    skipped, see :func:`skipped_note`). Hidden files and sub-folders are ignored.
 
     Returns:
         ``(images, skipped)``: image paths and the other (non-image) files.
@@ -189,9 +226,11 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
     for p in folder.iterdir():
         if p.name.startswith(".") or not p.is_file():
             continue
-        (images if p.suffix.lower() in IMAGE_EXTS else skipped).append(p)
+        ok = p.suffix.lower() in IMAGE_EXTS or (is_heif(p) and heif_available())
+        (images if ok else skipped).append(p)
     if not images:
-        raise InputError(f"{folder}: no images found (supported: {' '.join(IMAGE_EXTS)})")
+        hint = f"; {HEIF_HINT}" if any(is_heif(p) for p in skipped) else ""
+        raise InputError(f"{folder}: no images found (supported: {' '.join(IMAGE_EXTS)}){hint}")
     return sorted(images, key=_natural_key), sorted(skipped, key=_natural_key)
 
 

@@ -167,7 +167,10 @@ def test_tiny_images_are_refused(tmp_path, capsys, no_model):
     assert "dot.png: image is 1x1 pixels" in err and "Traceback" not in err
 
 
-def test_skipped_files_reported_on_console(tmp_path, capsys):
+def test_skipped_files_reported_on_console(tmp_path, capsys, monkeypatch):
+    import da3gs.io.images as images
+
+    monkeypatch.setitem(images._HEIF_STATE, "ok", False)  # as without pillow-heif
     v = _views(tmp_path / "v", 2)
     (v / "Thumbs.db").write_bytes(b"x")
     (v / "IMG_1.HEIC").write_bytes(b"x")
@@ -175,6 +178,7 @@ def test_skipped_files_reported_on_console(tmp_path, capsys):
                  "random:tiny-gs", "--views", str(v), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "skipped 2 non-image file(s)" in err and "Thumbs.db" in err
+    assert "pip install 'da3gs[heif]'" in err
 
 
 def test_colmap_without_images_folder_names_render_flags(tmp_path, capsys, no_model):

@@ -129,6 +129,48 @@ def test_list_images_natural_sort(tmp_path):
     assert [p.name for p in skipped] == ["readme.txt"]
 
 
+def _no_heif(monkeypatch):
+    import da3gs.io.images as images
+
+    monkeypatch.setitem(images._HEIF_STATE, "ok", False)
+
+
+def test_heic_without_pillow_heif_skipped_with_hint(tmp_path, monkeypatch):
+    from da3gs.io.images import skipped_note
+
+    _no_heif(monkeypatch)
+    Image.fromarray(_rgb(32, 24)).save(tmp_path / "a.png")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"not read")
+    images, skipped = list_images(tmp_path)
+    assert [p.name for p in images] == ["a.png"] and [p.name for p in skipped] == ["IMG_0001.HEIC"]
+    note = skipped_note(skipped, tmp_path)
+    assert "IMG_0001.HEIC" in note and "pip install 'da3gs[heif]'" in note and "\n" not in note
+    assert "da3gs[heif]" not in skipped_note([tmp_path / "Thumbs.db"], tmp_path)
+    with pytest.raises(InputError, match=r"IMG_0001.HEIC: HEIC/HEIF photos need pillow-heif"):
+        read_image(tmp_path / "IMG_0001.HEIC")
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(InputError, match="no images found.*da3gs\\[heif\\]"):
+        list_images(tmp_path)
+
+
+def test_heic_read_with_pillow_heif(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from da3gs.io.images import heif_available
+
+    assert heif_available()
+    yy, xx = np.mgrid[0:48, 0:64]
+    arr = np.stack([xx * 4, yy * 5, 128 + 0 * xx], -1).astype(np.uint8)  # smooth: codec-friendly
+    pillow_heif.from_pillow(Image.fromarray(arr)).save(str(tmp_path / "IMG_2.heic"), quality=-1)
+    Image.fromarray(arr).save(tmp_path / "IMG_1.png")
+    images, skipped = list_images(tmp_path)
+    assert [p.name for p in images] == ["IMG_1.png", "IMG_2.heic"] and not skipped
+    rgb = read_image(tmp_path / "IMG_2.heic")
+    assert rgb.shape == (48, 64, 3)
+    assert np.abs(rgb * 255 - arr).mean() < 4  # the pixels, up to HEVC/YCbCr rounding
+    p = prepare_images(images, process_res=56)
+    assert p.images.shape == (2, 3, 42, 56) and p.original_sizes == [(48, 64)] * 2
+
+
 def test_list_images_errors(tmp_path):
     with pytest.raises(InputError, match="missing"):
         list_images(tmp_path / "missing")
