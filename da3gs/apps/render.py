@@ -285,7 +285,7 @@ def _write_images_and_depth(tmp: Path, pred: Prediction, names: list[str]) -> No
 
 def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
     from da3gs.io.ply import write_ply, write_point_cloud_ply
-    from da3gs.io.prune import prune_gaussians
+    from da3gs.gaussians import prune_gaussians
 
     if pred.gaussians is None:
         pts, cols = _point_cloud(pred)

@@ -39,7 +39,6 @@ from .cameras import (  # noqa: E402
 )
 from .depth import colorize_depth, load_depth, load_depth_png, save_depth, turbo_colormap  # noqa: E402
 from .ply import read_ply, write_point_cloud_ply, write_ply  # noqa: E402
-from .prune import PruneReport, PruneStep, prune_gaussians  # noqa: E402
 from .video import VideoError, ffmpeg_available, side_by_side, write_video  # noqa: E402
 
 __all__ += [
@@ -58,9 +57,6 @@ __all__ += [
     "write_ply",
     "read_ply",
     "write_point_cloud_ply",
-    "PruneReport",
-    "PruneStep",
-    "prune_gaussians",
     "VideoError",
     "ffmpeg_available",
     "write_video",

@@ -119,7 +119,7 @@ def run_da3gs(cfg: Da3gsDataParserConfig) -> dict:
     """Run the da3gs model once on every image; returns cameras (nerfstudio frame), splits and
     the seed Gaussians of the training views."""
     from da3gs import load_model
-    from da3gs.io.prune import prune_gaussians
+    from da3gs.gaussians import prune_gaussians
 
     paths, scene = _images_and_poses(cfg)
     if len(paths) < MIN_IMAGES:

@@ -37,9 +37,13 @@ import torch
 from da3gs.geometry import quat_to_mat
 from da3gs.types import Gaussians
 
-from .errors import InputError
+from da3gs.errors import Da3gsError
 
-__all__ = ["PruneStep", "PruneReport", "prune_gaussians"]
+__all__ = ["PruneError", "PruneStep", "PruneReport", "prune_gaussians"]
+
+
+class PruneError(Da3gsError):
+    """A bad pruning parameter, or Gaussians lacking the field a step needs (conf, pixel)."""
 
 
 @dataclass
@@ -76,22 +80,22 @@ class PruneReport:
 
 def _check_args(g, min_opacity, conf_percentile, border, image_hw, voxel_size):
     if not isinstance(g, Gaussians):
-        raise InputError(f"prune_gaussians: expected Gaussians, got {type(g).__name__}")
+        raise PruneError(f"prune_gaussians: expected Gaussians, got {type(g).__name__}")
     if not 0.0 <= min_opacity <= 1.0:
-        raise InputError(f"min_opacity: expected a value in [0, 1], got {min_opacity}")
+        raise PruneError(f"min_opacity: expected a value in [0, 1], got {min_opacity}")
     if not 0.0 <= conf_percentile <= 100.0:
-        raise InputError(f"conf_percentile: expected a value in [0, 100], got {conf_percentile}")
+        raise PruneError(f"conf_percentile: expected a value in [0, 100], got {conf_percentile}")
     if conf_percentile > 0 and g.conf is None:
-        raise InputError("conf_percentile: the Gaussians have no conf (per-pixel confidence)")
+        raise PruneError("conf_percentile: the Gaussians have no conf (per-pixel confidence)")
     if int(border) != border or border < 0:
-        raise InputError(f"border: expected a non-negative integer, got {border}")
+        raise PruneError(f"border: expected a non-negative integer, got {border}")
     if border > 0:
         if g.pixel is None:
-            raise InputError("border: the Gaussians have no pixel (row, col) indices")
+            raise PruneError("border: the Gaussians have no pixel (row, col) indices")
         if image_hw is None:
-            raise InputError("border: image_hw (H, W) is required to prune the image border")
+            raise PruneError("border: image_hw (H, W) is required to prune the image border")
     if not voxel_size >= 0.0:
-        raise InputError(f"voxel_size: expected a value >= 0, got {voxel_size}")
+        raise PruneError(f"voxel_size: expected a value >= 0, got {voxel_size}")
 
 
 def _hw_per_gaussian(g: Gaussians, image_hw) -> torch.Tensor:
@@ -99,11 +103,11 @@ def _hw_per_gaussian(g: Gaussians, image_hw) -> torch.Tensor:
     if hw.shape == (2,):
         return hw.expand(len(g), 2)
     if hw.ndim != 2 or hw.shape[1] != 2:
-        raise InputError(f"image_hw: expected (H, W) or a list of per-view (H, W), got shape {tuple(hw.shape)}")
+        raise PruneError(f"image_hw: expected (H, W) or a list of per-view (H, W), got shape {tuple(hw.shape)}")
     if g.view is None:
-        raise InputError("image_hw: per-view sizes need the Gaussians' view indices")
+        raise PruneError("image_hw: per-view sizes need the Gaussians' view indices")
     if len(g) and int(g.view.max()) >= hw.shape[0]:
-        raise InputError(f"image_hw: {hw.shape[0]} sizes given but view index {int(g.view.max())} occurs")
+        raise PruneError(f"image_hw: {hw.shape[0]} sizes given but view index {int(g.view.max())} occurs")
     return hw[g.view.long()]
 
 

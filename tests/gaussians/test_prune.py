@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from da3gs.errors import Da3gsError
-from da3gs.io import prune_gaussians
+from da3gs.gaussians import prune_gaussians
 from da3gs.types import Gaussians
 
 

@@ -1,0 +1,9 @@
+"""Post-processing of Gaussian clouds: pruning (opacity, confidence, image border) and voxel merge.
+
+Works on :class:`~da3gs.types.Gaussians` only (imports ``da3gs.geometry`` and ``da3gs.types``), so
+every layer above (render, models, apps, the nerfstudio plug-in) may use it.
+"""
+
+from da3gs.gaussians.prune import PruneError, PruneReport, PruneStep, prune_gaussians
+
+__all__ = ["PruneError", "PruneReport", "PruneStep", "prune_gaussians"]
