@@ -25,7 +25,7 @@ Readers for transforms.json and COLMAP models are the scene readers in :mod:`da3
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -36,6 +36,8 @@ from da3gs.geometry import c2w_opencv_to_opengl, c2w_to_colmap, c2w_to_w2c
 
 from .atomic import atomic_path
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CameraSet", "write_cameras_json", "read_cameras_json", "write_transforms_json",
            "write_colmap_text", "write_colmap_binary", "write_colmap", "colmap_text_ok"]
@@ -152,6 +154,11 @@ def write_transforms_json(path, c2w, K, image_hw, names, ply_file_path=None, ima
     return _write_json(Path(path), meta)
 
 
+def _warn_skew(K: torch.Tensor, folder) -> None:
+    if bool((K[:, 0, 1] != 0).any()):
+        log.warning("%s: K has skew, which COLMAP's PINHOLE cannot store; skew dropped", folder)
+
+
 def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None) -> Path:
     """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into ``folder``.
 
@@ -160,8 +167,7 @@ def write_colmap_text(folder, c2w, K, image_hw, names, points=None, colors=None)
     c2w, K, hw, names = _check(c2w, K, image_hw, names)
     if any(any(c.isspace() for c in n) for n in names):
         raise InputError("names: COLMAP image names must not contain whitespace")
-    if bool((K[:, 0, 1] != 0).any()):
-        warnings.warn("write_colmap_text: K has skew, which PINHOLE cannot store; skew dropped", stacklevel=2)
+    _warn_skew(K, folder)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     r = repr
@@ -232,6 +238,7 @@ def write_colmap_binary(folder, c2w, K, image_hw, names, points=None, colors=Non
     c2w, K, hw, names = _check(c2w, K, image_hw, names)
     if any("\x00" in n for n in names):
         raise InputError("names: COLMAP image names must not contain NUL characters")
+    _warn_skew(K, folder)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     qvec, tvec = c2w_to_colmap(c2w)

@@ -154,3 +154,21 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(Da3gsError, match="image_hw"):
         write_colmap_text(tmp_path, c2w, K, [(1, 2)], names)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_colmap_skew_dropped_with_one_log_line(tmp_path, caplog):
+    """Skew is reported through logging (logger da3gs.io.cameras), not a warnings.warn with a
+    source line; text and binary writers alike."""
+    import warnings
+
+    from da3gs.io.cameras import write_colmap_binary
+
+    c2w, K, hw, names = _cams(v=2)
+    K = K.clone()
+    K[:, 0, 1] = 0.5
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="da3gs"):
+        warnings.simplefilter("error")
+        write_colmap_text(tmp_path / "t", c2w, K, hw, names)
+        write_colmap_binary(tmp_path / "b", c2w, K, hw, names)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 2 and all("skew dropped" in m for m in msgs)
