@@ -108,7 +108,9 @@ class Gaussians:
 
     @property
     def sh_degree(self) -> int:
-        return int(round(self.sh.shape[1] ** 0.5)) - 1
+        from da3gs.geometry.sh import sh_degree_from_bases
+
+        return sh_degree_from_bases(self.sh.shape[1])
 
     def subset(self, index: torch.Tensor) -> "Gaussians":
         """Gaussians selected by a boolean mask or an index tensor over N."""

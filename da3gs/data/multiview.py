@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from da3gs.geometry import as_homogeneous
 from da3gs.io.images import read_image
 
 from .augment import augment_batch
@@ -110,8 +111,7 @@ def to_first_frame(c2w: torch.Tensor) -> torch.Tensor:
     """``c2w (..., V, 4, 4)`` expressed in view 0's camera frame (view 0 becomes the identity)."""
     ref_inv = torch.linalg.inv(c2w[..., :1, :, :].double())
     out = ref_inv @ c2w.double()
-    out[..., 3, :] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=out.dtype)
-    return out.to(c2w.dtype)
+    return as_homogeneous(out[..., :3, :]).to(c2w.dtype)  # exact bottom row
 
 
 class MultiViewDataset(Dataset):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .conventions import as_homogeneous
 from .errors import GeometryError, check_finite, check_shape
 
 __all__ = ["Sim3", "umeyama", "align_cameras", "apply_sim3_to_c2w"]
@@ -39,10 +40,7 @@ class Sim3:
 
     def matrix(self) -> torch.Tensor:
         """(..., 4, 4) homogeneous matrix ``[[s R, t], [0, 1]]``."""
-        top = torch.cat([self.s[..., None, None] * self.R, self.t[..., :, None]], dim=-1)
-        bottom = torch.zeros(top.shape[:-2] + (1, 4), dtype=top.dtype, device=top.device)
-        bottom[..., 0, 3] = 1.0
-        return torch.cat([top, bottom], dim=-2)
+        return as_homogeneous(torch.cat([self.s[..., None, None] * self.R, self.t[..., :, None]], dim=-1))
 
     def inverse(self) -> "Sim3":
         Rt = self.R.transpose(-1, -2)
@@ -126,10 +124,7 @@ def apply_sim3_to_c2w(sim3: Sim3, c2w: torch.Tensor) -> torch.Tensor:
     R, t, s = sim3.R.to(c2w.dtype), sim3.t.to(c2w.dtype), sim3.s.to(c2w.dtype)
     Rn = R @ c2w[..., :3, :3]
     tn = s[..., None] * (R @ c2w[..., :3, 3:])[..., 0] + t
-    top = torch.cat([Rn, tn[..., None]], dim=-1)
-    bottom = torch.zeros(top.shape[:-2] + (1, 4), dtype=top.dtype, device=top.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([top, bottom], dim=-2)
+    return as_homogeneous(torch.cat([Rn, tn[..., None]], dim=-1))
 
 
 def _project_so3(M: torch.Tensor) -> torch.Tensor:

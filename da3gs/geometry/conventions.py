@@ -128,12 +128,8 @@ def llff_to_opencv(poses_bounds, downscale: float = 1.0):
     f = hwf[:, 2] / downscale
 
     down, right, back = mats[:, :, 0], mats[:, :, 1], mats[:, :, 2]
-    c2w = torch.zeros(n, 4, 4, dtype=pb.dtype)
-    c2w[:, :3, 0] = right  # OpenCV x = LLFF y
-    c2w[:, :3, 1] = down  # OpenCV y = LLFF x
-    c2w[:, :3, 2] = -back  # OpenCV z (forward) = -LLFF z
-    c2w[:, :3, 3] = mats[:, :, 3]
-    c2w[:, 3, 3] = 1.0
+    # OpenCV x = LLFF y, OpenCV y = LLFF x, OpenCV z (forward) = -LLFF z
+    c2w = as_homogeneous(torch.stack([right, down, -back, mats[:, :, 3]], dim=-1))
 
     K = torch.zeros(n, 3, 3, dtype=pb.dtype)
     K[:, 0, 0] = f

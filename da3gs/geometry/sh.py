@@ -18,6 +18,24 @@ C0 = 0.28209479177387814
 C1 = 0.48860251190292
 
 
+def num_sh_bases(degree: int) -> int:
+    """Number of SH coefficients K = (degree + 1) ** 2."""
+    return (int(degree) + 1) ** 2
+
+
+def is_sh_count(k: int) -> bool:
+    """Whether ``k`` coefficients make whole SH bands (1, 4, 9, 16, ...)."""
+    return int(k) >= 1 and math.isqrt(int(k)) ** 2 == int(k)
+
+
+def sh_degree_from_bases(k: int) -> int:
+    """Degree d with (d + 1) ** 2 == k; raises :class:`GeometryError` (a Da3gsError) if ``k``
+    is not a square."""
+    if not is_sh_count(k):
+        raise GeometryError(f"number of SH coefficients must be a square (1, 4, 9, 16 ...), got {k}")
+    return math.isqrt(int(k)) - 1
+
+
 def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
     """SH basis functions at directions.
 
@@ -81,7 +99,7 @@ def sh_rotation_matrix(R: torch.Tensor, degree: int) -> torch.Tensor:
     dirs = _sphere_points(64).to(R.device)
     Rd = R.double()
     rotated = torch.einsum("...ji,nj->...ni", Rd, dirs)  # R^T d for each d
-    K = (degree + 1) ** 2
+    K = num_sh_bases(degree)
     D = torch.zeros(R.shape[:-2] + (K, K), dtype=torch.float64, device=R.device)
     Y = eval_sh_bases(degree, dirs)
     Yr = eval_sh_bases(degree, rotated)
@@ -94,8 +112,8 @@ def sh_rotation_matrix(R: torch.Tensor, degree: int) -> torch.Tensor:
 
 def rotate_sh(sh: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """Rotate coefficients ``sh: (..., K, C)`` by ``R: (..., 3, 3)`` (broadcast over ``...``)."""
-    degree = int(round(sh.shape[-2] ** 0.5)) - 1
-    if (degree + 1) ** 2 != sh.shape[-2]:
+    if not is_sh_count(sh.shape[-2]):
         raise GeometryError(f"sh: {sh.shape[-2]} coefficients is not (degree + 1) ** 2")
+    degree = sh_degree_from_bases(sh.shape[-2])
     D = sh_rotation_matrix(R, degree).to(sh.dtype)
     return D @ sh

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from .conventions import as_homogeneous
 from .errors import GeometryError, check_finite, check_shape
 from .quaternion import mat_to_quat, quat_slerp, quat_to_mat, rotation_angle
 
@@ -74,10 +75,7 @@ def look_at(eye, target, up) -> torch.Tensor:
         x = torch.where(bad, torch.linalg.cross(z, alt), x)
     x = _unit(x)
     y = torch.linalg.cross(z, x)
-    c2w = torch.zeros(eye.shape[:-1] + (4, 4), dtype=dtype, device=eye.device)
-    c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = x, y, z, eye
-    c2w[..., 3, 3] = 1.0
-    return c2w
+    return as_homogeneous(torch.stack([x, y, z, eye.to(dtype)], dim=-1))
 
 
 def _catmull_rom(P: torch.Tensor, seg: torch.Tensor, s: torch.Tensor, closed: bool) -> torch.Tensor:

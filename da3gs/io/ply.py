@@ -29,13 +29,13 @@ activations' inverses.
 
 from __future__ import annotations
 
-import math
 import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from da3gs.geometry.sh import is_sh_count, num_sh_bases, sh_degree_from_bases
 from da3gs.types import Gaussians
 
 from .atomic import atomic_path
@@ -80,7 +80,7 @@ def _recall(t: torch.Tensor, kind: str) -> np.ndarray | None:
 
 def ply_property_names(sh_degree: int) -> list[str]:
     """Property names, in file order, of a splat PLY of SH degree ``sh_degree``."""
-    n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
+    n_rest = 3 * (num_sh_bases(sh_degree) - 1)
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
             + [f"f_rest_{i}" for i in range(n_rest)]
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
@@ -100,7 +100,7 @@ def _check_gaussians(g: Gaussians, path: Path) -> int:
         if tuple(t.shape) != shape:
             raise InputError(f"{path}: gaussians.{name} has shape {tuple(t.shape)}, expected {shape}")
     k = g.sh.shape[1] if g.sh.ndim == 3 else -1
-    if g.sh.ndim != 3 or g.sh.shape[0] != n or g.sh.shape[2] != 3 or math.isqrt(k) ** 2 != k:
+    if g.sh.ndim != 3 or g.sh.shape[0] != n or g.sh.shape[2] != 3 or not is_sh_count(k):
         raise InputError(f"{path}: gaussians.sh has shape {tuple(g.sh.shape)}, expected (N, (deg+1)^2, 3)")
     for name in ("means", "quats", "scales", "opacities", "sh"):
         if not bool(torch.isfinite(getattr(g, name)).all()):
@@ -139,7 +139,7 @@ def write_ply(path, gaussians: Gaussians) -> Path:
             sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
             opa.reshape(n, 1), scl, rot]
     data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
-    names = ply_property_names(math.isqrt(k) - 1)
+    names = ply_property_names(sh_degree_from_bases(k))
     vertex = data.view(np.dtype([(name, "<f4") for name in names])).reshape(n)
     with atomic_path(path) as tmp:
         PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
@@ -180,7 +180,7 @@ def read_ply(path) -> Gaussians:
         raise InputError(f"{path}: not a 3D Gaussian splat PLY, vertex lacks properties {', '.join(missing)}")
     n_rest = sum(1 for nm in names if nm.startswith("f_rest_"))
     k = n_rest // 3 + 1
-    if n_rest % 3 or math.isqrt(k) ** 2 != k:
+    if n_rest % 3 or not is_sh_count(k):
         raise InputError(f"{path}: {n_rest} f_rest_* properties is not 3 * ((degree + 1)^2 - 1) for any degree")
     rest_names = [f"f_rest_{i}" for i in range(n_rest)]
     absent = [r for r in rest_names if r not in names]

@@ -22,7 +22,7 @@ import torch
 
 from da3gs.errors import ConfigError
 from da3gs.geometry import mat_to_quat, quat_to_mat
-from da3gs.geometry.sh import rotate_sh
+from da3gs.geometry.sh import num_sh_bases, rotate_sh
 from da3gs.types import Gaussians
 
 GEOMETRIES = ("da3gs", "official")
@@ -31,7 +31,7 @@ SCALE_MIN, SCALE_MAX = 1e-5, 30.0
 
 def raw_channels(sh_degree: int) -> int:
     """Number of raw channels (without the density) for ``sh_degree``."""
-    return 2 + 3 + 4 + 3 * (sh_degree + 1) ** 2 + 1
+    return 2 + 3 + 4 + 3 * num_sh_bases(sh_degree) + 1
 
 
 def _pixel_centres(H: int, W: int, device, dtype) -> torch.Tensor:
@@ -59,7 +59,7 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
     if geometry not in GEOMETRIES:
         raise ConfigError(f"geometry: expected one of {GEOMETRIES}, got {geometry!r}")
     V, H, W, C = raw.shape
-    n_sh = (sh_degree + 1) ** 2
+    n_sh = num_sh_bases(sh_degree)
     if C != raw_channels(sh_degree):
         raise ConfigError(f"raw: {C} channels, expected {raw_channels(sh_degree)} for SH degree {sh_degree}")
     dev, dt = raw.device, raw.dtype

@@ -15,6 +15,7 @@ from torch import nn
 
 from da3gs.errors import Da3gsError
 from da3gs.geometry import c2w_to_w2c, decode_pose
+from da3gs.geometry.sh import num_sh_bases
 from da3gs.models.backbone import Backbone
 from da3gs.models.camera_encoder import CameraEncoder
 from da3gs.models.heads.camera import CameraDecoder
@@ -43,7 +44,7 @@ class DA3Net(nn.Module):
             self.camera_decoder = CameraDecoder(d)
         else:
             self.depth_head = DPT(d, f, oc, chunk_size=head_chunk)
-        sh = (preset.sh_degree + 1) ** 2
+        sh = num_sh_bases(preset.sh_degree)
         self.gs_head = GSDPT(d, f, oc, out_dim=2 + 3 + 4 + 3 * sh + 1 + 1,
                              chunk_size=head_chunk) if preset.gs_head else None
 

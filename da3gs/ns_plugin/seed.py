@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from da3gs.geometry.sh import num_sh_bases
 from da3gs.types import Gaussians
 
 
 def to_splatfacto(g: Gaussians, sh_degree: int) -> dict[str, torch.Tensor]:
     """Splatfacto parameters (float32) for ``g``; SH bands above ``g``'s degree are zero and
     bands beyond ``sh_degree`` are dropped."""
-    K = (sh_degree + 1) ** 2
+    K = num_sh_bases(sh_degree)
     n = len(g)
     sh = torch.zeros(n, K, 3, dtype=torch.float32)
     k = min(K, g.sh.shape[1])

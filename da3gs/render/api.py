@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from da3gs.errors import Da3gsError
+from da3gs.geometry.conventions import as_homogeneous
+from da3gs.geometry.sh import is_sh_count, num_sh_bases, sh_degree_from_bases
 from da3gs.types import Gaussians
 
 __all__ = ["RenderOutput", "render", "resolve_backend"]
@@ -84,10 +86,7 @@ def _cameras(w2c, K, device, dtype):
     if K.dim() != 3 or K.shape[-2:] != (3, 3):
         raise Da3gsError(f"render: K must be (C, 3, 3) or (3, 3), got {tuple(K.shape)}")
     w2c = w2c.to(device=device, dtype=dtype)
-    if w2c.shape[-2] == 3:
-        bottom = torch.tensor([0, 0, 0, 1], dtype=dtype, device=device).expand(
-            w2c.shape[0], 1, 4)
-        w2c = torch.cat([w2c, bottom], dim=1)
+    w2c = as_homogeneous(w2c)
     K = K.to(device=device, dtype=dtype)
     if K.shape[0] != w2c.shape[0]:
         if K.shape[0] == 1:
@@ -137,12 +136,12 @@ def render(gaussians: Gaussians, w2c: torch.Tensor, K: torch.Tensor, width: int,
     if g.sh.dim() != 3 or g.sh.shape[0] != N or g.sh.shape[2] != 3:
         raise Da3gsError(f"render: gaussians.sh must be (N, K, 3), got {tuple(g.sh.shape)}")
     k = g.sh.shape[1]
-    deg_max = int(round(k ** 0.5)) - 1
-    if (deg_max + 1) ** 2 != k or deg_max > 3:
+    if not is_sh_count(k) or k > num_sh_bases(3):
         raise Da3gsError(f"render: gaussians.sh needs K in (1, 4, 9, 16), got {k}")
+    deg_max = sh_degree_from_bases(k)
     deg = deg_max if sh_degree is None else int(sh_degree)
     if not 0 <= deg <= deg_max:
-        raise Da3gsError(f"render: sh_degree {sh_degree} needs K >= {(deg + 1) ** 2}, "
+        raise Da3gsError(f"render: sh_degree {sh_degree} needs K >= {num_sh_bases(deg)}, "
                          f"gaussians.sh has K = {k}")
     width, height = int(width), int(height)
     if width <= 0 or height <= 0 or int(tile_size) <= 0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from da3gs.errors import Da3gsError
+from da3gs.geometry.sh import sh_degree_from_bases
 
 __all__ = ["gsplat_available", "rasterize_gsplat"]
 
@@ -88,7 +89,7 @@ def rasterize_gsplat(means, quats, scales, opacities, sh, w2c, K, width: int, he
                          "(use backend='torch')")
     gsplat = _import_gsplat()
     if sh_degree is None:
-        sh_degree = int(round(sh.shape[1] ** 0.5)) - 1
+        sh_degree = sh_degree_from_bases(sh.shape[1])
     f32 = torch.float32
     C, N = w2c.shape[0], means.shape[0]
     render, alpha, meta = gsplat.rasterization(

@@ -17,23 +17,10 @@ from __future__ import annotations
 import torch
 
 from da3gs.errors import Da3gsError
-from da3gs.geometry.sh import C0, eval_sh_bases
+from da3gs.geometry.sh import C0, eval_sh_bases, num_sh_bases, sh_degree_from_bases
 
 __all__ = ["C0", "eval_sh_bases", "eval_sh", "sh_to_color", "rgb_to_sh0", "sh0_to_rgb",
            "num_sh_bases", "sh_degree_from_bases"]
-
-def num_sh_bases(degree: int) -> int:
-    """Number of SH coefficients K = (degree + 1) ** 2."""
-    return (int(degree) + 1) ** 2
-
-
-def sh_degree_from_bases(k: int) -> int:
-    """Degree d with (d + 1) ** 2 == k; raises Da3gsError if k is not a square."""
-    d = int(round(k ** 0.5)) - 1
-    if (d + 1) ** 2 != k:
-        raise Da3gsError(f"number of SH coefficients must be a square, got {k}")
-    return d
-
 
 def eval_sh(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """Raw SH sum (no +0.5, no clamp), like gsplat's ``spherical_harmonics``.

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from da3gs.render.sh import sh_to_color
+from da3gs.geometry.sh import sh_degree_from_bases
 
 __all__ = ["project_gaussians", "rasterize", "quat_to_rotmat", "ALPHA_THRESHOLD", "T_STOP"]
 
@@ -227,7 +228,7 @@ def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: i
       (sum w z / alpha, 0 where alpha == 0), radii (C, N, 2) int32.
     """
     if sh_degree is None:
-        sh_degree = int(round(sh.shape[1] ** 0.5)) - 1
+        sh_degree = sh_degree_from_bases(sh.shape[1])
     dev, dt = means.device, means.dtype
     C = w2c.shape[0]
     means2d, conics, depths, radii = project_gaussians(
