@@ -27,7 +27,7 @@ import torch
 
 from da3gs.geometry import colmap_to_c2w
 
-from .scene import Scene, SceneError, _colmap_dir, image_hw, make_K, missing_error, resolve_dir
+from .scene import Scene, SceneError, colmap_model_dir, image_hw, make_K, missing_error, resolve_dir
 
 __all__ = ["CAMERA_MODELS", "read_colmap", "read_model"]
 
@@ -244,7 +244,7 @@ def read_colmap(path: Path, *, images_dir=None, load_points: bool = True,
     """
     path = Path(path)
     root = path.parent if path.is_file() else path
-    model_dir = _colmap_dir(root)
+    model_dir = colmap_model_dir(root)
     if model_dir is None:
         raise SceneError(f"{path}: no COLMAP model (looked for sparse/0, sparse and cameras.{{txt,bin}})")
     cams, images, points = read_model(model_dir, load_points)

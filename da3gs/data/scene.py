@@ -22,7 +22,7 @@ from PIL import Image
 from da3gs.errors import Da3gsError
 from da3gs.io.images import IMAGE_EXTS, read_image
 
-__all__ = ["Scene", "SceneError", "load_scene", "detect_format", "FORMATS"]
+__all__ = ["Scene", "SceneError", "load_scene", "detect_format", "FORMATS", "colmap_model_dir"]
 
 
 class SceneError(Da3gsError):
@@ -224,7 +224,9 @@ _LOOKED_FOR = ("transforms*.json (Blender/nerfstudio/instant-ngp), sparse/0/, sp
                "or groundtruth.txt (TUM RGB-D)")
 
 
-def _colmap_dir(p: Path) -> Path | None:
+def colmap_model_dir(p: Path) -> Path | None:
+    """The COLMAP model folder of a scene root: ``sparse/0``, ``sparse`` or the root itself
+    (the first holding ``cameras.bin`` or ``cameras.txt``), or None."""
     for d in (p / "sparse" / "0", p / "sparse", p):
         if (d / "cameras.bin").is_file() or (d / "cameras.txt").is_file():
             return d
@@ -253,7 +255,7 @@ def detect_format(path) -> str:
         raise SceneError(f"{p}: unknown scene file; expected one of {_LOOKED_FOR}")
     if any(p.glob("transforms*.json")):
         return "nerf"
-    if _colmap_dir(p) is not None:
+    if colmap_model_dir(p) is not None:
         return "colmap"
     if (p / "poses_bounds.npy").is_file():
         return "llff"

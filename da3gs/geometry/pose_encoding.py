@@ -20,7 +20,7 @@ import torch
 
 from .conventions import as_homogeneous
 from .errors import check_broadcast, check_hw, check_pose_matrix, check_shape
-from .quaternion import _rotation_from_components, mat_to_quat, wxyz_to_xyzw
+from .quaternion import rotation_from_components, mat_to_quat, wxyz_to_xyzw
 
 __all__ = ["encode_pose", "decode_pose", "POSE_ENCODING_DIM"]
 
@@ -83,7 +83,7 @@ def decode_pose(enc: torch.Tensor, image_hw) -> tuple[torch.Tensor, torch.Tensor
 
     i, j, k, r = torch.unbind(quat, -1)
     two_s = 2.0 / (quat * quat).sum(-1)
-    R = _rotation_from_components(r, i, j, k, two_s)
+    R = rotation_from_components(r, i, j, k, two_s)
     c2w = as_homogeneous(torch.cat([R, T[..., None]], dim=-1))
 
     fy = (H / 2.0) / torch.clamp(torch.tan(fov_h / 2.0), 1e-6)

@@ -25,6 +25,7 @@ __all__ = [
     "quat_slerp",
     "xyzw_to_wxyz",
     "wxyz_to_xyzw",
+    "rotation_from_components",
 ]
 
 
@@ -40,7 +41,7 @@ def wxyz_to_xyzw(q: torch.Tensor) -> torch.Tensor:
     return q[..., [1, 2, 3, 0]]
 
 
-def _rotation_from_components(r, i, j, k, two_s) -> torch.Tensor:
+def rotation_from_components(r, i, j, k, two_s) -> torch.Tensor:
     """Rotation matrix from (possibly non-unit) quaternion parts; ``two_s = 2 / |q|^2``."""
     o = torch.stack(
         (
@@ -71,7 +72,7 @@ def quat_to_mat(q_wxyz: torch.Tensor) -> torch.Tensor:
     check_shape(q_wxyz, "q_wxyz", (4,))
     r, i, j, k = torch.unbind(q_wxyz, -1)
     two_s = 2.0 / (q_wxyz * q_wxyz).sum(-1)
-    return _rotation_from_components(r, i, j, k, two_s)
+    return rotation_from_components(r, i, j, k, two_s)
 
 
 def _sqrt_positive_part(x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from da3gs.errors import Da3gsError
 
-__all__ = ["MetricsError", "psnr", "ssim", "gaussian_window"]
+__all__ = ["MetricsError", "psnr", "ssim", "gaussian_window", "check_image_pair"]
 
 
 class MetricsError(Da3gsError):
@@ -56,7 +56,9 @@ def _as_batch(x, name: str) -> torch.Tensor:
     return x
 
 
-def _check_pair(pred, gt) -> tuple[torch.Tensor, torch.Tensor]:
+def check_image_pair(pred, gt) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred``, ``gt``: float (C, H, W) or (B, C, H, W) of one shape -> both as (B, C, H, W);
+    raises :class:`MetricsError` otherwise (shared by PSNR, SSIM and LPIPS)."""
     p, g = _as_batch(pred, "pred"), _as_batch(gt, "gt")
     if p.shape != g.shape:
         raise MetricsError(f"pred/gt: shapes differ, {tuple(pred.shape)} vs {tuple(gt.shape)}")
@@ -88,7 +90,7 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0, mask: to
     Returns:
         (B,) float tensor (dtype of ``pred``); the dataset figure is its mean.
     """
-    p, g = _check_pair(pred, gt)
+    p, g = check_image_pair(pred, gt)
     r = _check_range(data_range)
     se = (p.double() - g.double()) ** 2  # (B, C, H, W)
     B, C, H, W = se.shape
@@ -153,7 +155,7 @@ def ssim(
     Returns:
         (B,) tensor, dtype of ``pred``: mean SSIM over channels and pixels of each image.
     """
-    p, g = _check_pair(pred, gt)
+    p, g = check_image_pair(pred, gt)
     r = _check_range(data_range)
     if mode not in ("gaussian", "skimage"):
         raise MetricsError(f"mode: expected 'gaussian' or 'skimage', got {mode!r}")

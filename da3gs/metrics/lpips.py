@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .image import MetricsError, _check_pair
+from .image import MetricsError, check_image_pair
 
 __all__ = [
     "LPIPS",
@@ -128,7 +128,7 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        p, g = _check_pair(pred, gt)
+        p, g = check_image_pair(pred, gt)
         if p.shape[1] != 3:
             raise MetricsError(f"pred: LPIPS needs 3 channels, got shape {tuple(pred.shape)}")
         B = p.shape[0]
@@ -276,7 +276,7 @@ def lpips(
     search is not redone if ``$DA3GS_LPIPS_DIR`` changes later); it runs on ``pred``'s device,
     in float32, without gradients (use :func:`load_lpips` for a differentiable loss).
     """
-    p, _ = _check_pair(pred, gt)
+    p, _ = check_image_pair(pred, gt)
     args = tuple(None if a is None else str(a) for a in (weights, weights_dir, heads))
     model = _cached(_check_net(net), *args, str(p.device))
     with torch.no_grad():

@@ -59,7 +59,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
     Raises Da3gsError for an unknown name or "gsplat" on a non-CUDA device / without gsplat.
     """
-    from da3gs.render.gsplat_backend import _import_gsplat, gsplat_available
+    from da3gs.render.gsplat_backend import import_gsplat, gsplat_available
 
     if backend not in _BACKENDS:
         raise Da3gsError(f"render backend must be one of {_BACKENDS}, got {backend!r}")
@@ -69,7 +69,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise Da3gsError(f"backend='gsplat' needs CUDA tensors, got device '{device}' "
                              "(use backend='torch' or 'auto')")
-        _import_gsplat()
+        import_gsplat()
     return backend
 
 

@@ -25,12 +25,12 @@ import torch
 from da3gs.errors import Da3gsError
 from da3gs.geometry.sh import sh_degree_from_bases
 
-__all__ = ["gsplat_available", "rasterize_gsplat"]
+__all__ = ["gsplat_available", "import_gsplat", "rasterize_gsplat"]
 
 _IMPORT: list = []  # [module] or [exception], filled at the first import attempt
 
 
-def _import_gsplat():
+def import_gsplat():
     """The gsplat module, or raise Da3gsError (the import is tried once per process)."""
     if not _IMPORT:
         try:
@@ -49,7 +49,7 @@ def _import_gsplat():
 def gsplat_available() -> bool:
     """Whether ``import gsplat`` succeeds (does not compile or touch CUDA)."""
     try:
-        _import_gsplat()
+        import_gsplat()
         return True
     except Da3gsError:
         return False
@@ -87,7 +87,7 @@ def rasterize_gsplat(means, quats, scales, opacities, sh, w2c, K, width: int, he
     if means.device.type != "cuda":
         raise Da3gsError(f"backend='gsplat' needs CUDA tensors, got device '{means.device}' "
                          "(use backend='torch')")
-    gsplat = _import_gsplat()
+    gsplat = import_gsplat()
     if sh_degree is None:
         sh_degree = sh_degree_from_bases(sh.shape[1])
     f32 = torch.float32
