@@ -1,12 +1,18 @@
-"""Throughput of the procedural multi-view generator, and a sample grid.
+"""Throughput of the procedural multi-view generator, op counts, and a sample grid.
 
 Usage:
-    python scripts/bench_procedural.py [--device cuda] [--repeats 5] [--grid grid.png]
-        [--sizes 16x8 32x8 16x16 64x4] [--res 256 256] [--compile]
+    python scripts/bench_procedural.py [--device cuda] [--modes eager compiled] [--sizes 32x8 64x4]
+        [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]] [--grid grid.png]
 
-Prints images/s (median over repeats after a warm-up, CUDA-synchronised) for each batch size
-B x V at the given resolution; ``--grid PATH`` writes a PNG (or JPEG by extension) with, for a
-few scenes, rows of images, depth (turbo-like colour map, sky black) and normals.
+Default: for each mode (``eager``: ``ProceduralConfig(compile=False)``; ``compiled``: the default
+config, ``compile=True``) and each batch shape B x V at 256 x 256, the median time of a whole
+``sample`` call over ``--repeats`` calls after ``--warmup`` warm-up calls (compiled: one more,
+so that compilation is never timed), CUDA-synchronised; then a final table of images/s.
+``--count-ops BxV`` also profiles one call per mode on the CPU side: top-level aten ops
+dispatched, compiled-graph calls, host syncs (``nonzero``, ``item`` / ``bool`` / ``tolist``)
+and, on CUDA, kernel launches (counts, not GPU time). ``--grid PATH`` writes a PNG (or JPEG
+by extension) with, for a few scenes, rows of images, depth (turbo-like colour map, sky black)
+and normals.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -21,6 +28,7 @@ from PIL import Image
 
 from da3gs.data.batch import ViewBatch
 from da3gs.data.procedural import ProceduralConfig, ProceduralGenerator
+from da3gs.data.procedural import primitives as procedural_primitives
 
 
 def _sync(dev):
@@ -59,7 +67,7 @@ def make_grid(batch, n_scenes: int, n_views: int) -> np.ndarray:
 
 def _profile(gen, size: str, H: int, W: int, dev):
     """Print the profiler's table (stages are labelled procedural.*) for one call."""
-    B, V = (int(x) for x in size.lower().split("x"))
+    B, V = _bv(size)
     gen.sample(B, V, H, W)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with torch.profiler.profile(activities=acts) as prof:
@@ -69,66 +77,143 @@ def _profile(gen, size: str, H: int, W: int, dev):
     print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
 
+def count_ops(gen, B: int, V: int, H: int, W: int, dev) -> dict:
+    """CPU-side counts for one ``sample`` call (after a warm-up call): top-level aten ops,
+    compiled-graph calls, host syncs and (CUDA) kernel launches. Not a GPU measurement."""
+    gen.sample(B, V, H, W)
+    _sync(dev)
+    hooks = Counter()
+    orig = {n: getattr(torch.Tensor, n) for n in ("tolist", "item", "__bool__")}
+
+    def wrap(n, f):
+        def w(self, *a, **k):
+            hooks[n] += 1
+            return f(self, *a, **k)
+        return w
+
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    try:
+        for n, f in orig.items():
+            setattr(torch.Tensor, n, wrap(n, f))
+        with torch.profiler.profile(activities=acts) as prof:
+            gen.sample(B, V, H, W)
+            _sync(dev)
+    finally:
+        for n, f in orig.items():
+            setattr(torch.Tensor, n, f)
+    ev = prof.events()
+    names = Counter(e.name for e in ev)
+    top = sum(1 for e in ev if e.name.startswith("aten::")
+              and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    return {"aten_ops": top,
+            "compiled_calls": sum(c for n, c in names.items() if n.startswith("Torch-Compiled Region")),
+            "syncs": names["aten::nonzero"] + names["aten::_local_scalar_dense"] + hooks["tolist"],
+            "launches": sum(c for n, c in names.items() if "LaunchKernel" in n) if dev.type == "cuda" else None}
+
+
+def _bv(size: str):
+    B, V = (int(x) for x in size.lower().split("x"))
+    return B, V
+
+
+def _time(gen, B, V, H, W, dev, warmup, repeats):
+    for _ in range(warmup):
+        gen.sample(B, V, H, W)
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    ts = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        gen.sample(B, V, H, W)
+        _sync(dev)
+        ts.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
+    return statistics.median(ts), min(ts), max(ts), peak
+
+
+def write_grid(gen, path: str, scenes: int, views: int, gh: int, gw: int):
+    """A grid of ``scenes`` scenes (equal numbers of each kind) x ``views`` views."""
+    batch = gen.sample(3 * scenes, views, gh, gw, seed=7)
+    # the same number of scenes of each kind, in kind order
+    kinds = [s.split("/")[1] for s in batch.scene_ids]
+    per = max(1, scenes // 3)
+    pick = [i for k in ("room", "ground_sky", "backdrop") for i in [j for j, x in enumerate(kinds) if x == k][:per]]
+    sel = torch.tensor(pick, device=batch.images.device)
+    batch = ViewBatch(images=batch.images[sel], depth=batch.depth[sel], valid=batch.valid[sel], c2w=batch.c2w[sel],
+                      K=batch.K[sel], normals=batch.normals[sel], sky=batch.sky[sel],
+                      scene_ids=[batch.scene_ids[i] for i in pick])
+    grid = make_grid(batch, len(pick), views)
+    im = Image.fromarray(grid)
+    if path.lower().endswith((".jpg", ".jpeg")):
+        im.save(path, quality=85)
+    else:
+        im.save(path)
+    print(f"grid: {path} {grid.shape[1]}x{grid.shape[0]}  scenes: {batch.scene_ids}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--res", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
-    ap.add_argument("--sizes", nargs="+", default=["16x4", "16x8", "32x8", "64x4"], help="BxV batch shapes")
+    ap.add_argument("--sizes", nargs="+", default=["32x8", "64x4"], help="BxV batch shapes")
+    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--compile", action="store_true", help="same as --modes compiled")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the intersection kernels")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up calls per size (compiled: one more)")
+    ap.add_argument("--count-ops", nargs="?", const="32x8", default=None, metavar="BxV",
+                    help="count CPU-side ops / syncs / launches of one call of this size per mode")
+    ap.add_argument("--count-res", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="resolution for --count-ops (default --res; the counts barely depend on it)")
     ap.add_argument("--profile", default=None, metavar="BxV", help="profile one call of this size (stages, top kernels)")
     ap.add_argument("--grid", default=None, help="write a sample grid image here")
     ap.add_argument("--grid-scenes", type=int, default=6)
     ap.add_argument("--grid-views", type=int, default=4)
     ap.add_argument("--grid-res", type=int, nargs=2, default=[160, 224], metavar=("H", "W"))
+    ap.add_argument("--compile-cpu", action="store_true", help="compiled mode compiles on the CPU too (op counts only)")
     a = ap.parse_args(argv)
+    if a.compile_cpu:
+        procedural_primitives.COMPILE_ON_CPU = True
+    if a.compile:
+        a.modes = ["compiled"]
     dev = torch.device(a.device)
-    gen = ProceduralGenerator(ProceduralConfig(compile=a.compile), device=dev)
     H, W = a.res
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"device: {name}  torch {torch.__version__}  res {H}x{W}  compile={a.compile}")
-    print("| B x V | images | median s | images/s | min s | max s | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
-    for sz in a.sizes:
-        B, V = (int(x) for x in sz.lower().split("x"))
-        for _ in range(a.warmup):
-            gen.sample(B, V, H, W)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        ts = []
-        for _ in range(a.repeats):
-            _sync(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (compile applies to CUDA only)"
+    print(f"device: {name}  torch {torch.__version__}  res {H}x{W}  modes {a.modes}")
+    rows, counts, gen = [], [], None
+    for mode in a.modes:
+        gen = ProceduralGenerator(ProceduralConfig(compile=mode == "compiled"), device=dev)
+        print(f"\n{mode}:\n| B x V | images | median s | images/s | min s | max s | peak GiB |\n|---|---|---|---|---|---|---|")
+        for sz in a.sizes:
+            B, V = _bv(sz)
             t0 = time.perf_counter()
-            gen.sample(B, V, H, W)
-            _sync(dev)
-            ts.append(time.perf_counter() - t0)
-        med = statistics.median(ts)
-        peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
-        print(f"| {B}x{V} | {B * V} | {med:.4f} | {B * V / med:.0f} | {min(ts):.4f} | {max(ts):.4f} | {peak:.1f} |", flush=True)
+            med, lo, hi, peak = _time(gen, B, V, H, W, dev, a.warmup + (mode == "compiled"), a.repeats)
+            rows.append((mode, sz, B * V, med, peak))
+            print(f"| {B}x{V} | {B * V} | {med:.4f} | {B * V / med:.0f} | {lo:.4f} | {hi:.4f} | {peak:.1f} |"
+                  f"  (incl. warm-up {time.perf_counter() - t0:.0f} s)", flush=True)
+        if a.count_ops:
+            B, V = _bv(a.count_ops)
+            ch, cw = a.count_res or (H, W)
+            c = count_ops(gen, B, V, ch, cw, dev)
+            counts.append((mode, f"{B}x{V} at {ch}x{cw}", c))
+            print(f"CPU op count ({mode}, {B}x{V} at {ch}x{cw}, one call; not a GPU measurement): {c}", flush=True)
+    print(f"\nSummary ({H}x{W}, {name}):\n| mode | B x V | images | median s | images/s | peak GiB |\n|---|---|---|---|---|---|")
+    for mode, sz, n, med, peak in rows:
+        print(f"| {mode} | {sz} | {n} | {med:.4f} | {n / med:.0f} | {peak:.1f} |")
+    if counts:
+        print("\nCPU op count per call (profiler, CPU side; not a GPU measurement):\n"
+              "| mode | call | top-level aten ops | compiled-graph calls | host syncs | kernel launches |\n|---|---|---|---|---|---|")
+        for mode, call, c in counts:
+            print(f"| {mode} | {call} | {c['aten_ops']} | {c['compiled_calls']} | {c['syncs']} | {c['launches'] if c['launches'] is not None else 'n/a'} |")
     if a.grid:
-        gh, gw = a.grid_res
-        batch = gen.sample(3 * a.grid_scenes, a.grid_views, gh, gw, seed=7)
-        # the same number of scenes of each kind, in kind order
-        kinds = [s.split("/")[1] for s in batch.scene_ids]
-        per = max(1, a.grid_scenes // 3)
-        pick = [i for k in ("room", "ground_sky", "backdrop") for i in [j for j, x in enumerate(kinds) if x == k][:per]]
-        sel = torch.tensor(pick, device=batch.images.device)
-        batch = ViewBatch(images=batch.images[sel], depth=batch.depth[sel], valid=batch.valid[sel], c2w=batch.c2w[sel],
-                          K=batch.K[sel], normals=batch.normals[sel], sky=batch.sky[sel],
-                          scene_ids=[batch.scene_ids[i] for i in pick])
-        grid = make_grid(batch, len(pick), a.grid_views)
-        im = Image.fromarray(grid)
-        if a.grid.lower().endswith((".jpg", ".jpeg")):
-            im.save(a.grid, quality=85)
-        else:
-            im.save(a.grid)
-        print(f"grid: {a.grid} {grid.shape[1]}x{grid.shape[0]}  scenes: {batch.scene_ids}")
+        write_grid(gen, a.grid, a.grid_scenes, a.grid_views, *a.grid_res)
     if a.profile:
         try:
             _profile(gen, a.profile, H, W, dev)
         except Exception as e:  # noqa: BLE001 - the profile is optional
             print(f"profile failed: {e!r}")
+
 
 if __name__ == "__main__":
     main()

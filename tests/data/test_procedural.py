@@ -168,3 +168,13 @@ def test_config_validation():
         ProceduralConfig(scene_kinds=(1.0, 0.0))
     with pytest.raises(ValueError):
         ProceduralGenerator(device="cpu").sample(0, 2, 8, 8)
+
+
+def test_few_host_syncs(gen):
+    """The hot path is sync-free: one nonzero per trace (primary, shadows), no item / bool."""
+    gen.sample(batch_size=2, num_views=2, height=8, width=8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gen.sample(batch_size=2, num_views=2, height=8, width=8)
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::nonzero") <= 2
+    assert names.count("aten::_local_scalar_dense") == 0

@@ -14,7 +14,6 @@ import math
 
 import torch
 
-from ...geometry.trajectory import look_at
 from .config import ProceduralConfig
 from .scene import Scene, _Rng
 
@@ -31,6 +30,20 @@ def _sph(az: torch.Tensor, el: torch.Tensor) -> torch.Tensor:
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+
+def _look_at(eye: torch.Tensor, tgt: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """OpenCV c2w (..., 4, 4) at eye looking at tgt, image-up along up (all (..., 3)), as
+    :func:`da3gs.geometry.trajectory.look_at` without its host-syncing checks (a degenerate
+    up falls back to another axis by masking)."""
+    z = _unit(tgt - eye)
+    x = torch.linalg.cross(z, up)
+    alt = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0], device=z.device).expand_as(z))
+    x = _unit(torch.where(x.norm(dim=-1, keepdim=True) < 1e-9, alt, x))
+    y = torch.linalg.cross(z, x)
+    top = torch.stack([x, y, z, eye], -1)  # (..., 3, 4)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=z.device).expand(*top.shape[:-2], 1, 4)
+    return torch.cat([top, bottom], -2)
 
 
 def _clamp_inside(scene: Scene, eye: torch.Tensor) -> torch.Tensor:
@@ -103,7 +116,7 @@ def sample_cameras(scene: Scene, cfg: ProceduralConfig, mode: torch.Tensor, V: i
     roll = _deg(2.0) * r.n((S, V, 1))
     upv = _unit(zw[:, :1].expand(S, V, 3) + roll * r.unit((S, V)))
     upv = torch.where((mode == 3)[:, None, None], upv[:, rig], upv)
-    c2w = look_at(eye, tgt, upv)
+    c2w = _look_at(eye, tgt, upv)
     base = r.u((S, 1), *cfg.stereo_baseline) * dist
     sign = torch.where(torch.arange(V, device=dev) % 2 == 0, -0.5, 0.5)[None]
     shift = (base * sign)[..., None] * c2w[..., :3, 0]

@@ -49,8 +49,10 @@ class ProceduralConfig:
             kept if none passes).
         stereo_baseline: range of stereo baselines relative to the distance to the focus.
         max_chunk_rays: rays traced per chunk (bounds memory; whole samples per chunk).
-        compile: wrap the dense intersection kernels in ``torch.compile`` on CUDA (ignored on
-            the CPU; falls back to eager if compilation fails).
+        compile: ``torch.compile`` the dense kernels (analytic intersections, sphere-tracing
+            steps, surface attributes and textures, shading) on CUDA; on by default (ignored on
+            the CPU; any compile error falls back to eager with a warning). The first calls
+            compile (tens of seconds); later calls of new sizes reuse the dynamic-shape kernels.
         seed: seed of the generator's own RNG stream (used when ``sample(seed=None)``).
     """
 
@@ -75,7 +77,7 @@ class ProceduralConfig:
     camera_tries: int = 4
     stereo_baseline: tuple[float, float] = (0.04, 0.15)
     max_chunk_rays: int = 1 << 24
-    compile: bool = False
+    compile: bool = True
     seed: int = 0
 
     def __post_init__(self):

@@ -13,16 +13,30 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from ...geometry.conventions import c2w_to_w2c
-from ...geometry.rays import ray_directions
 from ..batch import ViewBatch
 from .cameras import positions_ok, sample_cameras, sample_intrinsics
 from .config import CAMERA_MODES, SCENE_KINDS, ProceduralConfig
+from .primitives import maybe_compile, use_compile
 from .scene import Scene, _Rng, sample_scenes
 from .shading import shade
 from .trace import closest_hit, environment_hit
 
 __all__ = ["ProceduralGenerator", "render"]
+
+
+def ray_directions(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """World ray directions ``R K^-1 (u + 0.5, v + 0.5, 1)`` (camera-frame z = 1), as
+    :func:`da3gs.geometry.rays.ray_directions` without its input checks (which sync the host).
+
+    c2w: (..., 4, 4); K: (..., 3, 3). Returns (..., H, W, 3).
+    """
+    e = lambda r, c: K[..., r, c, None, None]  # noqa: E731
+    v = torch.arange(H, device=K.device, dtype=K.dtype)[:, None] + 0.5
+    u = torch.arange(W, device=K.device, dtype=K.dtype) + 0.5
+    y = ((v - e(1, 2)) / e(1, 1)).expand(*K.shape[:-2], H, W)
+    x = (u - e(0, 2) - e(0, 1) * y) / e(0, 0)
+    dcam = torch.stack([x, y, torch.ones_like(x)], -1)
+    return dcam @ c2w[..., None, :3, :3].transpose(-1, -2)
 
 
 def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
@@ -41,7 +55,7 @@ def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tens
     du = d / dn[..., None]
     o = c2w[:, :, None, :3, 3]
     with record_function("procedural.primary"):
-        t_env, env = environment_hit(scene, o, du)
+        t_env, env = environment_hit(scene, o, du, cfg)
         t, slot = closest_hit(scene, o, du, t_env.contiguous(), cfg, approx=approx and not shaded)
     env = torch.where(slot >= 0, -1, env)
     hit = (slot >= 0) | (env >= 0)
@@ -66,8 +80,8 @@ def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K:
         return torch.ones(S, device=depth.device)
     d0 = ray_directions(c2w[:, 0], K[:, 0], h, w).reshape(S, h * w, 3)
     P = c2w[:, 0, None, :3, 3] + depth[:, 0].reshape(S, h * w, 1) * d0  # (S, n, 3)
-    w2c = c2w_to_w2c(c2w[:, 1:])  # (S, V-1, 4, 4)
-    pc = P[:, None] @ w2c[..., :3, :3].transpose(-1, -2) + w2c[:, :, None, :3, 3]  # (S, V-1, n, 3)
+    Rj, tj = c2w[:, 1:, :3, :3], c2w[:, 1:, None, :3, 3]  # world -> camera j: R^T (P - t)
+    pc = (P[:, None] - tj) @ Rj  # (S, V-1, n, 3)
     z = pc[..., 2]
     uv = pc @ K[:, 1:].transpose(-1, -2)
     u, v = uv[..., 0] / z.clamp_min(1e-9), uv[..., 1] / z.clamp_min(1e-9)
@@ -80,6 +94,12 @@ def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K:
     m0 = hit[:, 0].reshape(S, 1, h * w)
     frac = (m0 & inb & same).sum(-1).float() / m0.sum(-1).clamp_min(1).float()
     return frac.amin(-1)
+
+
+def _photometric(rgb, expo, wb, gamma, sigma, noise):
+    """Exposure, white balance, gamma encoding and noise: (B, V, H, W, 3) -> (B, V, 3, H, W)."""
+    img = ((rgb * expo * wb).clamp(0, 1) ** (gamma / 2.2) + sigma * noise).clamp(0, 1)
+    return img.permute(0, 1, 4, 2, 3).contiguous()
 
 
 class ProceduralGenerator:
@@ -100,31 +120,29 @@ class ProceduralGenerator:
         self._count = 0
 
     def _cameras(self, scene: Scene, mode: torch.Tensor, V: int, H: int, W: int, gen: torch.Generator):
-        """Camera sets passing the position and overlap checks (best of ``camera_tries``)."""
+        """Camera sets passing the position and overlap checks (the first best of ``camera_tries``).
+
+        All tries are drawn first and checked in one low-resolution render of the scenes repeated
+        ``camera_tries`` times (no host sync, a fixed number of ops)."""
         cfg = self.config
-        S = scene.num
+        S, T = scene.num, max(1, cfg.camera_tries)
         s = cfg.overlap_res / max(H, W)
         h, w = max(2, round(H * s)), max(2, round(W * s))
         scale = torch.tensor([w / W, h / H, 1.0], device=self.device)[:, None]
-        best_c2w = best_K = best_q = None
-        for _ in range(max(1, cfg.camera_tries)):
-            c2w = sample_cameras(scene, cfg, mode, V, gen)
-            K = sample_intrinsics(cfg, S, V, H, W, mode, gen)
-            lr = render(scene, cfg, c2w, K * scale, h, w, shaded=False, approx=True)
-            ov = _overlap_score(lr["depth"], lr["hit"], c2w, K * scale)
-            val = lr["hit"].float().mean((2, 3)).amin(1)
-            ok = positions_ok(scene, c2w)
-            q = ok.float() * ((ov / max(cfg.min_overlap, 1e-6)).clamp(max=1) + (val / max(cfg.min_valid, 1e-6)).clamp(max=1))
-            if best_q is None:
-                best_c2w, best_K, best_q = c2w, K, q
-            else:
-                better = q > best_q
-                best_c2w = torch.where(better[:, None, None, None], c2w, best_c2w)
-                best_K = torch.where(better[:, None, None, None], K, best_K)
-                best_q = torch.maximum(q, best_q)
-            if bool((best_q >= 2.0).all()):
-                break
-        return best_c2w, best_K
+        rep = scene.select(torch.arange(S, device=self.device).repeat(T)) if T > 1 else scene
+        mode_r = mode.repeat(T)
+        c2w_f = sample_cameras(rep, cfg, mode_r, V, gen)  # (T * S, V, 4, 4), try-major
+        K_f = sample_intrinsics(cfg, T * S, V, H, W, mode_r, gen)
+        c2w, K = c2w_f.reshape(T, S, V, 4, 4), K_f.reshape(T, S, V, 3, 3)
+        K_f = K_f * scale
+        lr = render(rep, cfg, c2w_f, K_f, h, w, shaded=False, approx=True)
+        ov = _overlap_score(lr["depth"], lr["hit"], c2w_f, K_f)
+        val = lr["hit"].float().mean((2, 3)).amin(1)
+        ok = positions_ok(rep, c2w_f)
+        q = ok.float() * ((ov / max(cfg.min_overlap, 1e-6)).clamp(max=1) + (val / max(cfg.min_valid, 1e-6)).clamp(max=1))
+        best = q.reshape(T, S).argmax(0)  # the first try with the best score
+        si = torch.arange(S, device=self.device)
+        return c2w[best, si], K[best, si]
 
     @torch.no_grad()
     def sample(self, batch_size: int, num_views: int, height: int, width: int, seed: int | None = None) -> ViewBatch:
@@ -150,6 +168,8 @@ class ProceduralGenerator:
         r = _Rng(gen, dev)
         scene = sample_scenes(cfg, B, gen, dev)
         mode = r.choice((B,), cfg.camera_modes)
+        # the ids' one host sync, early while the GPU queue is short
+        kinds, modes = torch.stack([scene.kind, mode]).tolist()
         with record_function("procedural.cameras"):
             c2w, K = self._cameras(scene, mode, V, H, W, gen)
         # photometric per-view draws happen before rendering so chunking cannot change them
@@ -163,9 +183,8 @@ class ProceduralGenerator:
                  for i in range(0, B, per)]
         cat = lambda k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]  # noqa: E731
         rgb, depth, hit, normals = cat("rgb"), cat("depth"), cat("hit"), cat("normals")
-        img = ((rgb * expo * wb).clamp(0, 1) ** (gamma / 2.2) + sigma * noise).clamp(0, 1)
-        kinds, modes = scene.kind.tolist(), mode.tolist()
+        img = maybe_compile(_photometric, use_compile(cfg, rgb))(rgb, expo, wb, gamma, sigma, noise)
         ids = [f"procedural/{SCENE_KINDS[k]}/{CAMERA_MODES[m]}/{tag}-{i}" for i, (k, m) in enumerate(zip(kinds, modes))]
-        return ViewBatch(images=img.permute(0, 1, 4, 2, 3).contiguous(), depth=depth, valid=hit,
+        return ViewBatch(images=img, depth=depth, valid=hit,
                          c2w=c2w, K=K, normals=normals.permute(0, 1, 4, 2, 3).contiguous(), sky=~hit,
                          scene_ids=ids)

@@ -26,7 +26,7 @@ import torch
 __all__ = ["SPHERE", "BOX", "CYLINDER", "QUAD", "TORUS", "BLEND", "TYPE_NAMES", "SLOTS",
            "SLOT_START", "NUM_SLOTS", "NUM_PRM", "BIG", "slot_types", "intersect_sphere",
            "intersect_box", "intersect_cylinder", "intersect_quad", "bound_interval",
-           "analytic_normal", "bounding_radius", "maybe_compile"]
+           "analytic_normal", "bounding_radius", "maybe_compile", "use_compile"]
 
 SPHERE, BOX, CYLINDER, QUAD, TORUS, BLEND = range(6)
 TYPE_NAMES = ("sphere", "box", "cylinder", "quad", "torus", "blend")
@@ -39,10 +39,15 @@ BIG = 1e10
 _TINY = 1e-12
 
 
+_TYPES: dict = {}
+
+
 def slot_types(device=None) -> torch.Tensor:
-    """(NUM_SLOTS,) long: the primitive type of each slot."""
-    return torch.repeat_interleave(torch.arange(len(SLOTS), device=device),
-                                   torch.tensor(SLOTS, device=device))
+    """(NUM_SLOTS,) long: the primitive type of each slot (cached per device; no host sync)."""
+    key = str(torch.device(device) if device is not None else "cpu")
+    if key not in _TYPES:
+        _TYPES[key] = torch.tensor([t for t, n in enumerate(SLOTS) for _ in range(n)], device=device)
+    return _TYPES[key]
 
 
 def _safe(d: torch.Tensor) -> torch.Tensor:
@@ -132,28 +137,30 @@ def bound_interval(o: torch.Tensor, d: torch.Tensor, radius: torch.Tensor, tmin:
 def analytic_normal(ptype: torch.Tensor, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
     """Local-frame outward normals of sphere, box, cylinder and quad hits (other types: zeros).
 
-    ptype: (N,) long; p: (N, 3) local hit points; prm: (N, NUM_PRM). Returns (N, 3), unit
+    ptype: (...) long; p: (..., 3) local hit points; prm: (..., NUM_PRM). Returns (..., 3), unit
     length for the analytic types (quads give +z; the caller flips normals toward the ray).
+    Dense (every type computed, then selected): no data-dependent shapes.
     """
-    n = torch.zeros_like(p)
-    # sphere
-    n = torch.where((ptype == SPHERE)[:, None], p / p.norm(dim=-1, keepdim=True).clamp_min(_TINY), n)
+    x, y, z = p.unbind(-1)
+    zero = torch.zeros_like(x)
+    one = torch.ones_like(x)
+    ns = p / p.norm(dim=-1, keepdim=True).clamp_min(_TINY)
     # box: the axis where the point is closest to a face
-    rel = p.abs() / prm[:, 0:3].clamp_min(_TINY)
-    ax = rel.argmax(-1, keepdim=True)
-    nb = torch.zeros_like(p).scatter(-1, ax, torch.sign(p.gather(-1, ax)) + (p.gather(-1, ax) == 0))
-    n = torch.where((ptype == BOX)[:, None], nb, n)
+    rx, ry, rz = (p.abs() / prm[..., 0:3].clamp_min(_TINY)).unbind(-1)
+    sgn = lambda v: torch.where(v < 0, -one, one)  # noqa: E731
+    bx = (rx >= ry) & (rx >= rz)
+    by = ~bx & (ry >= rz)
+    bz = ~bx & ~by
+    nb = torch.stack([torch.where(bx, sgn(x), zero), torch.where(by, sgn(y), zero), torch.where(bz, sgn(z), zero)], -1)
     # cylinder: cap if the height ratio beats the radial ratio
-    rad = p[:, :2].norm(dim=-1)
-    cap = (p[:, 2].abs() / prm[:, 1].clamp_min(_TINY)) > (rad / prm[:, 0].clamp_min(_TINY))
-    side = torch.cat([p[:, :2] / rad.clamp_min(_TINY)[:, None], torch.zeros_like(p[:, :1])], -1)
-    capn = torch.zeros_like(p)
-    capn[:, 2] = torch.where(p[:, 2] < 0, -1.0, 1.0)
-    nc = torch.where(cap[:, None], capn, side)
-    n = torch.where((ptype == CYLINDER)[:, None], nc, n)
-    nq = torch.zeros_like(p)
-    nq[:, 2] = 1.0
-    return torch.where((ptype == QUAD)[:, None], nq, n)
+    rad = (x * x + y * y).sqrt()
+    cap = (z.abs() / prm[..., 1].clamp_min(_TINY)) > (rad / prm[..., 0].clamp_min(_TINY))
+    rc = rad.clamp_min(_TINY)
+    nc = torch.stack([torch.where(cap, zero, x / rc), torch.where(cap, zero, y / rc), torch.where(cap, sgn(z), zero)], -1)
+    nq = torch.stack([zero, zero, one], -1)
+    t = ptype[..., None]
+    return torch.where(t == SPHERE, ns, torch.where(t == BOX, nb, torch.where(t == CYLINDER, nc,
+                       torch.where(t == QUAD, nq, torch.zeros_like(p)))))
 
 
 def bounding_radius(ptype: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
@@ -178,6 +185,13 @@ def bounding_radius(ptype: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
 
 
 _COMPILED: dict = {}
+#: Tests only: also compile on the CPU (normally ``compile`` applies to CUDA tensors only).
+COMPILE_ON_CPU = False
+
+
+def use_compile(cfg, t: torch.Tensor) -> bool:
+    """Whether ``cfg.compile`` applies to work on ``t``'s device (CUDA, or the CPU in tests)."""
+    return bool(cfg.compile) and (t.is_cuda or COMPILE_ON_CPU)
 
 
 def maybe_compile(fn, use_compile: bool):

@@ -21,7 +21,8 @@ import torch
 
 from ...geometry.quaternion import quat_normalize, quat_to_mat
 from .config import ProceduralConfig
-from .primitives import BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SPHERE, TORUS, bounding_radius, slot_types
+from .primitives import (BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bounding_radius,
+                         slot_types)
 
 __all__ = ["Scene", "sample_scenes", "NUM_ENV"]
 
@@ -123,7 +124,6 @@ def _palette(r: _Rng, shape) -> torch.Tensor:
 def _shape_params(r: _Rng, S: int, s: torch.Tensor) -> torch.Tensor:
     """(S, P, NUM_PRM) shape parameters for every slot given sizes s: (S, P)."""
     P = NUM_SLOTS
-    ptype = slot_types(s.device)
     prm = torch.zeros(S, P, NUM_PRM, device=s.device)
     u = lambda lo, hi, *k: r.u((S, P) + k, lo, hi)  # noqa: E731
     sph = torch.stack([s], -1)
@@ -148,8 +148,8 @@ def _shape_params(r: _Rng, S: int, s: torch.Tensor) -> torch.Tensor:
     off = torch.where(is3[..., None], r.unit((S, P)) * (s * u(0.6, 1.1))[..., None], off)
     blend = torch.cat([a, off, rs[..., None], k[..., None], op[..., None], th[..., None]], -1)
     for t, v in ((SPHERE, sph), (BOX, box), (CYLINDER, cyl), (QUAD, quad), (TORUS, tor), (BLEND, blend)):
-        m = (ptype == t)
-        prm[:, m, : v.shape[-1]] = v[:, m]
+        sl = slice(SLOT_START[t], SLOT_START[t + 1])  # host-side slices: no device mask, no sync
+        prm[:, sl, : v.shape[-1]] = v[:, sl]
     return prm
 
 

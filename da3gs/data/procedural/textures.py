@@ -3,8 +3,8 @@
 Textures are functions of the hit point in the primitive's local frame (environment surfaces:
 the world point), never of the pixel, so every view sees the same appearance on a surface.
 Randomness comes from an integer hash of lattice coordinates and a per-surface seed: there is
-no texture memory, and evaluation is dense over points (grouped by texture kind so each point
-pays for its own kind only).
+no texture memory, and evaluation is dense over points (every kind evaluated for every point and selected,
+so there is no host sync and ``torch.compile`` fuses it).
 
 Kinds (``TEXTURE_KINDS`` order): 0 fBm value noise (4 octaves); 1 dead leaves (layers of random
 balls at several scales occluding each other, over a cell-coloured base); 2 stripes along a
@@ -55,8 +55,7 @@ def value_noise(p: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     f = p - fl
     u = f * f * (3 - 2 * f)
     i = fl.int()
-    one = torch.tensor([0, 1], device=p.device, dtype=torch.int32)
-    hx, hy, hz = ((i[:, a, None] + one) * _A[a] for a in range(3))  # (N, 2) each
+    hx, hy, hz = (torch.stack([i[:, a] * _A[a], (i[:, a] + 1) * _A[a]], -1) for a in range(3))  # (N, 2) each
     h = hx[:, :, None, None] ^ hy[:, None, :, None] ^ hz[:, None, None, :] ^ (seed * 1013904223)[:, None, None, None]
     h = (h ^ (h >> 15)) * 739198763
     h = (h ^ (h >> 13)) * 1274126177
@@ -128,19 +127,21 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
                      palette: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """Albedo of surface points.
 
-    kind: (N,) long texture kind; p: (N, 3) points in the surface's texture frame; freq: (N,)
-    spatial frequency (cycles per unit); seed: (N,) int32; palette: (N, 3, 3) three RGB
-    colours; direction: (N, 3) unit stripe direction. Returns (N, 3) albedo in [0, 1].
+    kind: (...) long texture kind; p: (..., 3) points in the surface's texture frame; freq: (...)
+    spatial frequency (cycles per unit); seed: (...) int32; palette: (..., 3, 3) three RGB
+    colours; direction: (..., 3) unit stripe direction. Returns (..., 3) albedo in [0, 1].
+    Dense: every kind is evaluated for every point and selected (no host sync; fused by
+    ``torch.compile`` into few kernels).
     """
+    sh = p.shape
+    kind, p, freq, seed = kind.reshape(-1), p.reshape(-1, 3), freq.reshape(-1), seed.reshape(-1)
+    palette, direction = palette.reshape(-1, 3, 3), direction.reshape(-1, 3)
     out = torch.zeros_like(p)
     for k in range(5):
-        idx = (kind == k).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        out[idx] = _tex(k, p[idx], freq[idx], seed[idx], palette[idx], direction[idx])
+        out = torch.where((kind == k)[:, None], _tex(k, p, freq, seed, palette, direction), out)
     # faint high-frequency detail so that no surface is textureless
     detail = value_noise(p * freq[:, None] * 6.0 + 0.37, seed + 977)
-    return (out * (0.85 + 0.3 * detail)[:, None]).clamp(0, 1)
+    return (out * (0.85 + 0.3 * detail)[:, None]).clamp(0, 1).reshape(sh)
 
 
 def sky_color(d: torch.Tensor, zenith: torch.Tensor, horizon: torch.Tensor, cloud: torch.Tensor,
