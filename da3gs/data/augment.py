@@ -101,20 +101,22 @@ _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211,
 
 def _hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Rotate hue of ``x (N, 3, H, W)`` by ``turns (N,)`` of a full turn in YIQ space."""
-    m = _RGB2YIQ.to(x.device, x.dtype)
+    m_cpu = _RGB2YIQ.to(dtype=x.dtype)
+    m, m_inv = m_cpu.to(x.device), torch.linalg.inv(m_cpu).to(x.device)  # inverse on the CPU: no sync
     th = 2 * math.pi * turns.to(x.device, x.dtype)
     c, s = th.cos(), th.sin()
     rot = torch.zeros(len(th), 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
-    full = torch.linalg.inv(m) @ rot @ m  # (N, 3, 3)
+    full = m_inv @ rot @ m  # (N, 3, 3)
     return torch.einsum("nij,njhw->nihw", full, x)
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``x (N, 3, H, W)`` with per-image ``sigma (N,)`` (0 = none)."""
+def _blur(x: torch.Tensor, sigma: torch.Tensor, smax: float | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of ``x (N, 3, H, W)`` with per-image ``sigma (N,)`` (0 = none).
+    ``smax``: ``sigma.max()`` when the caller knows it on the host (saves a device sync)."""
     N, C, H, W = x.shape
-    smax = float(sigma.max())
+    smax = float(sigma.max()) if smax is None else float(smax)
     r = max(1, math.ceil(3 * smax))
     r = min(r, (min(H, W) - 1) // 2) if min(H, W) > 2 else 0
     if r == 0:
@@ -155,7 +157,16 @@ def photometric(images: torch.Tensor, cfg: AugConfig, seed: int | None = None,
         g.manual_seed(int(seed))
     elif generator is None:
         g.manual_seed(int(torch.randint(0, 2**62, (1,))))
-    p = {k: v.reshape(-1).to(x.device, torch.float32) for k, v in _draw(cfg, B, V, g).items()}
+    raw = {k: v.reshape(-1).float() for k, v in _draw(cfg, B, V, g).items()}  # CPU draws
+    # which optional passes run: decided on the CPU draws (no device sync)
+    use_hue, use_blur, use_noise = (bool((raw["hue"] != 0).any()), bool((raw["blur"] > 0).any()),
+                                    bool((raw["noise"] > 0).any()))
+    if x.device.type == "cuda":  # one pinned, non-blocking copy (a blocking one waits for the GPU)
+        keys = list(raw)
+        flat = torch.stack([raw[k] for k in keys]).pin_memory().to(x.device, non_blocking=True)
+        p = dict(zip(keys, flat.unbind(0)))
+    else:
+        p = {k: v.to(x.device) for k, v in raw.items()}
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
     y = x.reshape(B * V, 3, H, W).float()
     col = lambda v: v[:, None, None, None]
@@ -164,12 +175,12 @@ def photometric(images: torch.Tensor, cfg: AugConfig, seed: int | None = None,
     y = (y - mean) * col(p["contrast"]) + mean
     grey = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2])[:, None]
     y = (y - grey) * col(p["saturation"]) + grey
-    if bool((p["hue"] != 0).any()):
+    if use_hue:
         y = _hue_rotate(y, p["hue"])
     y = y.clamp(0.0, 1.0) ** col(p["gamma"])
-    if bool((p["blur"] > 0).any()):
-        y = _blur(y, p["blur"])
-    if bool((p["noise"] > 0).any()):
+    if use_blur:
+        y = _blur(y, p["blur"], smax=float(raw["blur"].max()))
+    if use_noise:
         gd = torch.Generator(device=y.device).manual_seed(noise_seed)
         y = y + col(p["noise"]) * torch.randn(y.shape, generator=gd, device=y.device, dtype=y.dtype)
     y = y.clamp(0.0, 1.0).to(images.dtype).reshape(x.shape)

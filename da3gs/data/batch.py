@@ -25,7 +25,8 @@ class ViewBatch:
       K: (B, V, 3, 3) float intrinsics in pixels of these H x W images.
       normals: (B, V, 3, H, W) float unit normals in the camera frame, or None.
       sky: (B, V, H, W) bool sky / background-at-infinity mask, or None.
-      pose_conditioned: (B,) bool, samples whose network input includes the GT poses.
+      pose_conditioned: (B,) bool, samples whose network input includes the GT poses (the
+        training sources keep it on the CPU: the trainer splits the batch by it on the host).
       scene_ids: list of B strings naming the scene each sample came from (for logs).
     """
 
@@ -45,11 +46,16 @@ class ViewBatch:
         B, V, _, H, W = self.images.shape
         return B, V, H, W
 
-    def to(self, device, non_blocking: bool = False) -> "ViewBatch":
-        """Copy with every tensor moved to ``device``."""
+    def to(self, device, non_blocking: bool = False, keep_flags: bool = False) -> "ViewBatch":
+        """Copy with every tensor moved to ``device``; with ``keep_flags`` the per-sample
+        control flag ``pose_conditioned`` stays where it is (the trainer keeps it on the CPU
+        and reads it there without a device sync)."""
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if keep_flags and f.name == "pose_conditioned":
+                kw[f.name] = v
+                continue
             kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
         return ViewBatch(**kw)
 

@@ -83,7 +83,7 @@ class ProceduralSource:
         b = self.generator.sample(B, V, H, W, seed=seed)
         b = augment_batch(b, cfg.aug, seed=mix_seed(cfg.seed, self.rank, n, 0xA06))
         u = np.random.default_rng(mix_seed(cfg.seed, self.rank, n, 0x90C)).uniform(size=B)
-        b.pose_conditioned = torch.from_numpy(u < cfg.pose_cond_prob).to(b.images.device)
+        b.pose_conditioned = torch.from_numpy(u < cfg.pose_cond_prob)  # on the CPU (ViewBatch)
         if cfg.world_frame == "first":
             b.c2w = to_first_frame(b.c2w)
         if b.scene_ids is None:
@@ -136,7 +136,7 @@ class SceneSource:
                 self.epoch, self.batch, self._it = self.epoch + 1, 0, None
                 continue
             self.batch += 1
-            return b.to(self.device, non_blocking=True)
+            return b.to(self.device, non_blocking=True, keep_flags=True)
         raise RuntimeError("SceneSource: an epoch yielded no batch")
 
     def state_dict(self) -> dict:

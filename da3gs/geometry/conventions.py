@@ -47,26 +47,30 @@ def as_homogeneous(m: torch.Tensor) -> torch.Tensor:
     return torch.cat([m, bottom], dim=-2)
 
 
-def _rigid_inverse(m: torch.Tensor, name: str) -> torch.Tensor:
+def _rigid_inverse(m: torch.Tensor, name: str, check: bool = True) -> torch.Tensor:
     check_pose_matrix(m, name)
-    check_finite(m, name)
+    if check:
+        check_finite(m, name)
     R = m[..., :3, :3]
     t = m[..., :3, 3:]
     Rt = R.transpose(-1, -2)
     return as_homogeneous(torch.cat([Rt, -(Rt @ t)], dim=-1))
 
 
-def c2w_to_w2c(c2w: torch.Tensor) -> torch.Tensor:
+def c2w_to_w2c(c2w: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Rigid inverse ``[R^T | -R^T t]``. ``c2w: (..., 4, 4)`` or (..., 3, 4) -> (..., 4, 4).
 
     Assumes the rotation block is orthonormal (no scale); exact transpose formula.
+    ``check=False`` skips the finite-values check (a device sync; for internal hot paths such
+    as training, where non-finite values surface in the loss instead). Shapes are always checked.
     """
-    return _rigid_inverse(c2w, "c2w")
+    return _rigid_inverse(c2w, "c2w", check)
 
 
-def w2c_to_c2w(w2c: torch.Tensor) -> torch.Tensor:
-    """Rigid inverse ``[R^T | -R^T t]``. ``w2c: (..., 4, 4)`` or (..., 3, 4) -> (..., 4, 4)."""
-    return _rigid_inverse(w2c, "w2c")
+def w2c_to_c2w(w2c: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """Rigid inverse ``[R^T | -R^T t]``. ``w2c: (..., 4, 4)`` or (..., 3, 4) -> (..., 4, 4).
+    ``check``: as in :func:`c2w_to_w2c`."""
+    return _rigid_inverse(w2c, "w2c", check)
 
 
 def _flip_yz(c2w: torch.Tensor, name: str) -> torch.Tensor:

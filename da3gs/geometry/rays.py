@@ -53,10 +53,13 @@ def pixel_grid(
     return torch.stack([uu, vv], dim=-1)
 
 
-def _check_cam(c2w: torch.Tensor, K: torch.Tensor, c2w_name: str = "c2w"):
+def _check_cam(c2w: torch.Tensor, K: torch.Tensor, c2w_name: str = "c2w", values: bool = True):
+    """Shapes always; with ``values`` also finite entries and non-zero focal lengths (syncs)."""
     check_shape(c2w, c2w_name, (4, 4))
     check_shape(K, "K", (3, 3))
     check_broadcast(c2w_name, c2w, "K", K, 2, 2)
+    if not values:
+        return
     check_finite(c2w, c2w_name)
     check_finite(K, "K")
     if not bool((K[..., 0, 0] != 0).all() and (K[..., 1, 1] != 0).all()):
@@ -73,32 +76,37 @@ def _camera_directions(K: torch.Tensor, H: int, W: int, offset: float, dtype) ->
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
-def ray_directions(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, offset: float = 0.5) -> torch.Tensor:
+def ray_directions(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, offset: float = 0.5,
+                   check: bool = True) -> torch.Tensor:
     """Unnormalised world-frame ray directions ``d = R K^-1 p`` for every pixel.
 
     Args:
         c2w: (..., 4, 4) OpenCV camera-to-world; K: (..., 3, 3) in pixels of
             an ``H x W`` image (batch dims broadcast).
         offset: pixel-centre offset (see :func:`pixel_grid`).
+        check: also check that ``c2w`` and ``K`` are finite and the focal lengths non-zero
+            (device syncs); ``False`` for internal hot paths (shapes are always checked).
     Returns:
         d: (..., H, W, 3); ``R^T d`` has z-component exactly 1.
     """
     H, W = _check_size(H, W)
-    _check_cam(c2w, K)
+    _check_cam(c2w, K, values=check)
     dtype = torch.promote_types(c2w.dtype, K.dtype)
     dcam = _camera_directions(K, H, W, offset, dtype)
     R = c2w[..., :3, :3].to(dtype)
     return dcam @ R.transpose(-1, -2)[..., None, :, :]
 
 
-def ray_map(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, offset: float = 0.5) -> torch.Tensor:
+def ray_map(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int, offset: float = 0.5,
+            check: bool = True) -> torch.Tensor:
     """DA3 ray map: (..., H, W, 6) with channels 0:3 the unnormalised world
     direction (see :func:`ray_directions`) and 3:6 the ray origin (camera centre).
 
     Args:
         c2w: (..., 4, 4); K: (..., 3, 3) in pixels of the ``H x W`` ray map.
+        check: as in :func:`ray_directions` (``False``: no value checks, no device sync).
     """
-    d = ray_directions(c2w, K, H, W, offset)
+    d = ray_directions(c2w, K, H, W, offset, check)
     o = c2w[..., None, None, :3, 3].to(d.dtype).expand(d.shape)
     return torch.cat([d, o], dim=-1)
 

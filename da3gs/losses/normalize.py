@@ -64,7 +64,7 @@ def normalize_batch(batch: ViewBatch, eps: float = 1e-8) -> tuple[ViewBatch, tor
     """
     depth = _f(batch.depth)
     c2w = _f(batch.c2w)
-    w2c0 = c2w_to_w2c(c2w[:, 0])  # (B, 4, 4)
+    w2c0 = c2w_to_w2c(c2w[:, 0], check=False)  # (B, 4, 4); no value check (no sync)
     c2w_rel = w2c0[:, None] @ c2w
     m = supervised_mask(batch)
     depth = torch.where(m, depth, torch.zeros_like(depth))

@@ -27,7 +27,7 @@ from da3gs.train.dist import (DistInfo, all_reduce_, barrier, cleanup, full_stat
 from da3gs.train.ema import EMA
 from da3gs.train.logging import RunLogger, depth_grid
 from da3gs.train.optim import build_optimizer, freeze_unused, lr_at, set_lr
-from da3gs.train.step import StepModule, apply_teacher, train_step
+from da3gs.train.step import StepModule, apply_teacher, batch_to_device, train_step
 
 
 class TrainingDiverged(Da3gsError):
@@ -53,6 +53,20 @@ class TrainResult:
     checkpoint: Path | None
     bad_total: int
     last_metrics: dict = field(default_factory=dict)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Process-wide settings for training on ``device``: cuDNN autotuning off (training draws
+    many shapes; autotuning each new one costs more than it gains) and, before CUDA's first
+    allocation, the expandable-segments allocator (less fragmentation across shapes; a
+    ``PYTORCH_CUDA_ALLOC_CONF`` already set wins)."""
+    if device.type != "cuda":
+        return
+    import os
+
+    if not torch.cuda.is_initialized():
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_all(seed: int) -> None:
@@ -178,6 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainResult:
     run_dir, dev = run_dir_of(cfg), info.device
+    configure_backends(dev)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if info.is_main:
         prepare_run_dir(run_dir, resume=ckpt is not None, restart=resume)
@@ -259,7 +274,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     while counters.step < total:
         batch = next(source)
         counters.batches += 1
-        batch = batch.to(dev, non_blocking=True)
+        batch = batch_to_device(batch, dev)
         if teacher is not None and counters.step >= cfg.teacher_after_step:
             batch = apply_teacher(teacher, batch, cfg.run.precision)
         lr = lr_at(counters.step, cfg.optim, cfg.schedule)
@@ -269,7 +284,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
         if res.skipped:
             counters.bad_in_row += 1
             counters.bad_total += 1
-            logger.scalars(counters.step, {"loss": res.loss, "bad_in_row": counters.bad_in_row,
+            logger.scalars(counters.step, {"loss": float(res.loss), "bad_in_row": counters.bad_in_row,
                                            "bad_total": counters.bad_total}, "skipped")
             if counters.bad_in_row >= cfg.run.max_bad_steps:
                 kept = latest_checkpoint(run_dir)
@@ -285,10 +300,12 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
         step_time = 0.9 * step_time + 0.1 * (time.time() - ts) if step_time else time.time() - ts
         win_imgs += batch.images.shape[0] * batch.images.shape[1] * info.world_size
         s = counters.step
-        if s % cfg.run.log_every == 0 or s == total:
-            vals = mean_over_ranks({"loss": res.loss, **res.parts}, dev)
+        if s % cfg.run.log_every == 0 or s == total:  # the only step that reads the values
+            vals = res.floats()
+            grad_norm = vals.pop("grad_norm")
+            vals = mean_over_ranks(vals, dev)
             ips = win_imgs / max(1e-9, time.time() - win_t)
-            vals.update(lr=lr, grad_norm=res.grad_norm, images_per_s=ips,
+            vals.update(lr=lr, grad_norm=grad_norm, images_per_s=ips,
                         bad_total=counters.bad_total)
             logger.scalars(s, vals, "train")
             logger.progress(s, total, ips, f"loss {vals['loss']:.4f} lr {lr:.2e}")
@@ -297,14 +314,16 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
             _log_images(logger, net, batch, s, cfg.run.precision)
         if cfg.eval.every and s % cfg.eval.every == 0:
             last_metrics = run_eval()
-        stop = torch.zeros(1, device=dev)
+        stop = False
         if cfg.run.max_minutes > 0:
             left = cfg.run.max_minutes * 60 - (time.time() - t0)
-            stop[0] = float(left < max(20.0, 5 * step_time) and s < total)
-            all_reduce_(stop, "max")
-        if s % cfg.run.ckpt_every == 0 or s == total or stop.item() > 0:
+            stop = left < max(20.0, 5 * step_time) and s < total
+            if info.enabled:  # every rank stops at the same step (one sync, only with a limit)
+                flag = torch.tensor([float(stop)], device=dev)
+                stop = bool(all_reduce_(flag, "max").item() > 0)
+        if s % cfg.run.ckpt_every == 0 or s == total or stop:
             last_ckpt = checkpoint_now()
-        if stop.item() > 0:
+        if stop:
             reason = "time_limit"
             logger.message(f"time limit: stopped at step {s} with a checkpoint; resume with "
                            "--resume")

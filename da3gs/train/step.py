@@ -19,14 +19,26 @@ from da3gs.io.images import imagenet_normalize
 from da3gs.train import external
 
 
+def _index_on(idx: torch.Tensor, device: torch.device, cache: dict) -> torch.Tensor:
+    """``idx`` on ``device``, copied once per device; a CPU index goes to the GPU through
+    pinned memory without blocking (a blocking copy would wait for the GPU queue)."""
+    if device not in cache:
+        if device.type == "cuda" and idx.device.type == "cpu":
+            cache[device] = idx.pin_memory().to(device, non_blocking=True)
+        else:
+            cache[device] = idx.to(device)
+    return cache[device]
+
+
 def take(batch: ViewBatch, idx: torch.Tensor) -> ViewBatch:
     """Samples ``idx`` (a 1-D index tensor) of ``batch``."""
     kw = {}
     ids = idx.tolist()
+    on: dict = {}
     for f in fields(ViewBatch):
         v = getattr(batch, f.name)
         if isinstance(v, torch.Tensor):
-            kw[f.name] = v[idx.to(v.device)]
+            kw[f.name] = v[_index_on(idx, v.device, on)]
         elif isinstance(v, list):
             kw[f.name] = [v[i] for i in ids]
         else:
@@ -40,7 +52,7 @@ def network_inputs(batch: ViewBatch, conditioned: bool):
     x = imagenet_normalize(batch.images.float())
     if not conditioned:
         return x, None, None
-    return x, c2w_to_w2c(batch.c2w.float()), batch.K.float()
+    return x, c2w_to_w2c(batch.c2w.float(), check=False), batch.K.float()
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -54,18 +66,28 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def split_by_conditioning(batch: ViewBatch) -> list[tuple[bool, torch.Tensor]]:
-    """[(conditioned, sample indices)] for the non-empty groups, pose-free first."""
+    """[(conditioned, sample indices)] for the non-empty groups, pose-free first.
+
+    The indices are CPU tensors. The training sources keep ``pose_conditioned`` on the CPU (the
+    trainer leaves it there when it moves a batch), so the split costs no device sync; a
+    ``pose_conditioned`` on the GPU still works, at the price of one sync."""
     B = batch.images.shape[0]
     pc = batch.pose_conditioned
     if pc is None:
         return [(False, torch.arange(B))]
-    pc = pc.bool().cpu()
+    flags = pc.bool().cpu().tolist()
     out = []
     for cond in (False, True):
-        idx = torch.nonzero(pc == cond).flatten()
-        if idx.numel():
-            out.append((cond, idx))
+        idx = [i for i, f in enumerate(flags) if f == cond]
+        if idx:
+            out.append((cond, torch.tensor(idx, dtype=torch.long)))
     return out
+
+
+def batch_to_device(batch: ViewBatch, device) -> ViewBatch:
+    """``batch`` on ``device`` (non-blocking), ``pose_conditioned`` left where it is (the
+    sources keep it on the CPU, so :func:`split_by_conditioning` needs no device sync)."""
+    return batch.to(device, non_blocking=True, keep_flags=True)
 
 
 @torch.no_grad()
@@ -142,32 +164,49 @@ class StepModule(nn.Module):
 
 @dataclass
 class StepResult:
-    """loss: float (this rank); parts: float dict; grad_norm: float (before clipping);
-    skipped: the update was skipped (non-finite loss or gradients on some rank)."""
+    """loss: 0-d tensor (this rank, detached, on the device); parts: dict of such tensors
+    (or floats, as stage 2 logs some);
+    grad_norm: 0-d tensor (before clipping); skipped: the update was skipped (non-finite loss
+    or gradients on some rank). The tensors stay on the device so that a step costs one host
+    sync (``skipped``); :meth:`floats` converts them (one more sync) when they are logged."""
 
-    loss: float
-    parts: dict[str, float]
-    grad_norm: float
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
     skipped: bool
+
+    def floats(self) -> dict[str, float]:
+        """``{"loss", **parts, "grad_norm"}`` as Python floats, in one device-to-host copy."""
+        keys = ["loss", *self.parts, "grad_norm"]
+        vals = [self.loss, *self.parts.values(), self.grad_norm]
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.loss.device)
+                         .reshape(()) for v in vals])
+        return dict(zip(keys, t.tolist()))
 
 
 def train_step(module: nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
-               batch: ViewBatch, grad_clip: float) -> StepResult:
+               batch: ViewBatch, grad_clip: float, mark=None) -> StepResult:
     """Forward, backward, clip, and update unless the loss or the gradients are non-finite.
 
     ``module`` is a :class:`StepModule` (possibly DDP/FSDP-wrapped); ``params`` its trainable
     parameters. Every rank runs the backward (DDP needs it); since gradients are averaged,
-    a non-finite value on any rank makes every rank skip."""
+    a non-finite value on any rank makes every rank skip. One host sync per step (the skip
+    decision). ``mark``: optional ``mark(phase)`` callback after the forward + loss
+    (``"loss"``), the backward (``"backward"``) and the update (``"optim"``), for benchmarks."""
+    mark = mark or (lambda name: None)
     opt.zero_grad(set_to_none=True)
     loss, parts = module(batch)
+    mark("loss")
     loss.backward()
+    mark("backward")
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     if hasattr(module, "clip_grad_norm_"):  # FSDP computes the norm over shards
         norm = module.clip_grad_norm_(max_norm)
     else:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     lv = loss.detach().float()
-    bad = ~torch.isfinite(lv) | ~torch.isfinite(norm.float())
+    norm = torch.as_tensor(norm, dtype=torch.float32, device=lv.device).detach()
+    bad = ~torch.isfinite(lv) | ~torch.isfinite(norm)
     flag = bad.float().reshape(1)
     from da3gs.train.dist import all_reduce_
 
@@ -177,4 +216,6 @@ def train_step(module: nn.Module, params: list[torch.Tensor], opt: torch.optim.O
         opt.zero_grad(set_to_none=True)
     else:
         opt.step()
-    return StepResult(float(lv), {k: float(v) for k, v in parts.items()}, float(norm), skipped)
+    mark("optim")
+    parts = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
+    return StepResult(lv, parts, norm, skipped)
