@@ -4,7 +4,8 @@
 #
 #   scripts/train_gpu.sh [CONFIG] [MINUTES] [key=value ...]
 #     CONFIG   config preset or YAML (default stage1-compact)
-#     MINUTES  time limit of this call, set-up included (default 8)
+#     MINUTES  time limit of this call, set-up included (default 8); only a number is taken as
+#              MINUTES, so key=value overrides may follow CONFIG directly
 #   env: RUN=folder (default runs/<CONFIG>), NGPU=n (default: all visible GPUs; >1 uses torchrun),
 #        OUT=folder (copy metrics, images, TensorBoard events there; FETCH_MODEL=1 adds the
 #        newest checkpoint's model.safetensors + config.json),
@@ -19,7 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 CONFIG=${1:-stage1-compact}; [ $# -gt 0 ] && shift
-MINUTES=${1:-8}; [ $# -gt 0 ] && shift
+MINUTES=8  # only a number is MINUTES: `EVAL_ONLY=1 scripts/train_gpu.sh CONFIG model.init=X`
+if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; then MINUTES=$1; shift; fi
 RUN=${RUN:-runs/$(basename "$CONFIG" .yaml)}
 NGPU=${NGPU:-$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 REAL=()

@@ -22,8 +22,12 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
    reuse them when the same batch is seen again.
 3. **GS head** with gradients on the detached features (fp32, or bf16 autocast on CUDA).
 4. **Gaussians** (``t + (D + dD) d``, our corrected geometry, by default) rendered into the
-   target (and context) cameras with the ground-truth intrinsics; gsplat on CUDA, our torch
-   rasteriser elsewhere (``render(..., backend="auto")``).
+   target views through their ground-truth cameras, and into the context views through the
+   cameras the Gaussians were built with (``frame_c2w`` / ``frame_K``: ground truth with input
+   poses, the aligned predicted cameras pose-free), so a context view renders back
+   pixel-aligned however wrong the predicted cameras are; gsplat on CUDA, our torch
+   rasteriser elsewhere (``render(..., backend="auto")``). ``oracle_geometry`` swaps the
+   frozen depth and cameras for the ground truth (a check that the head itself learns).
 5. **Loss** :func:`da3gs.losses.stage2.stage2_loss`: MSE + LPIPS on the rendered views,
    scale-shift-invariant depth on the context views.
 
@@ -83,6 +87,10 @@ class Stage2Config:
         opacity ``init_opacity`` (for a head left at random init, e.g. on a stage-1
         checkpoint; never for trained GS weights such as the official Giant's).
       init_scale_px, init_opacity: see ``init_head``.
+      oracle_geometry: replace the frozen network's depth and cameras by the ground truth
+        (depth where valid, else the view's largest valid depth; GT cameras; scale 1), so only
+        the GS head's appearance, offsets, scales and opacities are tested. A diagnostic and
+        test mode: the head still sees the frozen network's features.
       loss: weights of :func:`~da3gs.losses.stage2.stage2_loss`.
     """
 
@@ -100,6 +108,7 @@ class Stage2Config:
     init_head: bool = False
     init_scale_px: float = 1.0
     init_opacity: float = 0.5
+    oracle_geometry: bool = False
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
 
     def __post_init__(self):
@@ -281,6 +290,9 @@ def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None 
         pred_K[idx] = out["intrinsics"].float()
     frame_c2w, frame_K = gt_c2w.clone(), gt_K.clone()
     scale = torch.ones(B, device=dev)
+    if cfg.oracle_geometry:
+        return FrozenOutputs(ctx, tgt, x, feats, _oracle_depth(batch, ctx), frame_c2w, frame_K,
+                             scale, pc)
     for b in range(B):
         pc64, gt64 = pred_c2w[b].double().cpu(), gt_c2w[b].double().cpu()
         if bool(pc[b]):
@@ -293,6 +305,16 @@ def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None 
     return FrozenOutputs(ctx, tgt, x, feats, depth, frame_c2w, frame_K, scale, pc)
 
 
+def _oracle_depth(batch, ctx: list[int]) -> torch.Tensor:
+    """(B, Vc, H, W) ground-truth z-depth of the context views; pixels without it (sky,
+    invalid) get their view's largest valid depth (1 when the view has none)."""
+    d = batch.depth[:, ctx].float()
+    ok = batch.valid[:, ctx].bool() & torch.isfinite(d) & (d > 0)
+    far = torch.where(ok, d, torch.zeros_like(d)).flatten(2).amax(-1)
+    far = torch.where(far > 0, far, torch.ones_like(far))
+    return torch.where(ok, d, far[..., None, None].expand_as(d))
+
+
 def gs_head_forward(model: nn.Module, fo: FrozenOutputs, cfg: Stage2Config
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """GS head on the frozen features, with gradients: ``raw (B, Vc, H, W, C)`` and
@@ -302,6 +324,20 @@ def gs_head_forward(model: nn.Module, fo: FrozenOutputs, cfg: Stage2Config
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
         out = _net(model).gs_from_features(fo.feats, fo.x)
     return out["raw_gs"].float(), out["raw_gs_conf"].float()
+
+
+def _render_cameras(batch, fo: FrozenOutputs, b: int, views: list[int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """w2c (n, 4, 4) and K (n, 3, 3) of sample ``b``'s rendered ``views``: targets through their
+    ground-truth cameras, context views through the cameras their Gaussians were built with
+    (``fo.frame_c2w`` / ``fo.frame_K``: the GT cameras with input poses; pose-free, the
+    predicted cameras aligned to the GT), so a context pixel's Gaussian lands on that pixel
+    whatever the quality of the predicted cameras."""
+    pos = {v: i for i, v in enumerate(fo.ctx)}
+    c2w = torch.stack([fo.frame_c2w[b, pos[v]] if v in pos else batch.c2w[b, v].float()
+                       for v in views])
+    K = torch.stack([fo.frame_K[b, pos[v]] if v in pos else batch.K[b, v].float() for v in views])
+    return c2w_to_w2c(c2w), K
 
 
 @dataclass
@@ -336,8 +372,8 @@ def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpi
         g = build_gaussians(raw[b], density[b], fo.depth[b], fo.frame_c2w[b], fo.frame_K[b],
                             net.preset.sh_degree, geometry, depth_scale=float(fo.depth_scale[b]))
         n_gauss += len(g)
-        w2c = c2w_to_w2c(batch.c2w[b, views].float())
-        out = render(g, w2c, batch.K[b, views].float(), W, H, backend=cfg.backend, background=bg)
+        w2c, K = _render_cameras(batch, fo, b, views)
+        out = render(g, w2c, K, W, H, backend=cfg.backend, background=bg)
         p_rgb.append(out.color[:n_rgb].permute(0, 3, 1, 2))
         g_rgb.append(batch.images[b, views[:n_rgb]].float())
         if rendered_depth:
