@@ -50,9 +50,10 @@ class ProceduralConfig:
         stereo_baseline: range of stereo baselines relative to the distance to the focus.
         max_chunk_rays: rays traced per chunk (bounds memory; whole samples per chunk).
         compile: ``torch.compile`` the dense kernels (analytic intersections, sphere-tracing
-            steps, surface attributes and textures, shading) on CUDA; on by default (ignored on
-            the CPU; any compile error falls back to eager with a warning). The first calls
-            compile (tens of seconds); later calls of new sizes reuse the dynamic-shape kernels.
+            steps, surface attributes and textures, shading) on CUDA; off by default (ignored on
+            the CPU; any compile error falls back to eager with a warning). Measured on an H200
+            (2026-11-29) the first compiled call did not finish within 200 s, and a training
+            run's varying shapes spent 148 s compiling in 8 steps, so eager is the default.
         seed: seed of the generator's own RNG stream (used when ``sample(seed=None)``).
     """
 
@@ -77,7 +78,7 @@ class ProceduralConfig:
     camera_tries: int = 4
     stereo_baseline: tuple[float, float] = (0.04, 0.15)
     max_chunk_rays: int = 1 << 24
-    compile: bool = True
+    compile: bool = False
     seed: int = 0
 
     def __post_init__(self):
