@@ -20,7 +20,8 @@ def add_train_parser(sub) -> None:
         description="Train from a config preset (name, e.g. stage1-compact, or a YAML path) with "
         "key=value overrides (e.g. schedule.steps=2000 data.batch_size=8). Writes a run folder "
         "(run.out, default runs/<config>) with checkpoints, metrics.jsonl and TensorBoard events.")
-    p.add_argument("--config", required=True, help="config preset name or YAML file")
+    p.add_argument("--config", help="config preset name or YAML file (required unless "
+                   "--list-configs)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, typed by the config field (a.b.c=value)")
     p.add_argument("--out", default=None, help="run folder (same as run.out=...)")
@@ -44,6 +45,10 @@ def run_train(args) -> None:
     if args.list_configs:
         print("\n".join(preset_names()))
         return
+    if not args.config:
+        from da3gs.errors import Da3gsError
+
+        raise Da3gsError("--config is required (a preset name from --list-configs, or a YAML)")
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out={args.out}")

@@ -36,3 +36,12 @@ def test_wrong_key_is_one_line_exit_2(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("da3gs train: error: unknown config key 'optim.backbone_lr'; "
                    "did you mean 'optim.backbone_lr_mult'?")
+
+
+def test_list_configs_needs_no_config_and_missing_config_is_one_line(capsys):
+    assert main(["train", "--list-configs"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "stage1-compact" in names and "stage2-compact" in names
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--config is required" in err[0]
