@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from da3gs.errors import Da3gsError
+from da3gs.io.atomic import remove_path, replace_dir
 
 __all__ = ["MARKER", "OutputError", "Terminated", "check_output_dir", "write_output_dir",
            "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception"]
@@ -288,16 +289,6 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _remove_tree(p: Path) -> None:
-    try:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-    except OSError:
-        pass
-
-
 @contextmanager
 def write_output_dir(out: str | os.PathLike, command: str) -> Iterator[Path]:
     """Yield a temporary folder (marked as a da3gs temporary) beside ``out``; on success mark it
@@ -318,24 +309,10 @@ def write_output_dir(out: str | os.PathLike, command: str) -> Iterator[Path]:
         _write_marker(tmp, command, [f for f in _files_under(tmp) if f != MARKER], "complete")
     except BaseException:
         with _signals_blocked():
-            _remove_tree(tmp)
+            remove_path(tmp)
         raise
     with _signals_blocked():
-        old = None
-        try:
-            if out.exists() or out.is_symlink():
-                old = _temp_sibling(out, "old")
-                os.replace(out, old)
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None and not out.exists():
-                os.replace(old, out)
-                old = None
-            _remove_tree(tmp)
-            raise
-        finally:
-            if old is not None:
-                _remove_tree(old)
+        replace_dir(tmp, out, _temp_sibling(out, "old"))
 
 
 @contextmanager

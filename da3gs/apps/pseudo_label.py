@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from da3gs.apps.common import resolve_device
 from da3gs.apps.outputs import (
     check_output_dir,
     terminate_as_exception,
@@ -74,18 +75,6 @@ def add_pseudo_label_parser(sub) -> None:
                    help="skip views with fewer sparse depth samples (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of RANSAC (and of random: models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise Da3gsError(f"--device: unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Da3gsError(f"--device {name}: CUDA is not available on this machine")
-    return dev
 
 
 def dense_at_original(pred, hw: tuple[int, int]) -> torch.Tensor:
@@ -162,7 +151,7 @@ def run_pseudo_label(args) -> dict:
     if mode == "sensor" and scene.depth_paths is None:
         raise Da3gsError(f"--scene {args.scene}: no sparse metric depth (neither COLMAP points "
                          "nor sensor depth images)")
-    dev = _device(args.device)
+    dev = resolve_device(args.device)
     source = args.checkpoint or args.model or DEFAULT_TEACHER
     torch.manual_seed(args.seed)
     model = load_model(source, device=dev)

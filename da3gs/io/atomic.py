@@ -21,14 +21,15 @@ from typing import Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_path", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_dir", "replace_dir", "remove_path"]
 
 
 def _temp_sibling(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}{path.suffix}"
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Delete a file, link or folder tree; errors ignored (cleanup of our own temporaries)."""
     try:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -59,7 +60,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"{path}: the writer did not create its temporary file {tmp.name}")
         os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -80,20 +81,30 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
-    old = None
+    replace_dir(tmp, path)
+
+
+def replace_dir(tmp: Path, path: Path, old: Path | None = None) -> None:
+    """Move the finished folder ``tmp`` to ``path``, replacing whatever is there.
+
+    The existing ``path`` is first renamed to ``old`` (default: a hidden sibling), ``tmp`` renamed
+    into place, then ``old`` deleted; on failure ``path`` is restored and ``tmp`` deleted.
+    """
+    had_old = path.exists() or path.is_symlink()
+    if had_old:
+        old = old or _temp_sibling(path, "old")
     try:
-        if path.exists() or path.is_symlink():
-            old = _temp_sibling(path, "old")
+        if had_old:
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
-        if old is not None and not path.exists():
+        if had_old and old.exists() and not path.exists():
             os.replace(old, path)
-            old = None
-        _remove(tmp)
+            had_old = False
+        remove_path(tmp)
         raise
     finally:
-        if old is not None:
-            _remove(old)
+        if had_old:
+            remove_path(old)
