@@ -345,7 +345,9 @@ def test_oracle_geometry_head_learns_held_out_targets():
     batch = plane_batch(B=1, V=3)
     cfg = Stage2Config(num_targets=1, target_select="last", init_head=True, oracle_geometry=True,
                        loss=Stage2LossConfig(lpips_weight=0.0, depth_weight=0.1))
-    opt = torch.optim.Adam(stage2_param_groups(model, lr=2e-2, cfg=cfg))
+    # lr 1e-2 and 20 steps: a steady rise (10.7 -> 11.5 dB with 1 or 2 threads); at 2e-2 the
+    # curve oscillates and the outcome after a few steps depends on the thread count.
+    opt = torch.optim.Adam(stage2_param_groups(model, lr=1e-2, cfg=cfg))
     fo = frozen_forward(model, batch, cfg)
     assert torch.equal(fo.depth[0], batch.depth[0, :2]) and torch.equal(fo.frame_c2w, batch.c2w[:, :2])
 
@@ -355,9 +357,9 @@ def test_oracle_geometry_head_learns_held_out_targets():
         return _psnr(r.images["render"][0], r.images["gt"][0])
 
     first = target_psnr()
-    for _ in range(9):
+    for _ in range(20):
         assert stage2_train_step(model, batch, opt, cfg, frozen=fo)["skipped"] == 0.0
-    assert target_psnr() > first + 0.3, (first, target_psnr())
+    assert target_psnr() > first + 0.5, (first, target_psnr())
 
 
 def test_eval_only_honours_model_init(tmp_path, monkeypatch, capsys):
