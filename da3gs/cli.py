@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     from da3gs.apps.train import add_train_parser
 
     add_train_parser(sub)
+    from da3gs.apps.fetch import add_fetch_parser
+
+    add_fetch_parser(sub)
     return parser
 
 
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.train import run_train
 
             run_train(args)
+        elif args.command == "fetch":
+            from da3gs.apps.fetch import run_fetch
+
+            run_fetch(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)

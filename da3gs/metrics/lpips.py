@@ -14,7 +14,7 @@ Weights (never downloaded at metric time). The backbone comes from the first of:
    torchvision ``.pth`` state dict (``features.N.weight`` ...; read with ``weights_only=True``);
 2. ``weights_dir=`` a folder holding ``lpips_{net}.safetensors`` or the torchvision file;
 3. the da3gs cache: ``$DA3GS_LPIPS_DIR`` or ``~/.cache/da3gs/lpips/lpips_{net}.safetensors``,
-   written by ``python scripts/fetch_lpips_weights.py``;
+   written by ``da3gs fetch lpips``;
 4. the torch hub cache ``torch.hub.get_dir()/checkpoints/`` (``alexnet-owt-7be5be79.pth``,
    ``vgg16-397923af.pth``; honours ``$TORCH_HOME``).
 
@@ -48,7 +48,7 @@ __all__ = [
 
 NETS = ("vgg", "alex")
 TORCHVISION_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
-FETCH_COMMAND = "python scripts/fetch_lpips_weights.py"
+FETCH_COMMAND = "da3gs fetch lpips"
 # Conv layers as (index in torchvision's `features`, in, out, kernel, stride, padding); "M" = max pool.
 _ALEX = [(0, 3, 64, 11, 4, 2), "M3", (3, 64, 192, 5, 1, 2), "M3", (6, 192, 384, 3, 1, 1),
          (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)]
@@ -144,7 +144,7 @@ class LPIPS(nn.Module):
 
 
 def lpips_cache_dir() -> Path:
-    """``$DA3GS_LPIPS_DIR`` or ``~/.cache/da3gs/lpips`` (where the fetch script writes)."""
+    """``$DA3GS_LPIPS_DIR`` or ``~/.cache/da3gs/lpips`` (where ``da3gs fetch lpips`` writes)."""
     env = os.environ.get("DA3GS_LPIPS_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "da3gs" / "lpips"
 

