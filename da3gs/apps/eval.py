@@ -12,7 +12,9 @@ before the targets are scored (before and after are both reported).
 Background: ``--background``, else the scene's (Blender: white), else black (the 3DGS default
 for real scenes); ground-truth RGBA images are composited on the same colour.
 
-pose: pose-free prediction on N views, pose AUC@3/5/15/30 and ATE after Sim(3).
+pose: pose-free prediction on N views, pose AUC@3/5/15/30 and ATE after Sim(3). The AUC is the
+official DA3 benchmark's (``--auc-mode bench``, default; :mod:`da3gs.metrics.pose`), comparable
+with published tables; ``--auc-mode relative`` gives the physical relative-pose variant.
 depth: predicted depth resized to the ground truth's size (bilinear by default, ``--resize
 nearest`` to avoid blending across depth edges), AbsRel / delta1 ... after per-image median
 (or least-squares) scale alignment.
@@ -74,6 +76,10 @@ def add_eval_parser(sub) -> None:
         add_eval_flags(t)
         t.add_argument("--views", type=int, default=None, help="views to use (default: all, at most 32)")
         t.add_argument("--select", default="fps", choices=["fps", "every-nth"])
+        if name == "pose":
+            t.add_argument("--auc-mode", default="bench", choices=["bench", "relative"],
+                           help="pose AUC definition: bench (official DA3 benchmark, default) or "
+                                "relative (physical relative poses; not comparable with papers)")
         if name == "depth":
             t.add_argument("--pose-mode", default="free", choices=["free", "conditioned"])
             t.add_argument("--align", default="median", choices=["median", "lstsq", "none"])
@@ -115,10 +121,13 @@ def run_pose(args) -> dict:
     with timer("inference"):
         pred = infer_views(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0), False, False)
     pc, gc = pred.c2w.double().cpu(), scene.c2w[idx]
+    auc_mode = getattr(args, "auc_mode", "bench")
     sim, aligned = align_cameras(pc, gc, orientation_fallback=True)
     m = metrics_header(args, "pose", scene, source, device)
     m.update({"views": idx, "view_names": [scene.names[i] for i in idx], "select": args.select,
-              "auc": pose_auc(pc, gc, thresholds=(3, 5, 15, 30)), "ate": ate(pc, gc, "sim3"),
+              "auc_mode": auc_mode,
+              "auc": pose_auc(pc, gc, thresholds=(3, 5, 15, 30), mode=auc_mode),
+              "ate": ate(pc, gc, "sim3"),
               "alignment_scale": float(sim.s), "aligned_errors": pose_errors(aligned, gc)})
     write_metrics(out, m, t0, timer)
     if not args.quiet:

@@ -154,7 +154,7 @@ def test_eval_pose(scene, tmp_path):
     assert _eval("pose", "--scene", scene, "--out", out, "--views", 5, "--select", "every-nth", "-q") == 0
     m = _metrics(out)
     assert m["views"] == [0, 2, 4, 5, 7] and m["task"] == "pose"
-    assert set(m["auc"]) == {"auc@3", "auc@5", "auc@15", "auc@30"}
+    assert set(m["auc"]) == {"auc@3", "auc@5", "auc@15", "auc@30"} and m["auc_mode"] == "bench"
     assert all(0 <= v <= 1 for v in m["auc"].values())
     assert m["auc"]["auc@3"] <= m["auc"]["auc@30"]
     assert m["ate"] >= 0 and m["alignment_scale"] > 0
