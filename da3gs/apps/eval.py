@@ -16,8 +16,11 @@ pose: pose-free prediction on N views, pose AUC@3/5/15/30 and ATE after Sim(3). 
 official DA3 benchmark's (``--auc-mode bench``, default; :mod:`da3gs.metrics.pose`), comparable
 with published tables; ``--auc-mode relative`` gives the physical relative-pose variant.
 depth: predicted depth resized to the ground truth's size (bilinear by default, ``--resize
-nearest`` to avoid blending across depth edges), AbsRel / delta1 ... after per-image median
-(or least-squares) scale alignment.
+nearest`` to avoid blending across depth edges), AbsRel / delta1 ... after per-image alignment
+(``--align``, :data:`da3gs.metrics.depth.ALIGN_MODES`): ``median`` scale (default; the multi-view
+convention), ``lstsq`` scale and shift (the monocular, affine-invariant convention),
+``lstsq_scale`` (least-squares scale only) or ``none`` (metric depth); ``metrics.json`` names
+the alignment (``align``) and states its formula (``align_formula``).
 
 Every task writes ``metrics.json`` into ``--out`` atomically (hidden temporary folder renamed
 at the end); an existing folder is only replaced with ``--overwrite``.
@@ -37,6 +40,7 @@ from da3gs.apps.common import Timer, load_job_model, resolve_device
 from da3gs.apps.eval_common import (add_eval_flags, check_eval_args, eval_out_dir, infer_views,
                                     load_eval_scene, metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
+from da3gs.metrics.depth import ALIGN_FORMULAS, ALIGN_MODES
 
 __all__ = ["add_eval_parser", "run_eval"]
 
@@ -82,7 +86,10 @@ def add_eval_parser(sub) -> None:
                                 "relative (physical relative poses; not comparable with papers)")
         if name == "depth":
             t.add_argument("--pose-mode", default="free", choices=["free", "conditioned"])
-            t.add_argument("--align", default="median", choices=["median", "lstsq", "none"])
+            t.add_argument("--align", default="median", choices=list(ALIGN_MODES),
+                           help="per-image alignment before the metrics: median scale (multi-view "
+                                "convention), lstsq scale+shift (monocular convention), "
+                                "lstsq_scale, none (metric)")
             t.add_argument("--resize", default="bilinear", choices=["bilinear", "nearest"],
                            help="how the prediction is resized to the ground-truth size")
 
@@ -172,8 +179,8 @@ def run_depth(args) -> dict:
     mean = {k: float(np.mean([v[k] for v in valid])) for k in keys}
     m = metrics_header(args, "depth", scene, source, device)
     m.update({"views": idx, "select": args.select, "pose_mode": args.pose_mode,
-              "align": args.align, "resize": args.resize, "per_view": per_view, "mean": mean,
-              "n_images": len(valid)})
+              "align": args.align, "align_formula": ALIGN_FORMULAS[args.align],
+              "resize": args.resize, "per_view": per_view, "mean": mean, "n_images": len(valid)})
     write_metrics(out, m, t0, timer)
     if not args.quiet:
         print(f"da3gs eval depth: {len(valid)} views  AbsRel {mean['abs_rel']:.4f}  "

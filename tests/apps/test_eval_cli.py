@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from da3gs.cli import main
+from da3gs.metrics.depth import ALIGN_FORMULAS
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -170,12 +171,13 @@ ICL = DATA / "icl_nuim_livingroom_rgbd5"
 
 
 @pytest.mark.skipif(not ICL.is_dir(), reason="shared ICL-NUIM scene not present")
-@pytest.mark.parametrize("align", ["median", "lstsq"])
+@pytest.mark.parametrize("align", ["median", "lstsq", "lstsq_scale"])
 def test_eval_depth_icl(tmp_path, align):
     out = tmp_path / "depth"
     assert _eval("depth", "--scene", ICL, "--out", out, "--views", 3, "--align", align, "-q") == 0
     m = _metrics(out)
     assert len(m["per_view"]) == 3 and m["n_images"] == 3 and m["align"] == align
+    assert m["align_formula"] == ALIGN_FORMULAS[align]
     mean = m["mean"]
     assert math.isfinite(mean["abs_rel"]) and mean["abs_rel"] >= 0
     assert 0 <= mean["delta1"] <= mean["delta2"] <= mean["delta3"] <= 1

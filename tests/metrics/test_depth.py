@@ -20,12 +20,12 @@ def test_scaled_prediction():
     assert m["log_rmse"] == pytest.approx(math.log(2), rel=1e-6)
     assert m["delta1"] == m["delta2"] == m["delta3"] == 0.0  # ratio 2 > 1.25^3
     assert m["n_images"] == 2
-    for align in ("median", "lstsq"):
+    for align in ("median", "lstsq", "lstsq_scale"):
         m = depth_metrics(2 * gt, gt, align=align)
         assert m["abs_rel"] == pytest.approx(0.0, abs=1e-7)
         assert m["rmse"] == pytest.approx(0.0, abs=1e-6)
         assert m["delta1"] == 1.0
-    m = depth_metrics(2 * gt + 1, gt, align="lstsq", shift=True)
+    m = depth_metrics(2 * gt + 1, gt, align="lstsq")
     assert m["abs_rel"] == pytest.approx(0.0, abs=1e-7)
     assert set(DEPTH_METRICS) <= set(m)
 
@@ -85,13 +85,13 @@ def test_align_depth_and_errors():
     gt = _gt(B=2)
     valid = torch.ones_like(gt, dtype=torch.bool)
     assert torch.allclose(align_depth(0.5 * gt, gt, valid, "median"), gt.double(), atol=1e-6)
-    assert torch.allclose(align_depth(0.5 * gt - 2, gt, valid, "lstsq", shift=True), gt.double(), atol=1e-5)
+    assert torch.allclose(align_depth(0.5 * gt - 2, gt, valid, "lstsq"), gt.double(), atol=1e-5)
     with pytest.raises(MetricsError, match="pred/gt"):
         depth_metrics(torch.rand(2, 4, 4), torch.rand(2, 4, 5))
     with pytest.raises(MetricsError, match="align"):
         depth_metrics(gt, gt, align="mean")
-    with pytest.raises(MetricsError, match="shift"):
-        depth_metrics(gt, gt, align="median", shift=True)
+    with pytest.raises(MetricsError, match="lstsq_scale"):
+        align_depth(gt, gt, valid, "mean")
     with pytest.raises(MetricsError, match="mask"):
         depth_metrics(gt, gt, mask=torch.ones(3, 3))
     with pytest.raises(MetricsError, match="pred"):
