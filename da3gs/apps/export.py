@@ -1,4 +1,10 @@
-"""``da3gs export --official DIR --from SOURCE``: a model in the official Depth Anything 3 layout.
+"""``da3gs export``: a model in the official Depth Anything 3 layout, or a splat file converted.
+
+``da3gs export IN --to spz|splat|ply [--out FILE]`` converts Gaussian splat files between PLY
+(INRIA), SPZ and ``.splat`` (:mod:`da3gs.io.splat_files`). FILE (default: IN with the new suffix)
+must not exist: a file is never replaced, whatever wrote it; it is written atomically.
+
+``da3gs export --official DIR --from SOURCE``:
 
 Writes ``DIR/config.json`` + ``DIR/model.safetensors`` as the official release does (tied tensors
 once), so that weights trained with da3gs load in the official package
@@ -14,14 +20,22 @@ import argparse
 def add_export_parser(sub) -> argparse.ArgumentParser:
     """Register the ``export`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
-        "export", help="write a model in the official Depth Anything 3 layout",
-        description="Write a model as config.json + model.safetensors in the layout of the "
-        "official Depth Anything 3 release (tied tensors stored once), so that the official "
-        "package loads it. DIR must be new; with --overwrite, a folder da3gs wrote is replaced "
-        "(never a folder holding anything else).")
+        "export", help="write a model in the official Depth Anything 3 layout, or convert a "
+        "splat file (ply/spz/splat)",
+        description="--official DIR --from SOURCE: write a model as config.json + "
+        "model.safetensors in the layout of the official Depth Anything 3 release (tied tensors "
+        "stored once), so that the official package loads it. DIR must be new; with --overwrite, "
+        "a folder da3gs wrote is replaced (never a folder holding anything else). "
+        "IN --to FORMAT [--out FILE]: convert a Gaussian splat file (.ply, .spz, .splat) to "
+        "FORMAT; FILE must not exist (files are never replaced).")
+    p.add_argument("input", nargs="?", metavar="IN", help="splat file to convert (with --to)")
     fmt = p.add_mutually_exclusive_group(required=True)
     fmt.add_argument("--official", metavar="DIR", help="output folder, official layout")
-    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+    fmt.add_argument("--to", choices=["spz", "splat", "ply"],
+                     help="convert IN to this splat format")
+    p.add_argument("--out", metavar="FILE", help="with --to: output file (default: IN with the "
+                   "format's suffix)")
+    p.add_argument("--from", dest="source", metavar="SOURCE",
                    help="model to export: a da3gs checkpoint (.safetensors file or folder), an "
                    "official folder, a hub repo id or random:PRESET")
     p.add_argument("--preset", default=None,
@@ -40,12 +54,18 @@ def run_export(args: argparse.Namespace) -> None:
 
     The output folder is checked before the model loads and written atomically, under the rules
     of every da3gs output folder (:mod:`da3gs.apps.outputs`)."""
+    if getattr(args, "to", None) is not None:
+        return run_convert(args)
     import torch
 
     from da3gs.apps.outputs import check_output_dir, write_output_dir
     from da3gs.models.export import DTYPES, ExportError, official_name, write_official_files
     from da3gs.models.loading import load_model
 
+    if not args.source:
+        raise ExportError("--official needs --from SOURCE (the model to export)")
+    if args.input:
+        raise ExportError(f"{args.input}: a file to convert needs --to FORMAT, not --official")
     if args.dtype not in DTYPES:
         raise ExportError(f"--dtype: expected one of {', '.join(DTYPES)}, got {args.dtype!r}")
     out = check_output_dir(args.official, {"--from": args.source}, args.overwrite,
@@ -60,3 +80,31 @@ def run_export(args: argparse.Namespace) -> None:
         note = (" (note: the official package builds Gaussians with its own geometry; this GS "
                 "head was trained with da3gs's)")
     print(f"wrote {args.official} ({model.preset.official_name}, {args.dtype}){note}")
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    """``da3gs export IN --to FORMAT [--out FILE]``: convert a splat file; prints one line."""
+    from pathlib import Path
+
+    from da3gs.errors import Da3gsError
+    from da3gs.io.splat_files import read_gaussians, splat_format_of, write_gaussians
+
+    if not args.input:
+        raise Da3gsError("--to: name the splat file to convert (da3gs export IN.ply --to spz)")
+    src = Path(args.input)
+    if splat_format_of(src) is None:
+        raise Da3gsError(f"{src}: not a splat file name (expected .ply, .spz or .splat)")
+    out = Path(args.out) if args.out else src.with_suffix("." + args.to)
+    if splat_format_of(out) not in (None, args.to):
+        raise Da3gsError(f"--out {out}: the suffix says {splat_format_of(out)}, but --to is {args.to}")
+    if out.exists() or out.is_symlink():
+        raise Da3gsError(f"--out {out}: exists; da3gs export never replaces a file (remove it or "
+                         "choose another name)")
+    if not out.parent.is_dir():
+        raise Da3gsError(f"--out {out}: folder {out.parent} does not exist")
+    g = read_gaussians(src)
+    write_gaussians(out, g, args.to)
+    size, before = out.stat().st_size, src.stat().st_size
+    print(f"wrote {out} ({len(g)} Gaussians, {size / 1e6:.2f} MB, {before / max(size, 1):.1f}x "
+          f"smaller than {src.name})" if size < before else
+          f"wrote {out} ({len(g)} Gaussians, {size / 1e6:.2f} MB)")

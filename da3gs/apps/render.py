@@ -56,6 +56,9 @@ def add_render_parser(sub) -> None:
                    help="drop Gaussians from pixels within this many pixels of the image border")
     p.add_argument("--voxel", type=float, default=0.0,
                    help="merge Gaussians of all views falling in one voxel of this size (world units)")
+    p.add_argument("--splat-format", default="both", choices=["ply", "spz", "both", "splat"],
+                   help="Gaussians file(s) written: gaussians.ply, gaussians.spz (Niantic SPZ, "
+                   "~10x smaller), both (default) or gaussians.splat (antimatter15 viewers)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps of the pruned Gaussians on the input views "
                    "(default 0: none)")
@@ -305,8 +308,20 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
                                   log_every=0 if args.quiet else max(1, args.refine_steps // 10))
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
-    write_ply(tmp / "gaussians.ply", g)
+    fmt = getattr(args, "splat_format", "both")
+    files = {}
+    if fmt in ("ply", "both"):
+        files["gaussians.ply"] = write_ply(tmp / "gaussians.ply", g)
+    if fmt in ("spz", "both"):
+        from da3gs.io.spz import write_spz
+
+        files["gaussians.spz"] = write_spz(tmp / "gaussians.spz", g)
+    if fmt == "splat":
+        from da3gs.io.splat import write_splat
+
+        files["gaussians.splat"] = write_splat(tmp / "gaussians.splat", g)
     summary["gaussians"] = report.as_dict()
+    summary["splat_files"] = {name: p.stat().st_size for name, p in files.items()}
     return g
 
 

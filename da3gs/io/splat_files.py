@@ -1,0 +1,60 @@
+"""One entry point for the Gaussian splat file formats: PLY (INRIA), SPZ (Niantic) and ``.splat``.
+
+:func:`read_gaussians` picks the reader from the file name's suffix; :func:`write_gaussians` the
+writer from ``fmt`` (default: the suffix). The formats themselves live in :mod:`.ply`,
+:mod:`.spz` and :mod:`.splat`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from da3gs.types import Gaussians
+
+from .errors import InputError
+
+__all__ = ["SPLAT_FORMATS", "splat_format_of", "read_gaussians", "write_gaussians"]
+
+SPLAT_FORMATS = ("ply", "spz", "splat")
+
+
+def splat_format_of(path) -> str | None:
+    """``"ply"``, ``"spz"`` or ``"splat"`` from ``path``'s suffix (case-insensitive); None otherwise."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return suffix if suffix in SPLAT_FORMATS else None
+
+
+def read_gaussians(path) -> Gaussians:
+    """Read a ``.ply``, ``.spz`` or ``.splat`` file -> float32 CPU ``Gaussians``."""
+    fmt = splat_format_of(path)
+    if fmt == "ply":
+        from .ply import read_ply
+
+        return read_ply(path)
+    if fmt == "spz":
+        from .spz import read_spz
+
+        return read_spz(path)
+    if fmt == "splat":
+        from .splat import read_splat
+
+        return read_splat(path)
+    raise InputError(f"{path}: unknown splat file type (expected .ply, .spz or .splat)")
+
+
+def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None) -> Path:
+    """Write ``gaussians`` to ``path`` (atomically) as ``fmt`` (default: from the suffix)."""
+    fmt = fmt or splat_format_of(path)
+    if fmt == "ply":
+        from .ply import write_ply
+
+        return write_ply(path, gaussians)
+    if fmt == "spz":
+        from .spz import write_spz
+
+        return write_spz(path, gaussians)
+    if fmt == "splat":
+        from .splat import write_splat
+
+        return write_splat(path, gaussians)
+    raise InputError(f"{path}: unknown splat format {fmt!r} (expected one of {', '.join(SPLAT_FORMATS)})")
