@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     from da3gs.apps.fetch import add_fetch_parser
 
     add_fetch_parser(sub)
+    from da3gs.apps.view import add_view_parser
+
+    add_view_parser(sub)
     return parser
 
 
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             from da3gs.apps.train import run_train
 
             run_train(args)
+        elif args.command == "view":
+            from da3gs.apps.view import run_view
+
+            run_view(args)
         elif args.command == "fetch":
             from da3gs.apps.fetch import run_fetch
 

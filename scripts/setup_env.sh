@@ -24,3 +24,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! python -c "import op
     (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null 2>&1 \
         || echo "setup_env: could not install libusb-1.0-0 (open3d comparison tests will skip)" >&2
 fi
+# Chromium (Debian package) for the headless-browser test of `da3gs view` (tests/apps/test_view.py
+# skips without it). Installed only as root with apt available.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "setup_env: could not install chromium (the viewer browser test will skip)" >&2
+fi

@@ -287,8 +287,12 @@ def _write_images_and_depth(tmp: Path, pred: Prediction, names: list[str]) -> No
 
 
 def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
-    from da3gs.io.ply import write_ply, write_point_cloud_ply
+    import shutil
+
     from da3gs.gaussians import prune_gaussians
+    from da3gs.io.ply import write_point_cloud_ply
+    from da3gs.io.splat_files import write_gaussians
+    from da3gs.viewer import VIEWER_HTML
 
     if pred.gaussians is None:
         pts, cols = _point_cloud(pred)
@@ -309,19 +313,11 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
     fmt = getattr(args, "splat_format", "both")
-    files = {}
-    if fmt in ("ply", "both"):
-        files["gaussians.ply"] = write_ply(tmp / "gaussians.ply", g)
-    if fmt in ("spz", "both"):
-        from da3gs.io.spz import write_spz
-
-        files["gaussians.spz"] = write_spz(tmp / "gaussians.spz", g)
-    if fmt == "splat":
-        from da3gs.io.splat import write_splat
-
-        files["gaussians.splat"] = write_splat(tmp / "gaussians.splat", g)
+    exts = {"both": ("ply", "spz")}.get(fmt, (fmt,))
+    files = [write_gaussians(tmp / f"gaussians.{e}", g, e) for e in exts]
     summary["gaussians"] = report.as_dict()
-    summary["splat_files"] = {name: p.stat().st_size for name, p in files.items()}
+    summary["splat_files"] = {p.name: p.stat().st_size for p in files}
+    shutil.copyfile(VIEWER_HTML, tmp / "viewer.html")  # the page `da3gs view` serves
     return g
 
 

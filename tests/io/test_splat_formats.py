@@ -146,6 +146,7 @@ def test_render_splat_format(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert set(s["splat_files"]) == {"gaussians.ply", "gaussians.spz"}
     assert len(read_spz(out / "gaussians.spz")) == len(read_ply(out / "gaussians.ply"))
+    assert b"@sparkjsdev/spark" in (out / "viewer.html").read_bytes()
     out2 = tmp_path / "o2"
     assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out2,
                 "--no-video", "--no-colmap", "--splat-format", "splat") == 0
