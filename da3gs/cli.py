@@ -7,6 +7,7 @@ an interrupt (Ctrl-C: 130, SIGTERM: 143) leaves no half-written output behind.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from da3gs import __version__
@@ -14,32 +15,26 @@ from da3gs.apps.common import DEFAULT_MODEL, MODEL_HELP  # noqa: F401  (re-expor
 from da3gs.errors import Da3gsError
 
 
+# command -> (module, parser-adding function, run function); modules are imported on use, in
+# this order of the help text
+_COMMANDS = {
+    "render": ("da3gs.apps.render", "add_render_parser", "run_render"),
+    "eval": ("da3gs.apps.eval", "add_eval_parser", "run_eval"),
+    "pseudo-label": ("da3gs.apps.pseudo_label", "add_pseudo_label_parser", "run_pseudo_label"),
+    "export": ("da3gs.apps.export", "add_export_parser", "run_export"),
+    "train": ("da3gs.apps.train", "add_train_parser", "run_train"),
+    "fetch": ("da3gs.apps.fetch", "add_fetch_parser", "run_fetch"),
+    "view": ("da3gs.apps.view", "add_view_parser", "run_view"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="da3gs", description="Feed-forward 3D Gaussian splatting with Depth Anything 3.")
     parser.add_argument("--version", action="version", version=f"da3gs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from da3gs.apps.render import add_render_parser
-
-    add_render_parser(sub)
-    from da3gs.apps.eval import add_eval_parser
-
-    add_eval_parser(sub)
-    from da3gs.apps.pseudo_label import add_pseudo_label_parser
-
-    add_pseudo_label_parser(sub)
-    from da3gs.apps.export import add_export_parser
-
-    add_export_parser(sub)
-    from da3gs.apps.train import add_train_parser
-
-    add_train_parser(sub)
-    from da3gs.apps.fetch import add_fetch_parser
-
-    add_fetch_parser(sub)
-    from da3gs.apps.view import add_view_parser
-
-    add_view_parser(sub)
+    for module, adder, _ in _COMMANDS.values():
+        getattr(importlib.import_module(module), adder)(sub)
     return parser
 
 
@@ -59,6 +54,8 @@ def _terminate_cleanly(fn):
             return 128 + t.signum
 
     return wrapper
+
+
 
 
 def _console_log(command: str):
@@ -82,34 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = _console_log(args.command)
     try:
-        if args.command == "render":
-            from da3gs.apps.render import run_render
-
-            run_render(args)
-        elif args.command == "eval":
-            from da3gs.apps.eval import run_eval
-
-            run_eval(args)
-        elif args.command == "pseudo-label":
-            from da3gs.apps.pseudo_label import run_pseudo_label
-
-            run_pseudo_label(args)
-        elif args.command == "export":
-            from da3gs.apps.export import run_export
-
-            run_export(args)
-        elif args.command == "train":
-            from da3gs.apps.train import run_train
-
-            run_train(args)
-        elif args.command == "view":
-            from da3gs.apps.view import run_view
-
-            run_view(args)
-        elif args.command == "fetch":
-            from da3gs.apps.fetch import run_fetch
-
-            run_fetch(args)
+        module, _, func = _COMMANDS[args.command]
+        getattr(importlib.import_module(module), func)(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)

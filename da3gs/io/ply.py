@@ -90,7 +90,7 @@ def _np32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
-def _check_gaussians(g: Gaussians, path: Path) -> int:
+def check_gaussians(g: Gaussians, path: Path) -> int:
     if not isinstance(g, Gaussians):
         raise InputError(f"{path}: expected a Gaussians object, got {type(g).__name__}")
     n = len(g)
@@ -116,7 +116,7 @@ def write_ply(path, gaussians: Gaussians) -> Path:
 
     path = Path(path)
     g = gaussians
-    k = _check_gaussians(g, path)
+    k = check_gaussians(g, path)
     n = len(g)
 
     opa = _recall(g.opacities, "opacity")

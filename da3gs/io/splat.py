@@ -24,7 +24,6 @@ import torch
 
 from da3gs.types import Gaussians
 
-from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = ["write_splat", "read_splat", "splat_bytes", "SPLAT_DTYPE"]
@@ -54,14 +53,9 @@ def splat_bytes(g: Gaussians) -> bytes:
 
 def write_splat(path, gaussians: Gaussians) -> Path:
     """Write ``gaussians`` as a ``.splat`` file (atomically). Returns the path."""
-    from .ply import _check_gaussians
+    from .splat_files import write_encoded
 
-    path = Path(path)
-    _check_gaussians(gaussians, path)
-    data = splat_bytes(gaussians)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return path
+    return write_encoded(path, gaussians, splat_bytes)
 
 
 def read_splat(path) -> Gaussians:

@@ -13,7 +13,7 @@ from da3gs.types import Gaussians
 
 from .errors import InputError
 
-__all__ = ["SPLAT_FORMATS", "splat_format_of", "read_gaussians", "write_gaussians"]
+__all__ = ["SPLAT_FORMATS", "splat_format_of", "read_gaussians", "write_gaussians", "write_encoded"]
 
 SPLAT_FORMATS = ("ply", "spz", "splat")
 
@@ -22,6 +22,20 @@ def splat_format_of(path) -> str | None:
     """``"ply"``, ``"spz"`` or ``"splat"`` from ``path``'s suffix (case-insensitive); None otherwise."""
     suffix = Path(path).suffix.lower().lstrip(".")
     return suffix if suffix in SPLAT_FORMATS else None
+
+
+def write_encoded(path, gaussians: Gaussians, encode) -> Path:
+    """Check ``gaussians``, encode them with ``encode(gaussians) -> bytes`` and write the bytes to
+    ``path`` atomically (the byte formats SPZ and ``.splat``). Returns the path."""
+    from .atomic import atomic_path
+    from .ply import check_gaussians
+
+    path = Path(path)
+    check_gaussians(gaussians, path)
+    data = encode(gaussians)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return path
 
 
 def read_gaussians(path) -> Gaussians:

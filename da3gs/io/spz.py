@@ -41,7 +41,6 @@ import torch
 from da3gs.geometry.sh import num_sh_bases
 from da3gs.types import Gaussians
 
-from .atomic import atomic_path
 from .errors import InputError
 
 __all__ = ["write_spz", "read_spz", "spz_bytes", "gaussians_from_spz_bytes", "SPZ_MAGIC"]
@@ -152,14 +151,9 @@ def gaussians_from_spz_bytes(data: bytes, name: str = "SPZ") -> Gaussians:
 
 def write_spz(path, gaussians: Gaussians) -> Path:
     """Write ``gaussians`` as an SPZ v2 file (atomically). Returns the path."""
-    from .ply import _check_gaussians
+    from .splat_files import write_encoded
 
-    path = Path(path)
-    _check_gaussians(gaussians, path)
-    data = spz_bytes(gaussians)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return path
+    return write_encoded(path, gaussians, spz_bytes)
 
 
 def read_spz(path) -> Gaussians:
