@@ -17,26 +17,13 @@ from ..batch import ViewBatch
 from .cameras import positions_ok, sample_cameras, sample_intrinsics
 from .config import CAMERA_MODES, SCENE_KINDS, ProceduralConfig
 from .primitives import maybe_compile, use_compile
+from da3gs.geometry.rays import ray_directions
+
 from .scene import Scene, _Rng, sample_scenes
 from .shading import shade
 from .trace import closest_hit, environment_hit
 
 __all__ = ["ProceduralGenerator", "render"]
-
-
-def ray_directions(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """World ray directions ``R K^-1 (u + 0.5, v + 0.5, 1)`` (camera-frame z = 1), as
-    :func:`da3gs.geometry.rays.ray_directions` without its input checks (which sync the host).
-
-    c2w: (..., 4, 4); K: (..., 3, 3). Returns (..., H, W, 3).
-    """
-    e = lambda r, c: K[..., r, c, None, None]  # noqa: E731
-    v = torch.arange(H, device=K.device, dtype=K.dtype)[:, None] + 0.5
-    u = torch.arange(W, device=K.device, dtype=K.dtype) + 0.5
-    y = ((v - e(1, 2)) / e(1, 1)).expand(*K.shape[:-2], H, W)
-    x = (u - e(0, 2) - e(0, 1) * y) / e(0, 0)
-    dcam = torch.stack([x, y, torch.ones_like(x)], -1)
-    return dcam @ c2w[..., None, :3, :3].transpose(-1, -2)
 
 
 def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
@@ -50,7 +37,7 @@ def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tens
     the camera (zeros on sky).
     """
     S, V = c2w.shape[:2]
-    d = ray_directions(c2w, K, H, W).reshape(S, V, H * W, 3)  # camera-frame z = 1
+    d = ray_directions(c2w, K, H, W, check=False).reshape(S, V, H * W, 3)  # camera-frame z = 1
     dn = d.norm(dim=-1)
     du = d / dn[..., None]
     o = c2w[:, :, None, :3, 3]
@@ -78,7 +65,7 @@ def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K:
     S, V, h, w = depth.shape
     if V == 1:
         return torch.ones(S, device=depth.device)
-    d0 = ray_directions(c2w[:, 0], K[:, 0], h, w).reshape(S, h * w, 3)
+    d0 = ray_directions(c2w[:, 0], K[:, 0], h, w, check=False).reshape(S, h * w, 3)
     P = c2w[:, 0, None, :3, 3] + depth[:, 0].reshape(S, h * w, 1) * d0  # (S, n, 3)
     Rj, tj = c2w[:, 1:, :3, :3], c2w[:, 1:, None, :3, 3]  # world -> camera j: R^T (P - t)
     pc = (P[:, None] - tj) @ Rj  # (S, V-1, n, 3)
