@@ -25,6 +25,16 @@ values back when given those very tensors *and* they still decode to the
 tensors' current values (checked, so edits of any kind are detected). Any other
 tensor (new, edited, subset, moved to another device) goes through the
 activations' inverses.
+
+Writing by hand
+---------------
+:func:`write_ply` writes the header and the binary body itself instead of going through
+``plyfile`` (still used to read, and as the test reference): ``plyfile`` needs the whole
+cloud as one structured array and copies it again on ``write``, about 2 GB of memory traffic
+for 4.5 M degree-2 Gaussians. Here the body is filled in blocks of :data:`WRITE_BLOCK` rows,
+one preallocated float32 buffer per block (no concatenation), and each block is written with
+one ``write`` call. The header is byte for byte the one ``plyfile`` writes for the same array
+(tested), so the files are identical.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from da3gs.types import Gaussians
 from .atomic import atomic_path
 from .errors import InputError
 
-__all__ = ["write_ply", "read_ply", "write_point_cloud_ply", "ply_property_names"]
+__all__ = ["write_ply", "read_ply", "write_point_cloud_ply", "ply_property_names", "ply_header",
+           "check_gaussians"]
 
 _LOGIT_CLIP = 40.0
 _MIN_SCALE = 1e-30
@@ -90,7 +101,16 @@ def _np32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """``isfinite(t).all()``; through NumPy on the CPU (25x faster than torch's there)."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(t.detach().numpy()).all())
+    return bool(torch.isfinite(t).all())
+
+
 def check_gaussians(g: Gaussians, path: Path) -> int:
+    """Check ``g`` is a well-formed finite :class:`Gaussians` before writing it to ``path``;
+    returns the number of SH coefficients per channel. Raises :class:`InputError`."""
     if not isinstance(g, Gaussians):
         raise InputError(f"{path}: expected a Gaussians object, got {type(g).__name__}")
     n = len(g)
@@ -103,46 +123,74 @@ def check_gaussians(g: Gaussians, path: Path) -> int:
     if g.sh.ndim != 3 or g.sh.shape[0] != n or g.sh.shape[2] != 3 or not is_sh_count(k):
         raise InputError(f"{path}: gaussians.sh has shape {tuple(g.sh.shape)}, expected (N, (deg+1)^2, 3)")
     for name in ("means", "quats", "scales", "opacities", "sh"):
-        if not bool(torch.isfinite(getattr(g, name)).all()):
+        if not _all_finite(getattr(g, name)):
             raise InputError(f"{path}: gaussians.{name} contains NaN or Inf")
     if n and bool((g.scales < 0).any()):
         raise InputError(f"{path}: gaussians.scales has negative values")
     return k
 
 
+WRITE_BLOCK = 1 << 20  # rows per block of the binary body (~250 MB of float32 at degree 2)
+
+
+def ply_header(names: list[str], n: int) -> bytes:
+    """The header ``plyfile`` writes for one binary little-endian ``vertex`` element of float32
+    properties ``names`` and ``n`` rows."""
+    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    lines += [f"property float {name}" for name in names]
+    lines.append("end_header")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def _block(g: Gaussians, lo: int, hi: int, k: int, raw: dict, out: np.ndarray, path: Path) -> np.ndarray:
+    """Rows ``lo:hi`` of the body, filled into ``out[:hi - lo]`` (float32, one row per Gaussian)."""
+    m = hi - lo
+    buf = out[:m]
+    r = 3 * (k - 1)
+    buf[:, 0:3] = _np32(g.means[lo:hi])
+    buf[:, 3:6] = 0.0
+    sh = _np32(g.sh[lo:hi])
+    buf[:, 6:9] = sh[:, 0, :]
+    if r:
+        rest = buf[:, 9:9 + r].reshape(m, 3, k - 1)  # a view: the channel-major f_rest block
+        rest[...] = sh[:, 1:, :].transpose(0, 2, 1)
+    c = 9 + r
+    if raw["opacity"] is not None:
+        buf[:, c] = raw["opacity"][lo:hi]
+    else:
+        p = g.opacities[lo:hi].detach().to("cpu", torch.float64).clamp(0.0, 1.0)
+        buf[:, c] = (torch.log(p) - torch.log1p(-p)).clamp(-_LOGIT_CLIP, _LOGIT_CLIP).to(torch.float32).numpy()
+    if raw["scale"] is not None:
+        buf[:, c + 1:c + 4] = raw["scale"][lo:hi]
+    else:
+        buf[:, c + 1:c + 4] = torch.log(g.scales[lo:hi].detach().to("cpu", torch.float64)
+                                        .clamp_min(_MIN_SCALE)).to(torch.float32).numpy()
+    if raw["rot"] is not None:
+        buf[:, c + 4:c + 8] = raw["rot"][lo:hi]
+    else:
+        q = g.quats[lo:hi].detach().to("cpu", torch.float64)
+        norm = q.norm(dim=-1, keepdim=True)
+        if m and bool((norm == 0).any()):
+            raise InputError(f"{path}: gaussians.quats has zero-length quaternions")
+        buf[:, c + 4:c + 8] = (q / norm).to(torch.float32).numpy()
+    return buf
+
+
 def write_ply(path, gaussians: Gaussians) -> Path:
     """Write ``gaussians`` as an INRIA-layout 3DGS PLY (atomically). Returns the path."""
-    from plyfile import PlyData, PlyElement  # lazy: not needed on the training path
-
     path = Path(path)
     g = gaussians
     k = check_gaussians(g, path)
     n = len(g)
-
-    opa = _recall(g.opacities, "opacity")
-    if opa is None:
-        p = g.opacities.detach().to("cpu", torch.float64).clamp(0.0, 1.0)
-        opa = (torch.log(p) - torch.log1p(-p)).clamp(-_LOGIT_CLIP, _LOGIT_CLIP).to(torch.float32).numpy()
-    scl = _recall(g.scales, "scale")
-    if scl is None:
-        scl = torch.log(g.scales.detach().to("cpu", torch.float64).clamp_min(_MIN_SCALE)).to(torch.float32).numpy()
-    rot = _recall(g.quats, "rot")
-    if rot is None:
-        q = g.quats.detach().to("cpu", torch.float64)
-        norm = q.norm(dim=-1, keepdim=True)
-        if n and bool((norm == 0).any()):
-            raise InputError(f"{path}: gaussians.quats has zero-length quaternions")
-        rot = (q / norm).to(torch.float32).numpy()
-
-    sh = _np32(g.sh)
-    cols = [_np32(g.means), np.zeros((n, 3), np.float32), sh[:, 0, :],
-            sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
-            opa.reshape(n, 1), scl, rot]
-    data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
+    raw = {"opacity": _recall(g.opacities, "opacity"), "scale": _recall(g.scales, "scale"),
+           "rot": _recall(g.quats, "rot")}
     names = ply_property_names(sh_degree_from_bases(k))
-    vertex = data.view(np.dtype([(name, "<f4") for name in names])).reshape(n)
+    out = np.empty((min(n, WRITE_BLOCK), len(names)), dtype="<f4")
     with atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
+        with open(tmp, "wb") as f:
+            f.write(ply_header(names, n))
+            for lo in range(0, n, WRITE_BLOCK):
+                f.write(memoryview(_block(g, lo, min(n, lo + WRITE_BLOCK), k, raw, out, path)))
     return path
 
 

@@ -83,6 +83,49 @@ def test_round_trip_file_bytes_exact(tmp_path):
     assert (tmp_path / "o1.ply").read_bytes() == (tmp_path / "o2.ply").read_bytes()
 
 
+def _plyfile_reference(path, g):
+    """The file as plyfile writes the INRIA layout (the writer before the hand-written body)."""
+    n, k = len(g), g.sh.shape[1]
+    p = g.opacities.double().clamp(0, 1)
+    opa = (torch.log(p) - torch.log1p(-p)).clamp(-40, 40).float().numpy()
+    scl = torch.log(g.scales.double().clamp_min(1e-30)).float().numpy()
+    q = g.quats.double()
+    rot = (q / q.norm(dim=-1, keepdim=True)).float().numpy()
+    sh = g.sh.numpy()
+    cols = [g.means.numpy(), np.zeros((n, 3), np.float32), sh[:, 0], sh[:, 1:].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
+            opa[:, None], scl, rot]
+    data = np.ascontiguousarray(np.concatenate(cols, axis=1), dtype="<f4")
+    names = ply_property_names(int(round(k ** 0.5)) - 1)
+    vertex = data.view(np.dtype([(nm, "<f4") for nm in names])).reshape(n)
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(path))
+
+
+@pytest.mark.parametrize("degree,n,block", [(0, 37, 8), (2, 100, 33), (3, 64, 1 << 20), (1, 0, 8)])
+def test_bytes_equal_plyfile(tmp_path, monkeypatch, degree, n, block):
+    """The hand-written header and block-wise body equal plyfile's file byte for byte."""
+    import da3gs.io.ply as ply
+
+    monkeypatch.setattr(ply, "WRITE_BLOCK", block)
+    g = _gaussians(n=n, degree=degree, seed=degree)
+    g.opacities[:2] = torch.tensor([0.0, 1.0])[: min(2, n)] if n else g.opacities[:0]
+    write_ply(tmp_path / "ours.ply", g)
+    _plyfile_reference(tmp_path / "ref.ply", g)
+    assert (tmp_path / "ours.ply").read_bytes() == (tmp_path / "ref.ply").read_bytes()
+
+
+def test_non_finite_and_zero_quaternion_refused(tmp_path):
+    for field in ("means", "sh", "scales", "quats", "opacities"):
+        g = _gaussians(n=10)
+        getattr(g, field).view(-1)[3] = float("nan")
+        with pytest.raises(Da3gsError, match=f"{field} contains NaN"):
+            write_ply(tmp_path / "x.ply", g)
+    g = _gaussians(n=10)
+    g.quats[4] = 0
+    with pytest.raises(Da3gsError, match="zero-length"):
+        write_ply(tmp_path / "x.ply", g)
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
 def test_edited_tensors_are_re_encoded(tmp_path):
     _inria_file(tmp_path / "in.ply", degree=1)
     g = read_ply(tmp_path / "in.ply")
