@@ -172,3 +172,45 @@ def test_colmap_skew_dropped_with_one_log_line(tmp_path, caplog):
         write_colmap_binary(tmp_path / "b", c2w, K, hw, names)
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 2 and all("skew dropped" in m for m in msgs)
+
+
+def _colmap_binary_reference(P, C) -> bytes:
+    """points3D.bin as COLMAP's read_write_model.py packs it, one struct per point."""
+    import struct
+
+    out = [struct.pack("<Q", len(P))]
+    out += [struct.pack("<Q3d3BdQ", j + 1, *map(float, p), *map(int, c), 0.0, 0) for j, (p, c) in enumerate(zip(P, C))]
+    return b"".join(out)
+
+
+def test_colmap_binary_points_bytes_and_round_trip(tmp_path):
+    from da3gs.io.cameras import write_colmap
+
+    c2w, K, hw, names = _cams(v=3)
+    rng = np.random.default_rng(2)
+    pts = rng.normal(size=(1001, 3)).astype(np.float32)  # float32 means, as render passes them
+    cols = rng.integers(0, 256, (1001, 3)).astype(np.uint8)
+    assert write_colmap(tmp_path / "b", c2w, K, hw, names, points=pts, colors=cols, fmt="binary") == "binary"
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["cameras.bin", "images.bin", "points3D.bin"]
+    assert (tmp_path / "b" / "points3D.bin").read_bytes() == _colmap_binary_reference(pts.astype(np.float64), cols)
+    rc2w, rK, rhw, rnames, p, c = _colmap(tmp_path / "b")
+    torch.testing.assert_close(rc2w, c2w, atol=1e-12, rtol=0)
+    assert rhw == hw and rnames == names
+    np.testing.assert_array_equal(p, pts.astype(np.float64))
+    np.testing.assert_array_equal(c, cols)
+    # both: text beside binary, same content; the text points equal the binary ones exactly
+    assert write_colmap(tmp_path / "t", c2w, K, hw, names, points=pts, colors=cols, fmt="both") == "text+binary"
+    for f in ("cameras.bin", "images.bin", "points3D.bin"):
+        assert (tmp_path / "t" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    rows = [ln.split() for ln in (tmp_path / "t" / "points3D.txt").read_text().splitlines() if ln[:1] != "#"]
+    np.testing.assert_array_equal(np.array([[float(x) for x in r[1:4]] for r in rows]), pts.astype(np.float64))
+    assert [int(r[0]) for r in rows] == list(range(1, 1002)) and rows[5][4:8] == [str(v) for v in cols[5]] + ["0"]
+    # empty point set; names with spaces: binary only
+    write_colmap(tmp_path / "e", c2w, K, hw, names, points=np.zeros((0, 3)), fmt="binary")
+    assert (tmp_path / "e" / "points3D.bin").read_bytes() == (0).to_bytes(8, "little")
+    spaced = [n.replace(".", " x.") for n in names]
+    assert write_colmap(tmp_path / "s", c2w, K, hw, spaced) == "binary"
+    with pytest.raises(Da3gsError, match="whitespace"):
+        write_colmap(tmp_path / "s2", c2w, K, hw, spaced, fmt="both")
+    with pytest.raises(Da3gsError, match="fmt"):
+        write_colmap(tmp_path / "s3", c2w, K, hw, names, fmt="bin")
