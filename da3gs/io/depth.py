@@ -13,7 +13,9 @@
   2nd and 98th percentiles and mapped through a turbo colormap (near = red,
   far = blue, invalid = black); see :func:`colorize_depth`.
 
-Every file is written atomically.
+Every file is written atomically. PNGs are deflated at zlib level 1 (:data:`PNG_LEVEL`, as
+OpenCV's default): about 3x faster to encode than Pillow's default level 6 for 2-26 % larger
+files (measured on 504 x 336 depth maps; the 16-bit maps barely compress at any level).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import InputError
 __all__ = ["save_depth", "load_depth_png", "load_depth", "colorize_depth", "turbo_colormap"]
 
 DEPTH_SCALE_KEY = "depth_scale"
+PNG_LEVEL = 1  # zlib level of the PNGs written here
 
 # Polynomial fit of Google's Turbo colormap (A. Mikhailov, 2019, Apache-2.0).
 _TURBO_R4 = (0.13572138, 4.61539260, -42.66032258, 132.13108234)
@@ -80,7 +83,7 @@ def colorize_depth(depth, mask=None, lo_pct: float = 2.0, hi_pct: float = 98.0) 
     return out
 
 
-def save_depth(folder, name: str, depth, conf=None) -> dict[str, Path]:
+def save_depth(folder, name: str, depth, conf=None, png_level: int = PNG_LEVEL) -> dict[str, Path]:
     """Write ``name.npy``, ``name.png`` (16-bit), ``name_vis.png`` (and ``name_conf.npy``).
 
     Args:
@@ -88,6 +91,7 @@ def save_depth(folder, name: str, depth, conf=None) -> dict[str, Path]:
         name: file stem, e.g. ``"frame_0001"``.
         depth: (H, W) float depth (numpy or tensor).
         conf: optional (H, W) confidence, saved as float32 ``name_conf.npy``.
+        png_level: zlib compression level (0-9) of the two PNGs.
     Returns:
         dict kind -> path written (``npy``, ``png``, ``vis``, ``conf``).
     """
@@ -120,10 +124,10 @@ def save_depth(folder, name: str, depth, conf=None) -> dict[str, Path]:
     info.add_text(DEPTH_SCALE_KEY, repr(scale))
     info.add_text("depth_unit", "depth = value * depth_scale; value 0 = no depth")
     with atomic_path(paths["png"]) as tmp:
-        Image.fromarray(q).save(tmp, format="PNG", pnginfo=info)
+        Image.fromarray(q).save(tmp, format="PNG", pnginfo=info, compress_level=png_level)
 
     with atomic_path(paths["vis"]) as tmp:
-        Image.fromarray(colorize_depth(d)).save(tmp, format="PNG")
+        Image.fromarray(colorize_depth(d)).save(tmp, format="PNG", compress_level=png_level)
     return paths
 
 

@@ -69,3 +69,13 @@ def test_bad_inputs(tmp_path):
         save_depth(tmp_path, "x", np.ones((2, 3)), conf=np.ones((3, 2)))
     with pytest.raises(Da3gsError, match="no such file"):
         load_depth_png(tmp_path / "nope.png")
+
+
+def test_png_level_changes_size_not_content(tmp_path):
+    d = np.cumsum(np.random.default_rng(0).random((40, 60)), axis=1).astype(np.float32) + 1
+    fast = save_depth(tmp_path / "l0", "a", d, png_level=0)
+    small = save_depth(tmp_path / "l9", "a", d, png_level=9)
+    for kind in ("png", "vis"):
+        assert fast[kind].stat().st_size > small[kind].stat().st_size
+        np.testing.assert_array_equal(np.array(Image.open(fast[kind])), np.array(Image.open(small[kind])))
+    np.testing.assert_array_equal(load_depth_png(fast["png"]), load_depth_png(small["png"]))
