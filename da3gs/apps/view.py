@@ -5,8 +5,11 @@ A stdlib :class:`http.server.ThreadingHTTPServer` on 127.0.0.1 serves OUT_DIR an
 internet. Hand-written on the standard library because the job is a dozen lines of static
 serving and a Python web framework would add dependencies that can clash with nerfstudio's pins.
 
-Endpoints besides OUT_DIR's files: ``/`` (the viewer page), ``/_da3gs/scene.json`` (which splat
-file and camera file the page loads), ``POST /_da3gs/report`` (the page's state and console
+Endpoints besides OUT_DIR's files: ``/`` (the viewer page), ``/_da3gs/scene.json`` (what the page
+loads: splat file, ``cameras.json``, the fly-through path ``video_cameras.json`` and its frame
+rate, whether a depth point cloud exists), ``/_da3gs/points.bin`` (the coloured depth point cloud
+of ``depth/*.npy`` + ``cameras.json`` + ``images/``, built here on first request, subsampled, see
+:func:`depth_points`; :func:`encode_points` gives the layout), ``POST /_da3gs/report`` (the page's state and console
 errors, kept in ``server.reports`` and logged; the browser test reads them) and
 ``/_da3gs/wait`` (answers once the page has reported, at most 60 s: with ``?test=1`` the page
 requests it, which holds the page's load event, so a headless ``chromium --screenshot`` waits
@@ -18,16 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from da3gs.errors import Da3gsError
 
 log = logging.getLogger(__name__)
 
 SPLAT_NAMES = ("gaussians.spz", "gaussians.ply", "gaussians.splat")
+PATH_FILE = "video_cameras.json"
+MAX_POINTS = 400_000  # depth points sent to the page (about 6 MB); the grid stride keeps fewer
+CONF_PERCENTILE = 30.0
 
 
 def add_view_parser(sub) -> None:
@@ -42,11 +52,89 @@ def add_view_parser(sub) -> None:
 
 
 def scene_info(folder: Path, splat: str | None = None) -> dict:
-    """What the page loads from ``folder``: ``{"splat": name|None, "cameras": name|None}``."""
+    """What the page loads from ``folder``: ``{"splat": name|None, "cameras": name|None,
+    "path": name|None, "fps": float, "points": bool}``. ``path`` is the fly-through's cameras
+    (``video_cameras.json``, written by ``da3gs render``); ``fps`` its frame rate (from
+    ``summary.json``, default 30); ``points`` whether ``depth/`` has a map for the cameras."""
     if splat is None:
         splat = next((n for n in SPLAT_NAMES if (folder / n).is_file()), None)
     cams = "cameras.json" if (folder / "cameras.json").is_file() else None
-    return {"splat": splat, "cameras": cams}
+    path = PATH_FILE if (folder / PATH_FILE).is_file() else None
+    fps = 30.0
+    try:
+        video = json.loads((folder / "summary.json").read_text()).get("video", {})
+        fps = float(video.get("fps", fps)) if isinstance(video, dict) else fps
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    points = cams is not None and any((folder / "depth").glob("*.npy"))
+    return {"splat": splat, "cameras": cams, "path": path, "fps": fps if fps > 0 else 30.0,
+            "points": points}
+
+
+def depth_points(folder, max_points: int = MAX_POINTS,
+                 conf_percentile: float = CONF_PERCENTILE) -> tuple[np.ndarray, np.ndarray]:
+    """The coloured depth point cloud of a ``da3gs render`` folder: every camera of
+    ``cameras.json`` lifted through its ``depth/STEM.npy`` (z-depth, OpenCV), coloured from
+    ``images/NAME`` (grey where missing). Pixels are taken on a regular grid whose stride keeps at
+    most ``max_points`` of all views; non-finite or non-positive depths are dropped, and, where
+    ``depth/STEM_conf.npy`` exist, points below the ``conf_percentile`` percentile of the valid
+    pixels' confidence (as ``da3gs render`` does for models without a Gaussian head). Returns ``xyz`` float32
+    ``(N, 3)`` in the cameras' world frame and ``rgb`` uint8 ``(N, 3)``."""
+    from PIL import Image
+
+    from da3gs.geometry import unproject_depth
+    from da3gs.io.cameras import read_cameras_json
+
+    folder = Path(folder)
+    cams = read_cameras_json(folder / "cameras.json")
+    maps = []
+    for i, name in enumerate(cams.names):
+        f = folder / "depth" / f"{Path(name).stem}.npy"
+        if f.is_file():
+            conf = f.with_name(f"{f.stem}_conf.npy")
+            maps.append((i, name, np.load(f).astype(np.float32),
+                         np.load(conf).astype(np.float32) if conf.is_file() else None))
+    if not maps:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    total = sum(d.size for _, _, d, _ in maps)
+    stride = max(1, math.ceil(math.sqrt(total / max(1, max_points))))
+    cut = None
+    if all(c is not None for *_, c in maps) and conf_percentile > 0:
+        valid = [c[np.isfinite(d) & (d > 0)] for _, _, d, c in maps]
+        if sum(v.size for v in valid):
+            cut = np.percentile(np.concatenate(valid), conf_percentile)
+    xyz, rgb = [], []
+    for i, name, depth, conf in maps:
+        if depth.ndim != 2:
+            raise Da3gsError(f"{folder / 'depth' / Path(name).stem}.npy: expected an (H, W) depth map")
+        H, W = depth.shape
+        h, w = cams.image_hw[i]
+        K = cams.K[i].clone()
+        K[0] *= W / w
+        K[1] *= H / h
+        pts = unproject_depth(torch.from_numpy(depth).double(), cams.c2w[i], K).numpy()
+        keep = np.isfinite(depth) & (depth > 0)
+        if cut is not None:
+            keep &= conf >= cut
+        sub = np.zeros_like(keep)
+        sub[stride // 2::stride, stride // 2::stride] = True
+        keep &= sub
+        try:
+            with Image.open(folder / "images" / name) as im:
+                img = np.asarray(im.convert("RGB").resize((W, H)))
+        except OSError:
+            img = np.full((H, W, 3), 160, np.uint8)
+        xyz.append(pts[keep].astype(np.float32))
+        rgb.append(img[keep])
+    return np.concatenate(xyz), np.concatenate(rgb)
+
+
+def encode_points(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
+    """``points.bin``: ``b"D3PT"``, uint32 count N, then N x 3 float32 positions and N x 3 uint8
+    colours (little-endian)."""
+    n = len(xyz)
+    return (b"D3PT" + np.uint32(n).astype("<u4").tobytes()
+            + np.ascontiguousarray(xyz, "<f4").tobytes() + np.ascontiguousarray(rgb, np.uint8).tobytes())
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -77,6 +165,13 @@ class _Handler(SimpleHTTPRequestHandler):
             return self._send(VIEWER_HTML.read_bytes(), "text/html; charset=utf-8")
         if path == "/_da3gs/scene.json":
             return self._send(json.dumps(self.scene).encode(), "application/json")
+        if path == "/_da3gs/points.bin":
+            try:
+                body = self.server.points()
+            except Exception as e:  # a broken depth map must not take the server down
+                log.warning("viewer: no depth point cloud (%s)", e)
+                return self._send(f"no depth point cloud: {e}".encode(), "text/plain", 500)
+            return self._send(body, "application/octet-stream")
         if path == "/_da3gs/wait":
             self.server.reported.wait(60)
             return self._send(b"{}", "application/json")
@@ -123,6 +218,15 @@ def make_server(target, port: int = 0) -> ThreadingHTTPServer:
         raise Da3gsError(f"--port {port}: cannot listen on 127.0.0.1 ({e.strerror})") from None
     server.reports = []
     server.reported = threading.Event()
+    lock, cache = threading.Lock(), []
+
+    def points() -> bytes:  # built once, on the page's first request
+        with lock:
+            if not cache:
+                cache.append(encode_points(*depth_points(folder)))
+            return cache[0]
+
+    server.points = points
     server.daemon_threads = True
     return server
 

@@ -22,10 +22,13 @@ from da3gs.io.spz import write_spz
 from da3gs.types import Gaussians
 
 BACKGROUND = (0x20, 0x21, 0x24)
+PATH_FRAMES = 10
 
 
 def _scene(folder: Path, n: int = 4000) -> Path:
-    """A ball of bright Gaussians at the origin seen by two cameras 3 units away (OpenCV)."""
+    """A ball of bright Gaussians at the origin seen by two cameras 3 units away (OpenCV); depth
+    maps of a plane through the origin (camera a) and of nothing valid (camera b), and a
+    10-frame path between the cameras."""
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     d = torch.randn(n, 3, generator=g)
@@ -42,9 +45,36 @@ def _scene(folder: Path, n: int = 4000) -> Path:
     K = torch.tensor([[80.0, 0, 80], [0, 80, 60], [0, 0, 1]]).double().repeat(2, 1, 1)
     write_cameras_json(folder / "cameras.json", c2w, K, [(120, 160)] * 2, ["a.png", "b.png"])
     (folder / "images").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(np.full((120, 160, 3), 200, np.uint8)).save(folder / "images" / name)
+    for name, value in (("a.png", 230), ("b.png", 40)):
+        Image.fromarray(np.full((120, 160, 3), value, np.uint8)).save(folder / "images" / name)
+    (folder / "depth").mkdir()
+    np.save(folder / "depth" / "a.npy", np.full((120, 160), 3.0, np.float32))
+    np.save(folder / "depth" / "a_conf.npy", np.tile(np.arange(160, dtype=np.float32), (120, 1)))
+    np.save(folder / "depth" / "b.npy", np.full((120, 160), np.nan, np.float32))
+    np.save(folder / "depth" / "b_conf.npy", np.ones((120, 160), np.float32))
+    t = torch.linspace(0, 1, PATH_FRAMES, dtype=torch.float64)
+    path = c2w[0].repeat(PATH_FRAMES, 1, 1)
+    path[:, 0, 3] = 3 * t
+    write_cameras_json(folder / "video_cameras.json", path, K[:1].repeat(PATH_FRAMES, 1, 1),
+                       [(120, 160)] * PATH_FRAMES, [f"frame_{i:04d}" for i in range(PATH_FRAMES)])
+    (folder / "summary.json").write_text(json.dumps({"video": {"fps": 20}}))
     return folder
+
+
+def test_depth_points(tmp_path):
+    from da3gs.apps.view import depth_points
+
+    out = _scene(tmp_path / "out")
+    xyz, rgb = depth_points(out, max_points=1000, conf_percentile=0)
+    # 2 x 120 x 160 pixels for 1000 points: a grid of stride 7 from pixel 3, 17 x 23 in camera a
+    # (camera b has no valid depth); plane z = 0 seen from (0, 0, -3) with fx = 80, cx = 80
+    assert len(xyz) == 17 * 23 and xyz.dtype == np.float32 and rgb.dtype == np.uint8
+    assert np.abs(xyz[:, 2]).max() < 1e-5 and (rgb == 230).all()
+    u = np.unique(xyz[:, 0]) * 80 / 3 + 80 - 0.5  # x = (u + 0.5 - cx) / fx * depth
+    assert np.allclose(u, np.arange(3, 160, 7), atol=1e-3)
+    (out / "depth" / "a.npy").write_bytes(b"broken")
+    with pytest.raises(ValueError):
+        depth_points(out)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -62,8 +92,17 @@ def test_server_endpoints(tmp_path):
         assert url.startswith("http://127.0.0.1:")
         code, body = _get(url)
         assert code == 200 and b"@sparkjsdev/spark" in body
-        assert json.loads(_get(url + "_da3gs/scene.json")[1]) == {"splat": "gaussians.spz",
-                                                                  "cameras": "cameras.json"}
+        assert json.loads(_get(url + "_da3gs/scene.json")[1]) == {
+            "splat": "gaussians.spz", "cameras": "cameras.json", "path": "video_cameras.json",
+            "fps": 20.0, "points": True}
+        code, body = _get(url + "_da3gs/points.bin")
+        assert code == 200 and body[:4] == b"D3PT"
+        n = int(np.frombuffer(body[4:8], "<u4")[0])
+        xyz = np.frombuffer(body[8:8 + 12 * n], "<f4").reshape(n, 3)
+        rgb = np.frombuffer(body[8 + 12 * n:], np.uint8).reshape(n, 3)
+        assert len(body) == 8 + 15 * n
+        assert n == 120 * 160 * 7 // 10  # camera a minus its lowest 30% confidence; b: no depth
+        assert np.allclose(xyz[:, 2], 0.0, atol=1e-5) and (rgb == 230).all()
         code, body = _get(url + "_da3gs/spark.module.min.js")
         assert code == 200 and body.startswith(b"import")
         assert _get(url + "_da3gs/addons/controls/OrbitControls.js")[0] == 200
@@ -100,29 +139,67 @@ def _chromium() -> str | None:
         "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install chromium)")
-@pytest.mark.parametrize("camera", [0, 1])
-def test_viewer_draws_in_headless_chromium(tmp_path, camera):
-    out = _scene(tmp_path / "out")
+def _shoot(tmp_path: Path, out: Path, query: str) -> tuple[dict, np.ndarray]:
+    """The page at ``?query`` in headless Chromium: its last report and the screenshot."""
     srv, url = serve_in_thread(out)
     shot = tmp_path / "shot.png"
+    shot.unlink(missing_ok=True)
     try:
         r = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                             "--enable-unsafe-swiftshader", "--window-size=480,360",
                             f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                            "--virtual-time-budget=10000",
-                            f"{url}?camera={camera}&cameras=0&test=1"],
+                            "--virtual-time-budget=10000", f"{url}?{query}&test=1"],
                            capture_output=True, text=True, timeout=55)
     finally:
         srv.shutdown()
         srv.server_close()
     assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
-    reports = srv.reports
-    assert reports and reports[-1]["state"] == "ready", reports
-    assert reports[-1]["errors"] == [] and reports[-1]["camera"] == camera
-    assert reports[-1]["splats"] == 4000 and reports[-1]["cameras"] == 2
-    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert srv.reports, "the page never reported"
+    rep = srv.reports[-1]
+    assert rep["state"] == "ready" and rep["errors"] == [], srv.reports
+    return rep, np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+
+def _centre_differs(img: np.ndarray) -> float:
+    """Share of the centre right of the middle (in the ball seen from either camera, clear of the
+    panel at the top left) that differs from the background."""
     h, w, _ = img.shape
-    centre = img[h // 4: 3 * h // 4, w // 3: 2 * w // 3]  # the ball (the panel is top left)
-    differs = (np.abs(centre - np.array(BACKGROUND)).sum(-1) > 30).mean()
-    assert differs > 0.2, f"only {differs:.0%} of the centre differs from the background"
+    centre = img[h // 3: 2 * h // 3, w // 2: 2 * w // 3]
+    return float((np.abs(centre - np.array(BACKGROUND)).sum(-1) > 30).mean())
+
+
+needs_chromium = pytest.mark.skipif(_chromium() is None,
+                                    reason="chromium not installed (apt-get install chromium)")
+
+
+@needs_chromium
+@pytest.mark.parametrize("camera", [0, 1])
+def test_viewer_draws_in_headless_chromium(tmp_path, camera):
+    out = _scene(tmp_path / "out")
+    rep, img = _shoot(tmp_path, out, f"camera={camera}&cameras=0&path=0")
+    assert rep["camera"] == camera and rep["splats"] == 4000 and rep["cameras"] == 2
+    assert rep["path"] == PATH_FRAMES and rep["points"] == 0 and rep["controls"] == "orbit"
+    assert _centre_differs(img) > 0.2, "the splats do not draw"
+
+
+@needs_chromium
+def test_viewer_depth_points_toggle(tmp_path):
+    """Splats off: the depth points (a bright plane filling camera a's view) draw only when
+    toggled on."""
+    out = _scene(tmp_path / "out")
+    rep, img = _shoot(tmp_path, out, "splats=0&cameras=0&path=0&points=1")
+    assert rep["points"] == 120 * 160 * 7 // 10
+    assert _centre_differs(img) > 0.3, "the depth points do not draw"  # 2 px dots, 3 px apart
+    rep, img = _shoot(tmp_path, out, "splats=0&cameras=0&path=0&points=0")
+    assert rep["points"] == 0
+    assert _centre_differs(img) < 0.01, "something draws with splats and points off"
+
+
+@needs_chromium
+def test_viewer_path_play_and_fly(tmp_path):
+    """Fly controls on, the path played to its end (camera at its last frame, 3 units along +x
+    from camera 0, looking past the ball's side: the centre shows the path and background)."""
+    out = _scene(tmp_path / "out")
+    rep, img = _shoot(tmp_path, out, "controls=fly&play=1&cameras=0")
+    assert rep["controls"] == "fly" and rep["played"] == 1 and rep["path"] == PATH_FRAMES
+    assert _centre_differs(img) < 0.2, "the view did not move along the path"
