@@ -22,6 +22,13 @@ goes through this module:
    (see :func:`terminate_as_exception`) the temporary is removed and the old output, if any, is
    left as it was.
 
+3. :class:`WriterPool` writes files on a few background threads while the command goes on
+   computing (the next view's depth, the Gaussians' merge, the video). Use it *inside*
+   :func:`write_output_dir`: leaving the pool waits for every write, so the folder is complete
+   before it is marked and renamed; the first failed write is raised there (after the others
+   have finished), and on any exception in the body (Ctrl-C included) queued writes are
+   cancelled and running ones awaited before the temporary folder is removed.
+
 Temporaries are named ``.<out>.da3gs-tmp-<pid>-<8 hex>`` (``da3gs-old`` for a replaced folder
 being deleted) and hold a marker from the moment they are created. A later run removes only
 entries that match that name, hold a da3gs marker and whose process is gone (checked by pid
@@ -45,7 +52,7 @@ from da3gs.errors import Da3gsError
 from da3gs.io.atomic import remove_path, replace_dir
 
 __all__ = ["MARKER", "OutputError", "Terminated", "check_output_dir", "write_output_dir",
-           "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception"]
+           "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception", "WriterPool"]
 
 MARKER = ".da3gs-output.json"
 SIGNATURE = "da3gs output folder"
@@ -349,3 +356,84 @@ def terminate_as_exception(signals=("SIGTERM", "SIGHUP")) -> Iterator[None]:
                 signal.signal(s, h)
             except (ValueError, OSError):
                 pass
+
+
+# --------------------------------------------------------------------------- background writes
+
+
+class WriterPool:
+    """A few threads that write output files while the caller computes.
+
+    ``submit(name, fn, *args)`` queues ``fn(*args)``; ``wait()`` blocks until every queued write
+    has finished and raises the first failure (in submission order) once all have settled, so no
+    write is still running when the caller cleans up. Used as a context manager, leaving the block
+    normally calls ``wait()``; leaving it with an exception cancels the writes not yet started,
+    waits for the running ones and lets the exception through. ``times`` holds the seconds each
+    write took (summed per name), for the command's timing report.
+
+    Threads pay because the writers spend their time in code that releases the GIL (zlib in the
+    PNG and SPZ encoders, NumPy, file writes); ``workers`` defaults to ``min(4, cpu_count)``.
+    """
+
+    def __init__(self, workers: int | None = None):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._lock = threading.Lock()
+        n = workers if workers is not None else min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="da3gs-writer")
+        self._futures: list = []
+        self.times: dict[str, float] = {}
+
+    def submit(self, name: str, fn, *args, **kwargs):
+        """Queue ``fn(*args, **kwargs)`` under ``name``; returns its future."""
+        import time
+
+        lock = self._lock
+
+        def run():
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t, 4)
+
+        fut = self._pool.submit(run)
+        self._futures.append(fut)
+        return fut
+
+    def wait(self) -> None:
+        """Wait for every queued write; raise the first failure (submission order). After a
+        failure the writes not yet started are cancelled (the run has failed anyway)."""
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
+        futures, self._futures = self._futures, []
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+        for f in futures:
+            if f.cancelled():
+                continue
+            if f.exception() is not None:
+                raise f.exception()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the threads: ``cancel`` drops queued writes; running ones are always awaited."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> "WriterPool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.close(cancel=True)
+            return
+        try:
+            self.wait()
+        except BaseException:
+            self.close(cancel=True)
+            raise
+        self.close()

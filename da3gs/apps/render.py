@@ -18,7 +18,7 @@ from da3gs.apps.common import (Timer, add_model_flags, add_run_flags, check_numb
                                resolve_device, versions)
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
-from da3gs.apps.outputs import check_output_dir, write_output_dir
+from da3gs.apps.outputs import WriterPool, check_output_dir, write_output_dir
 from da3gs.io.images import list_images, skipped_note
 from da3gs.types import Prediction
 
@@ -48,6 +48,9 @@ def add_render_parser(sub) -> None:
     p.add_argument("--no-video", action="store_true", help="skip the fly-through video")
     p.add_argument("--video-depth", action="store_true", help="video shows RGB | depth side by side")
     p.add_argument("--no-colmap", action="store_true", help="skip the COLMAP model")
+    p.add_argument("--colmap-format", default="binary", choices=["binary", "text", "both"],
+                   help="COLMAP model files: binary (default; cameras/images/points3D.bin, fast), "
+                   "text (.txt) or both")
     p.add_argument("--prune-opacity", type=float, default=0.005,
                    help="drop Gaussians with opacity below this (default 0.005)")
     p.add_argument("--prune-conf", type=float, default=0.0,
@@ -245,21 +248,28 @@ def run_render(args) -> dict:
     }
     if export_notes:
         summary["export_notes"] = export_notes
-    with write_output_dir(out, "render") as tmp:
-        with timer("write_images_depth"):
-            _write_images_and_depth(tmp, pred, names)
-        with timer("write_gaussians"):
-            gaussians = _write_scene(tmp, pred, args, summary)
-        with timer("write_cameras"):
-            pts, cols = _write_cameras(tmp, pred, names, gaussians)
+    with write_output_dir(out, "render") as tmp, WriterPool() as pool:
+        # Files are written on the pool's threads while this thread goes on computing (Gaussian
+        # merge, the video); leaving the pool waits for them, before the folder is committed.
+        with timer("queue_images_depth"):
+            _write_images_and_depth(tmp, pred, names, pool)
+        with timer("gaussians"):
+            gaussians = _write_scene(tmp, pred, args, summary, pool)
+        with timer("cameras"):
+            pts, cols = _write_cameras(tmp, pred, names, gaussians, pool)
         if not args.no_colmap:
-            with timer("colmap"):
-                optional_export("colmap", lambda: _write_colmap(tmp, pred, names, pts, cols, summary),
-                                summary, leftovers=[tmp / "colmap"])
+            pool.submit("colmap", optional_export, "colmap",
+                        lambda: _write_colmap(tmp, pred, names, pts, cols, summary, args),
+                        summary, leftovers=[tmp / "colmap"])
         if not args.no_video:
             with timer("video"):
                 optional_export("video", lambda: _write_video(tmp, pred, gaussians, args, summary),
                                 summary, leftovers=[tmp / "video.mp4", tmp / "video.gif"])
+        with timer("write_wait"):
+            pool.wait()
+        if "splat_files" in summary:
+            summary["splat_files"] = {name: (tmp / name).stat().st_size for name in summary["splat_files"]}
+        timer.times["writer_threads"] = dict(sorted(pool.times.items()))
         summary["timings_s"] = timer.times
         summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 4)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -273,20 +283,27 @@ def run_render(args) -> dict:
     return summary
 
 
-def _write_images_and_depth(tmp: Path, pred: Prediction, names: list[str]) -> None:
+def _write_images_and_depth(tmp: Path, pred: Prediction, names: list[str], pool: WriterPool) -> None:
+    """Queue ``images/<name>.png`` and ``depth/<name>*`` of every view on ``pool`` (one task a view;
+    the arrays are moved to the host here, in one transfer each)."""
     from PIL import Image
 
-    from da3gs.io.depth import save_depth
+    from da3gs.io.depth import PNG_LEVEL, save_depth
 
     (tmp / "images").mkdir()
+    rgb = (pred.images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    depth = pred.depth.float().cpu().numpy()
+    conf = None if pred.depth_conf is None else pred.depth_conf.float().cpu().numpy()
+
+    def one(i: int, n: str) -> None:
+        Image.fromarray(rgb[i]).save(tmp / "images" / f"{n}.png", compress_level=PNG_LEVEL)
+        save_depth(tmp / "depth", n, depth[i], None if conf is None else conf[i])
+
     for i, n in enumerate(names):
-        arr = (pred.images[i].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
-        Image.fromarray(arr).save(tmp / "images" / f"{n}.png")
-        conf = None if pred.depth_conf is None else pred.depth_conf[i].cpu().numpy()
-        save_depth(tmp / "depth", n, pred.depth[i].cpu().numpy(), conf)
+        pool.submit("images_depth", one, i, n)
 
 
-def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
+def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterPool):
     import shutil
 
     from da3gs.gaussians import prune_gaussians
@@ -296,7 +313,7 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
 
     if pred.gaussians is None:
         pts, cols = _point_cloud(pred)
-        write_point_cloud_ply(tmp / "points.ply", pts, cols)
+        pool.submit("points_ply", write_point_cloud_ply, tmp / "points.ply", pts, cols)
         summary["points"] = int(pts.shape[0])
         summary["no_splats_reason"] = ("the model has no Gaussian head, so no splats were made; "
                                        "points.ply holds the depth point cloud instead")
@@ -314,14 +331,15 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict):
         summary["refinement"] = rep.as_dict()
     fmt = getattr(args, "splat_format", "both")
     exts = {"both": ("ply", "spz")}.get(fmt, (fmt,))
-    files = [write_gaussians(tmp / f"gaussians.{e}", g, e) for e in exts]
+    for e in exts:
+        pool.submit(f"gaussians_{e}", write_gaussians, tmp / f"gaussians.{e}", g, e)
     summary["gaussians"] = report.as_dict()
-    summary["splat_files"] = {p.name: p.stat().st_size for p in files}
+    summary["splat_files"] = {f"gaussians.{e}": None for e in exts}  # sizes once written
     shutil.copyfile(VIEWER_HTML, tmp / "viewer.html")  # the page `da3gs view` serves
     return g
 
 
-def _write_cameras(tmp: Path, pred: Prediction, names, gaussians):
+def _write_cameras(tmp: Path, pred: Prediction, names, gaussians, pool: WriterPool):
     """cameras.json, transforms.json and points.ply; returns the points ``(N, 3)`` and colours."""
     from da3gs.io.cameras import write_cameras_json, write_transforms_json
 
@@ -336,7 +354,7 @@ def _write_cameras(tmp: Path, pred: Prediction, names, gaussians):
         step = max(1, len(gaussians) // 200_000)
         pts = gaussians.means[::step]
         cols = (sh0_to_rgb(gaussians.sh[::step, 0]).clamp(0, 1) * 255).round().byte()
-        write_point_cloud_ply(tmp / "points.ply", pts, cols)
+        pool.submit("points_ply", write_point_cloud_ply, tmp / "points.ply", pts, cols)
     else:
         pts, cols = _point_cloud(pred)
     write_transforms_json(tmp / "transforms.json", c2w, K, hw, files, ply_file_path="points.ply",
@@ -344,13 +362,17 @@ def _write_cameras(tmp: Path, pred: Prediction, names, gaussians):
     return pts, cols
 
 
-def _write_colmap(tmp: Path, pred: Prediction, names, pts, cols, summary: dict) -> None:
-    from da3gs.io.cameras import write_colmap
+def _write_colmap(tmp: Path, pred: Prediction, names, pts, cols, summary: dict, args) -> None:
+    from da3gs.io.cameras import colmap_text_ok, write_colmap
 
     hw = [tuple(pred.depth.shape[1:])] * pred.num_views
     files = [f"{n}.png" for n in names]
     c2w, K = pred.c2w.cpu().double(), pred.K.cpu().double()
-    summary["colmap_format"] = write_colmap(tmp / "colmap", c2w, K, hw, files, points=pts, colors=cols)
+    fmt = getattr(args, "colmap_format", "binary")
+    if not colmap_text_ok(files):
+        fmt = "binary"  # names with spaces only fit the binary model
+    summary["colmap_format"] = write_colmap(tmp / "colmap", c2w, K, hw, files, points=pts, colors=cols,
+                                            fmt=fmt)
     summary["colmap_points"] = int(pts.shape[0])
 
 

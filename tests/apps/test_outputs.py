@@ -311,3 +311,61 @@ def test_render_removes_stale_temporaries(tmp_path):
     assert _render("--views", v, "--out", tmp_path / "out") == 0
     assert not stale.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_writer_pool_writes_and_times(tmp_path):
+    from da3gs.apps.outputs import WriterPool, write_output_dir
+
+    with write_output_dir(tmp_path / "out", "test") as tmp, WriterPool(workers=2) as pool:
+        for i in range(6):
+            pool.submit("file", (tmp / f"{i}.txt").write_text, str(i))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != MARKER) == [f"{i}.txt" for i in range(6)]
+    assert set(pool.times) == {"file"} and pool.times["file"] >= 0
+    marker = json.loads((tmp_path / "out" / MARKER).read_text())
+    assert sorted(marker["files"]) == [f"{i}.txt" for i in range(6)]  # all written before the marker
+
+
+def test_writer_pool_error_propagates_after_running_writes_finish(tmp_path):
+    """The first failed write is raised when the pool is left; a write that was still running
+    finished first, so the temporary folder is removed with nothing writing into it."""
+    import threading
+
+    from da3gs.apps.outputs import WriterPool, write_output_dir
+
+    started, finished = threading.Event(), []
+
+    def slow(path):
+        started.set()
+        threading.Event().wait(0.3)
+        path.write_text("x")
+        finished.append(path)
+
+    def fail():
+        started.wait(5)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with write_output_dir(tmp_path / "out", "test") as tmp, WriterPool(workers=2) as pool:
+            pool.submit("slow", slow, tmp / "slow.txt")
+            pool.submit("fail", fail)
+    assert finished and not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_pool_body_exception_cancels_queued_writes(tmp_path):
+    """An exception in the body (Ctrl-C here) drops the queued writes and waits for the running
+    one before the temporary folder goes."""
+    import threading
+
+    from da3gs.apps.outputs import WriterPool, write_output_dir
+
+    gate, ran = threading.Event(), []
+    with pytest.raises(KeyboardInterrupt):
+        with write_output_dir(tmp_path / "out", "test") as tmp, WriterPool(workers=1) as pool:
+            pool.submit("block", lambda: (gate.wait(5), ran.append("block")))
+            for i in range(5):
+                pool.submit("queued", ran.append, i)
+            threading.Timer(0.2, gate.set).start()  # the running write ends after the cancel
+            raise KeyboardInterrupt
+    assert ran == ["block"]
+    assert list(tmp_path.iterdir()) == []

@@ -47,11 +47,13 @@ def _check_outputs(out: Path, names: list[str], frames: int | None, splats: bool
     assert [c["name"] for c in cams] == [f"{n}.png" for n in names]
     tf = json.loads((out / "transforms.json").read_text())
     assert len(tf["frames"]) == len(names) and (out / tf["ply_file_path"]).is_file()
-    for f in ("cameras.txt", "images.txt", "points3D.txt"):
+    for f in ("cameras.bin", "images.bin", "points3D.bin"):  # --colmap-format binary by default
         assert (out / "colmap" / f).is_file()
+    assert s["colmap_format"] == "binary"
     if splats:
         g = read_ply(out / "gaussians.ply")
         assert len(g) == s["gaussians"]["final"] > 0 and g.sh_degree == 2
+        assert s["splat_files"] == {f: (out / f).stat().st_size for f in ("gaussians.ply", "gaussians.spz")}
     else:
         assert not (out / "gaussians.ply").exists() and s["points"] > 0
     if frames:
@@ -221,3 +223,20 @@ def test_render_optional_export_failure_keeps_the_run(tmp_path, capsys, monkeypa
     assert (out / "gaussians.ply").is_file() and (out / "cameras.json").is_file()
     err = capsys.readouterr().err
     assert "warning: colmap not written (OSError: disk full)" in err and "Traceback" not in err
+
+
+def test_render_failed_background_write_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """A required file that fails on a writer thread fails the run (exit 2, the error on one
+    line); no output folder and no temporary are left behind."""
+    import da3gs.io.splat_files as splat_files
+
+    def broken(path, g, fmt=None):
+        Path(path).write_bytes(b"half")
+        raise splat_files.InputError(f"{path}: disk full")
+
+    monkeypatch.setattr(splat_files, "write_gaussians", broken)
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out, "--no-video") == 2
+    assert "disk full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
