@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import sys
 import time
 
 import torch
@@ -19,7 +20,8 @@ from da3gs.models.reference_view import STRATEGIES
 from da3gs import __version__
 
 __all__ = ["DEFAULT_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
-           "add_run_flags", "check_number", "Timer", "resolve_device", "versions", "load_job_model"]
+           "add_run_flags", "check_number", "Timer", "Progress", "resolve_device", "versions",
+           "load_job_model"]
 
 log = logging.getLogger("da3gs")
 
@@ -101,6 +103,27 @@ class Timer:
                 timer.times[name] = round(time.perf_counter() - self.t, 4)
 
         return _Stage()
+
+
+class Progress:
+    """What a command is doing, on stderr, for every step that can take more than a second; silent
+    with ``-q``. One style for all commands: ``stage(text)`` prints ``da3gs COMMAND: text ...``
+    before a long single step (model loading, inference, writing); ``bar(iterable, desc)`` is a
+    tqdm bar for loops (video frames, scored views), removed when done."""
+
+    def __init__(self, command: str, quiet: bool = False):
+        self.command, self.quiet = command, bool(quiet)
+
+    def stage(self, text: str) -> None:
+        if not self.quiet:
+            print(f"da3gs {self.command}: {text} ...", file=sys.stderr, flush=True)
+
+    def bar(self, iterable, desc: str, total: int | None = None, unit: str = "it"):
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=f"da3gs {self.command}: {desc}", total=total, unit=unit,
+                    disable=self.quiet, file=sys.stderr, leave=False, dynamic_ncols=True,
+                    mininterval=0.5)
 
 
 def resolve_device(name: str) -> torch.device:

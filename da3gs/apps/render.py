@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import (Timer, add_model_flags, add_run_flags, check_number, load_job_model,
-                               resolve_device, versions)
+from da3gs.apps.common import (Progress, Timer, add_model_flags, add_run_flags, check_number,
+                               load_job_model, resolve_device, versions)
+from da3gs.apps.view import add_view_flags, check_view_flags
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
 from da3gs.apps.outputs import WriterPool, check_output_dir, write_output_dir
@@ -65,6 +66,7 @@ def add_render_parser(sub) -> None:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps of the pruned Gaussians on the input views "
                    "(default 0: none)")
+    add_view_flags(p)
 
 
 def _views_folder(args) -> Path:
@@ -220,6 +222,8 @@ def run_render(args) -> dict:
     check_output_dir(out, {"--views": views, "--poses": args.poses,
                            "--checkpoint": args.checkpoint, "--model": args.model}, args.overwrite)
     check_render_args(args)
+    check_view_flags(args)
+    progress = Progress("render", args.quiet)
     export_notes = check_exports(args)
     if not args.quiet:
         for note in export_notes.values():
@@ -233,8 +237,10 @@ def run_render(args) -> dict:
     c2w = K = None
     if args.poses:
         c2w, K = match_poses(args.poses, images)
+    progress.stage("loading the model")
     with timer("load_model"):
         model, source = load_job_model(args, device, job="render")
+    progress.stage(f"inference on {len(images)} views ({device})")
     with timer("inference"):
         pred = model.infer(images, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
                            infer_gs=model.has_gs_head)
@@ -248,6 +254,7 @@ def run_render(args) -> dict:
     }
     if export_notes:
         summary["export_notes"] = export_notes
+    progress.stage(f"writing {out}")
     with write_output_dir(out, "render") as tmp, WriterPool() as pool:
         # Files are written on the pool's threads while this thread goes on computing (Gaussian
         # merge, the video); leaving the pool waits for them, before the folder is committed.
@@ -280,6 +287,10 @@ def run_render(args) -> dict:
               f"({summary['timings_s']['total']:.1f} s)")
         if "no_splats_reason" in summary:
             print(f"da3gs render: note: {summary['no_splats_reason']}")
+    if getattr(args, "view", False):
+        from da3gs.apps.view import serve
+
+        serve(out, args.view_port, open_browser=not args.no_browser, command="render")
     return summary
 
 
@@ -377,9 +388,8 @@ def _write_colmap(tmp: Path, pred: Prediction, names, pts, cols, summary: dict, 
 
 
 def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) -> None:
-    from tqdm import tqdm
-
     from da3gs.geometry.trajectory import extend_path, interpolate_path, orbit_path, path_intrinsics
+    from da3gs.io.cameras import write_cameras_json
     from da3gs.io.depth import colorize_depth
     from da3gs.io.video import side_by_side, write_video
     from da3gs.render import render
@@ -393,6 +403,8 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     path = make[args.trajectory](c2w, args.frames, center_depth=center_depth).float()
     Ks = path_intrinsics(path.double(), pred.K.cpu().double(), c2w).float()
     H, W = pred.depth.shape[1:]
+    write_cameras_json(tmp / "video_cameras.json", path.double(), Ks.double(), [(H, W)] * len(path),
+                       [f"frame_{i:04d}" for i in range(len(path))])  # the viewer shows the path
     dev = pred.depth.device
     g = gaussians.to(dev)
     from da3gs.geometry import c2w_to_w2c
@@ -401,7 +413,7 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     Ks = Ks.to(dev)
 
     def frames():
-        for i in tqdm(range(len(path)), desc="video", unit="frame", disable=args.quiet):
+        for i in Progress("render", args.quiet).bar(range(len(path)), "video", unit="frame"):
             with torch.no_grad():
                 r = render(g, w2c[i], Ks[i], W, H, background=torch.ones(3, device=dev))
             rgb = (r.color[0].clamp(0, 1) * 255).round().byte().cpu().numpy()

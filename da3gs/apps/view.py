@@ -51,6 +51,24 @@ def add_view_parser(sub) -> None:
     p.add_argument("--no-browser", action="store_true", help="only print the address")
 
 
+def add_view_flags(p) -> None:
+    """``--view``, ``--view-port``, ``--no-browser``: serve a job's output folder in the viewer
+    when the job has finished (``da3gs render ... --view``), as ``da3gs view`` does."""
+    p.add_argument("--view", action="store_true",
+                   help="when done, show the output folder in the browser viewer (as da3gs view "
+                   "OUT_DIR; Ctrl-C stops it)")
+    p.add_argument("--view-port", type=int, default=0,
+                   help="with --view: port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true",
+                   help="with --view: only print the viewer's address, open no browser")
+
+
+def check_view_flags(args) -> None:
+    """``--view-port`` checked before the job runs (one line naming the flag)."""
+    if getattr(args, "view", False) and not 0 <= args.view_port < 65536:
+        raise Da3gsError(f"--view-port: expected 0-65535, got {args.view_port}")
+
+
 def scene_info(folder: Path, splat: str | None = None) -> dict:
     """What the page loads from ``folder``: ``{"splat": name|None, "cameras": name|None,
     "path": name|None, "fps": float, "points": bool}``. ``path`` is the fly-through's cameras
@@ -238,12 +256,13 @@ def serve_in_thread(target, port: int = 0) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def run_view(args: argparse.Namespace) -> None:
-    """Serve until Ctrl-C; opens the page in the default browser unless ``--no-browser``."""
-    server = make_server(args.target, args.port)
+def serve(target, port: int = 0, open_browser: bool = True, command: str = "view") -> None:
+    """Serve ``target`` until Ctrl-C, printing the address (and opening it in the default browser
+    with ``open_browser``). Used by ``da3gs view`` and ``da3gs render --view``."""
+    server = make_server(target, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    print(f"da3gs view: {url} (Ctrl-C to stop)", flush=True)
-    if not args.no_browser:
+    print(f"da3gs {command}: viewer at {url} (Ctrl-C to stop)", flush=True)
+    if open_browser:
         import webbrowser
 
         webbrowser.open(url)
@@ -253,3 +272,8 @@ def run_view(args: argparse.Namespace) -> None:
         pass
     finally:
         server.server_close()
+
+
+def run_view(args: argparse.Namespace) -> None:
+    """``da3gs view``: serve until Ctrl-C; opens the page in the browser unless ``--no-browser``."""
+    serve(args.target, args.port, open_browser=not args.no_browser)

@@ -203,3 +203,44 @@ def test_viewer_path_play_and_fly(tmp_path):
     rep, img = _shoot(tmp_path, out, "controls=fly&play=1&cameras=0")
     assert rep["controls"] == "fly" and rep["played"] == 1 and rep["path"] == PATH_FRAMES
     assert _centre_differs(img) < 0.2, "the view did not move along the path"
+
+
+def test_render_view_serves_the_output(tmp_path):
+    """``da3gs render ... --view --no-browser -q``: the run finishes, then the viewer serves the
+    output folder (path and depth points included) until Ctrl-C, which ends with status 0;
+    ``-q`` leaves stderr empty (no progress lines or bars)."""
+    import shutil
+    import signal
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((Path(__file__).resolve().parents[2] / "examples" / "toy_scene").glob("*.png"))[:3]:
+        shutil.copy(p, photos / p.name)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "da3gs.cli", "render", "--views", str(photos),
+                             "--model", "random:tiny-gs", "--process-res", "42", "--frames", "4",
+                             "--no-colmap", "--device", "cpu", "--out", str(out), "-q", "--view",
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "viewer at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
+        url = line.split("viewer at ", 1)[1].split()[0]
+        info = json.loads(_get(url + "_da3gs/scene.json")[1])
+        assert info["splat"] == "gaussians.spz" and info["path"] == "video_cameras.json"
+        assert info["points"] is True and _get(url + "_da3gs/points.bin")[0] == 200
+        assert len(json.loads((out / "video_cameras.json").read_text())) == 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "", err
+
+
+def test_render_view_port_checked_first(tmp_path, capsys):
+    from da3gs.cli import main
+
+    (tmp_path / "photos").mkdir()
+    assert main(["render", "--views", str(tmp_path / "photos"), "--model", "random:tiny-gs",
+                 "--view", "--view-port", "-1", "--out", str(tmp_path / "o")]) == 2
+    assert "--view-port" in capsys.readouterr().err
