@@ -20,17 +20,22 @@ from da3gs.types import Prediction
 RANSAC_ALIGN_VIEWS = 10  # as the official package: robust alignment from 10 input views on
 
 
-def normalize_input_poses(w2c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalize_input_poses(w2c: torch.Tensor,
+                          check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-base ``w2c: (B, V, 4, 4)`` on view 0 and divide translations by the median camera
-    distance (clamped to >= 0.1), as the official package does before conditioning.
+    distance from view 0 (the lower median for an even count, clamped to >= 0.1), per sample,
+    as the official package does before conditioning (it runs one sample at a time). Training
+    feeds pose-conditioned samples through this too, so the network sees poses in the units
+    it gets at inference.
 
+    ``check``: validate the rotations (a host sync; training passes False).
     Returns (normalised w2c, median distance ``(B,)``)."""
-    w2c = w2c @ w2c_to_c2w(w2c[:, :1])
-    dist = w2c_to_c2w(w2c)[..., :3, 3].norm(dim=-1)  # (B, V)
-    median = torch.median(dist.reshape(-1)).clamp(min=0.1)
+    w2c = w2c @ w2c_to_c2w(w2c[:, :1], check=check)
+    dist = w2c_to_c2w(w2c, check=check)[..., :3, 3].norm(dim=-1)  # (B, V)
+    median = dist.median(dim=1).values.clamp(min=0.1)  # (B,)
     w2c = w2c.clone()
-    w2c[..., :3, 3] = w2c[..., :3, 3] / median
-    return w2c, median.reshape(1).expand(w2c.shape[0])
+    w2c[..., :3, 3] = w2c[..., :3, 3] / median[:, None, None]
+    return w2c, median
 
 
 def scale_to_input(pred_c2w: torch.Tensor, in_c2w: torch.Tensor) -> float:

@@ -57,9 +57,12 @@ class TrainResult:
 
 def configure_backends(device: torch.device) -> None:
     """Process-wide settings for training on ``device``: cuDNN autotuning off (training draws
-    many shapes; autotuning each new one costs more than it gains) and, before CUDA's first
-    allocation, the expandable-segments allocator (less fragmentation across shapes; a
-    ``PYTORCH_CUDA_ALLOC_CONF`` already set wins)."""
+    many shapes; autotuning each new one costs more than it gains), cuDNN attention off (it
+    builds an execution plan per new shape: 19 ms of host time per call measured on an H200
+    with torch 2.11, a third of a compact step's host time; SDPA then takes the flash or
+    memory-efficient kernels) and, before CUDA's first allocation, the expandable-segments
+    allocator (less fragmentation across shapes; a ``PYTORCH_CUDA_ALLOC_CONF`` already set
+    wins)."""
     if device.type != "cuda":
         return
     import os
@@ -67,6 +70,7 @@ def configure_backends(device: torch.device) -> None:
     if not torch.cuda.is_initialized():
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def seed_all(seed: int) -> None:

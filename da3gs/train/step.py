@@ -16,6 +16,7 @@ from torch import nn
 from da3gs.data.batch import ViewBatch
 from da3gs.geometry import c2w_to_w2c
 from da3gs.io.images import imagenet_normalize
+from da3gs.models.model import normalize_input_poses
 from da3gs.train import external
 
 
@@ -48,11 +49,19 @@ def take(batch: ViewBatch, idx: torch.Tensor) -> ViewBatch:
 
 def network_inputs(batch: ViewBatch, conditioned: bool):
     """``x (B, V, 3, H, W)`` ImageNet-normalised, and for pose-conditioned samples the GT
-    ``w2c (B, V, 4, 4)`` and ``K (B, V, 3, 3)`` (else None, None)."""
+    ``w2c (B, V, 4, 4)`` and ``K (B, V, 3, 3)`` (else None, None).
+
+    The GT poses go through :func:`~da3gs.models.model.normalize_input_poses`, the
+    normalisation ``DA3Model.infer`` applies to a user's poses (view 0 at the identity,
+    translations divided by the median camera distance), so the camera tokens see the same
+    distribution in training and at inference. The targets stay in the loss frame (the
+    per-sample point scale): the network learns the scene scale from the images, as it does
+    without poses, and inference rescales its output to the given poses."""
     x = imagenet_normalize(batch.images.float())
     if not conditioned:
         return x, None, None
-    return x, c2w_to_w2c(batch.c2w.float(), check=False), batch.K.float()
+    w2c, _ = normalize_input_poses(c2w_to_w2c(batch.c2w.float(), check=False), check=False)
+    return x, w2c, batch.K.float()
 
 
 def autocast_for(device: torch.device, precision: str):
