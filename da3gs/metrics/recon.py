@@ -13,24 +13,77 @@ frame:
 An empty cloud gives ``acc = comp = overall = inf`` and ``precision = recall = fscore = 0``, as
 the official code. ``tau`` per dataset (metres) is :data:`BENCH_THRESHOLDS`; the official
 evaluator first voxel-down-samples both clouds with :data:`BENCH_DOWN_SAMPLE` (open3d's
-``voxel_down_sample``; here ``down_sample=``, written with torch). Not reproduced: the TSDF fusion
-of predicted depth that produces the predicted cloud. Nearest neighbours are exact (chunked brute force in float64,
-O(N M) time).
+``voxel_down_sample``; here ``down_sample=``, written with torch). Nearest neighbours are exact:
+scipy's ``cKDTree`` when scipy imports (as the official ``nn_correspondance``), else chunked
+brute force in float64 (O(N M) time).
+
+The stages before the metrics (the datasets' ``fuse3d`` in ``depth_anything_3.bench.datasets``):
+
+* :func:`bench_sim3`: the official ``align_poses_umeyama(gt_ext, pred_ext, ransac=True,
+  random_state=42)``: Umeyama Sim(3) of predicted camera centres onto the ground truth's, a
+  10-iteration RANSAC on subsets of ``max(3, ceil(N / 2))`` views drawn with numpy's
+  ``default_rng(42).choice`` (inliers within the median nearest-centre distance after a plain
+  pre-alignment), refit on the best inliers.
+* :func:`prepare_fusion`: each predicted depth resized to the ground-truth image size (OpenCV
+  nearest), masked (ground-truth valid depth when given, else non-finite / non-positive
+  predictions), multiplied by the Sim(3) scale; ``posed`` (``recon_posed``) fuses with the
+  ground-truth cameras, ``unposed`` (``recon_unposed``) with the Sim(3)-aligned predicted
+  cameras and the predicted intrinsics scaled to the image size.
+* TSDF fusion and mesh sampling: :mod:`da3gs.metrics.tsdf`; per-dataset parameters
+  :data:`BENCH_RECON` (``depth_anything_3.utils.constants``). ScanNet++ also crops the
+  prediction to the ground truth's bounding box grown by 0.1 m (:func:`crop_to_box`).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
+import numpy as np
 import torch
 
 from .image import MetricsError
 
-__all__ = ["recon_metrics", "nn_distances", "voxel_down_sample", "BENCH_THRESHOLDS", "BENCH_DOWN_SAMPLE"]
+__all__ = ["recon_metrics", "nn_distances", "voxel_down_sample", "BENCH_THRESHOLDS", "BENCH_DOWN_SAMPLE",
+           "ReconParams", "BENCH_RECON", "bench_sim3", "prepare_fusion", "crop_to_box", "RECON_MODES"]
 
 #: F-score distance thresholds of the official bench (``depth_anything_3.utils.constants``), metres.
 BENCH_THRESHOLDS = {"eth3d": 0.25, "7scenes": 0.05, "scannetpp": 0.05, "hiroom": 0.05}
 #: Voxel sizes the official bench down-samples both clouds with before the metrics, metres.
 BENCH_DOWN_SAMPLE = {"eth3d": 4.0 / 512.0 * 5, "7scenes": 4.0 / 512.0, "scannetpp": 0.02,
                      "hiroom": 4.0 / 512.0}
+#: ``posed`` = the official ``recon_posed``, ``unposed`` = ``recon_unposed``.
+RECON_MODES = ("posed", "unposed")
+
+
+@dataclass(frozen=True)
+class ReconParams:
+    """Parameters of one bench dataset's reconstruction protocol (metres).
+
+    voxel_length, sdf_trunc: TSDF volume; max_depth: ``depth_trunc`` of the fusion; samples:
+    points sampled from each mesh; threshold: F-score ``tau``; down_sample: voxel size of the
+    metrics' down-sampling (0: none); crop_margin: crop the prediction to the ground truth's
+    bounding box grown by this much (None: no crop; ScanNet++ only).
+    """
+
+    voxel_length: float
+    sdf_trunc: float
+    max_depth: float
+    samples: int
+    threshold: float
+    down_sample: float
+    crop_margin: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Each dataset's constants in ``depth_anything_3.utils.constants`` (the DA3 bench).
+BENCH_RECON = {
+    "eth3d": ReconParams(4.0 / 512.0 * 5, 0.04 * 5, 100000.0, 1_000_000, 0.05 * 5, 4.0 / 512.0 * 5),
+    "7scenes": ReconParams(4.0 / 512.0, 0.04, 1000000.0, 1_000_000, 0.05, 4.0 / 512.0),
+    "scannetpp": ReconParams(0.02, 0.15, 5.0, 1_000_000, 0.05, 0.02, 0.1),
+    "hiroom": ReconParams(4.0 / 512.0, 0.04, 10000.0, 1_000_000, 0.05, 4.0 / 512.0),
+}
 
 
 def _points(x, name: str) -> torch.Tensor:
@@ -57,6 +110,13 @@ def nn_distances(ref, query, chunk: int = 4096) -> torch.Tensor:
     r, q = _points(ref, "ref"), _points(query, "query")
     if r.shape[0] == 0:
         raise MetricsError("ref: empty point cloud")
+    try:
+        from scipy.spatial import cKDTree
+    except Exception:
+        cKDTree = None
+    if cKDTree is not None and q.shape[0] * r.shape[0] > 1 << 22:
+        d, _ = cKDTree(r.numpy()).query(q.numpy())
+        return torch.from_numpy(np.asarray(d, dtype=np.float64).reshape(-1))
     out = torch.empty(q.shape[0], dtype=torch.float64)
     step = max(1, (chunk * chunk) // max(1, r.shape[0]))
     for s in range(0, q.shape[0], step):
@@ -116,3 +176,133 @@ def recon_metrics(pred_points, gt_points, threshold: float = 0.05,
     f = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
     return {"acc": acc, "comp": comp, "overall": (acc + comp) / 2, "precision": prec, "recall": rec,
             "fscore": f}
+
+
+def crop_to_box(points, ref, margin: float) -> torch.Tensor:
+    """Points of ``points`` (M, 3) inside the axis-aligned box of ``ref`` (N, 3) grown by
+    ``margin`` on every side (bounds included; the official ScanNet++ ``eval3d``)."""
+    p, r = _points(points, "points"), _points(ref, "ref")
+    if r.shape[0] == 0:
+        return p[:0]
+    lo, hi = r.min(0).values - margin, r.max(0).values + margin
+    return p[((p >= lo) & (p <= hi)).all(-1)]
+
+
+def _umeyama_np(src: np.ndarray, dst: np.ndarray):
+    from da3gs.geometry import umeyama
+
+    sim = umeyama(torch.from_numpy(src), torch.from_numpy(dst))
+    return sim.R.numpy(), sim.t.numpy(), float(sim.s)
+
+
+def bench_sim3(pred_c2w, gt_c2w, seed: int = 42, iters: int = 10):
+    """The official depth-scale / camera alignment (``align_poses_umeyama`` with ``ransac=True,
+    random_state=seed``; module docstring).
+
+    Args:
+        pred_c2w, gt_c2w: (N, 4, 4) predicted and ground-truth camera-to-world, N >= 3.
+    Returns:
+        :class:`da3gs.geometry.Sim3` (float64) mapping predicted world points into the
+        ground truth's frame; ``s`` is the depth scale.
+    Raises:
+        MetricsError: fewer than 3 cameras, or centres too degenerate for Umeyama.
+    """
+    from da3gs.geometry import GeometryError, Sim3
+
+    pc = torch.as_tensor(pred_c2w, dtype=torch.float64)
+    gc = torch.as_tensor(gt_c2w, dtype=torch.float64)
+    if pc.ndim != 3 or pc.shape[1:] != (4, 4) or pc.shape != gc.shape:
+        raise MetricsError(f"pred_c2w/gt_c2w: expected equal (N, 4, 4) shapes, got {tuple(pc.shape)} and {tuple(gc.shape)}")
+    n = pc.shape[0]
+    if n < 3:
+        raise MetricsError(f"bench alignment: needs at least 3 cameras, got {n}")
+    if not (bool(torch.isfinite(pc).all()) and bool(torch.isfinite(gc).all())):
+        raise MetricsError("pred_c2w/gt_c2w: contain NaN or Inf values")
+    src, dst = pc[:, :3, 3].numpy(), gc[:, :3, 3].numpy()
+    try:
+        r0, t0, s0 = _umeyama_np(src, dst)
+    except GeometryError as e:
+        raise MetricsError(f"bench alignment: camera centres are degenerate ({e})") from None
+    al = s0 * src @ r0.T + t0
+    thresh = float(np.median(np.linalg.norm(dst[None] - al[:, None], axis=-1).min(1)))
+    rng = np.random.default_rng(seed)
+    sub_n = max(3, (n + 1) // 2)
+    best, best_inl, best_key = (r0, t0, s0), None, (-1, np.inf)
+    for _ in range(iters):
+        idx = rng.choice(np.arange(n), size=sub_n, replace=False)
+        try:
+            r, t, s = _umeyama_np(src[idx], dst[idx])
+        except GeometryError:
+            continue
+        err = np.linalg.norm(s * src @ r.T + t - dst, axis=1)
+        inl = err <= thresh
+        k = int(inl.sum())
+        mean_err = float(err[inl].mean()) if k > 0 else np.inf
+        if k > best_key[0] or (k == best_key[0] and mean_err < best_key[1]):
+            best, best_inl, best_key = (r, t, s), inl, (k, mean_err)
+    if best_inl is not None and best_inl.sum() >= 3:
+        try:
+            best = _umeyama_np(src[best_inl], dst[best_inl])
+        except GeometryError:
+            pass
+    r, t, s = best
+    return Sim3(torch.from_numpy(np.asarray(r, np.float64)), torch.from_numpy(np.asarray(t, np.float64)),
+                torch.tensor(float(s), dtype=torch.float64))
+
+
+def prepare_fusion(depth, pred_K, pred_c2w, gt_c2w, gt_K, image_hw, mode: str = "posed",
+                   valid=None, sim3=None):
+    """Depth maps and cameras to fuse, as the official ``_prep_posed`` / ``_prep_unposed``.
+
+    Args:
+        depth: (V, h, w) predicted depth (tensor or array) at the network's resolution.
+        pred_K: (V, 3, 3) predicted intrinsics in pixels of ``depth``.
+        pred_c2w: (V, 4, 4) predicted camera-to-world; gt_c2w: (V, 4, 4) ground truth.
+        gt_K: (V, 3, 3) ground-truth intrinsics in pixels of the ground-truth images.
+        image_hw: V ground-truth image sizes ``(H, W)``.
+        mode: ``posed`` (ground-truth cameras) or ``unposed`` (aligned predicted cameras).
+        valid: None or V boolean ``(H, W)`` masks (ground-truth depth > 0 and finite); None:
+            only invalid predictions are dropped.
+        sim3: the alignment to use (default :func:`bench_sim3` of the cameras).
+    Returns:
+        ``(depths, K, w2c, sim3)``: a list of V float32 numpy ``(H, W)`` depths (0 or NaN =
+        none), (V, 3, 3) and (V, 4, 4) float64 tensors, and the alignment.
+    """
+    import cv2
+
+    from da3gs.geometry import apply_sim3_to_c2w
+
+    if mode not in RECON_MODES:
+        raise MetricsError(f"mode: expected one of {', '.join(RECON_MODES)}, got {mode!r}")
+    d = torch.as_tensor(depth).detach().cpu().to(torch.float32).numpy()
+    V = d.shape[0]
+    if d.ndim != 3 or len(image_hw) != V or (valid is not None and len(valid) != V):
+        raise MetricsError(f"depth/image_hw/valid: expected (V, h, w) depth and V sizes/masks, got "
+                           f"{d.shape}, {len(image_hw)} sizes")
+    pc, gc = torch.as_tensor(pred_c2w).double().cpu(), torch.as_tensor(gt_c2w).double().cpu()
+    sim = bench_sim3(pc, gc) if sim3 is None else sim3
+    scale = np.float32(float(sim.s))
+    h, w = d.shape[1:]
+    out = []
+    for i in range(V):
+        H, W = (int(x) for x in image_hw[i])
+        di = cv2.resize(d[i], (W, H), interpolation=cv2.INTER_NEAREST)
+        if valid is not None:
+            m = np.asarray(valid[i], dtype=bool)
+            if m.shape != (H, W):
+                raise MetricsError(f"valid[{i}]: expected an ({H}, {W}) mask, got {m.shape}")
+            di = di * (m & np.isfinite(di)).astype(np.float32)
+        else:
+            di = np.where(np.isfinite(di) & (di > 0), di, np.float32(0))
+        out.append((di * scale).astype(np.float32))
+    if mode == "posed":
+        K = torch.as_tensor(gt_K).double().cpu().clone()
+        w2c = torch.linalg.inv(gc)
+    else:
+        K = torch.as_tensor(pred_K).double().cpu().clone()
+        for i in range(V):
+            H, W = image_hw[i]
+            K[i, 0, :] *= W / w
+            K[i, 1, :] *= H / h
+        w2c = torch.linalg.inv(apply_sim3_to_c2w(sim, pc))
+    return out, K, w2c, sim
