@@ -1,4 +1,13 @@
-"""DINOv2 ViT with within-view / cross-view alternation, camera tokens, QK-norm and 2D RoPE."""
+"""DINOv2 ViT with within-view / cross-view alternation, camera tokens, QK-norm and 2D RoPE.
+
+Per-size caches (inference): the position embedding bicubic-resized to the patch grid and the
+RoPE cos/sin tables are kept per (grid size, device, dtype, autocast and inference mode) instead
+of being recomputed at every forward. The position embedding entry is also keyed on the
+parameter's storage and version counter (so an optimizer step or any in-place edit recomputes
+it) and is bypassed while the parameter takes gradients; every cache is dropped on
+``load_state_dict``, ``train()``/``eval()`` and device or dtype moves. Outputs are bit-identical
+with the caches off (``Backbone.use_cache = False``; tested).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from da3gs.models.presets import Preset
 from da3gs.models.reference_view import (MIN_VIEWS, gather_views, inverse_order,
                                          reference_first_order, select_reference_view)
-from da3gs.nn.rope import RoPE2D, constant_positions, patch_positions
+from da3gs.nn.rope import RoPE2D, RotaryTable, constant_positions, patch_positions
 from da3gs.nn.transformer import Block
 
 
@@ -50,15 +59,68 @@ class Backbone(nn.Module):
                   rope=rope if 0 <= self.alt_start <= i else None)
             for i in range(v.depth)])
         self.norm = nn.LayerNorm(v.dim)
+        self.rope = rope
+        self.use_cache = True
+        self._cache: dict = {}
+
+    _CACHE_SIZE = 16  # entries kept (sizes x devices x modes); oldest dropped first
+
+    def clear_cache(self) -> None:
+        """Drop the cached position embeddings and RoPE tables."""
+        self._cache.clear()
+
+    def _cached(self, key, make):
+        if not self.use_cache:
+            return make()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = make()
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = hit
+        return hit
+
+    def _apply(self, *args, **kwargs):  # .to(), .cuda(), .half(), ...
+        self.clear_cache()
+        return super()._apply(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self.clear_cache()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    @staticmethod
+    def _mode(device: torch.device) -> tuple:
+        return (torch.is_inference_mode_enabled(), torch.is_autocast_enabled(device.type))
 
     def is_cross_view(self, i: int) -> bool:
         return self.alt_start >= 0 and i >= self.alt_start and i % 2 == 1
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """Learned position embedding bicubic-resized to an h x w grid, ``(1, 1 + h*w, C)``."""
+        """Learned position embedding bicubic-resized to an h x w grid, ``(1, 1 + h*w, C)``
+        (cached unless the parameter takes gradients; see the module docstring)."""
         M = self.pos_grid
         if h * w == M * M and h == w:
             return self.pos_embed
+        pe = self.pos_embed
+        if pe.requires_grad and torch.is_grad_enabled():
+            return self._resize_pos_embed(h, w)
+        key = ("pos_embed", h, w, pe.device, pe.dtype, pe.data_ptr(), pe._version, self._mode(pe.device))
+        return self._cached(key, lambda: self._resize_pos_embed(h, w))
+
+    def _rope_tables(self, h: int, w: int, device: torch.device) -> tuple[RotaryTable, RotaryTable]:
+        """RoPE tables of the within-view blocks (patch grid) and the cross-view blocks (every
+        view's tokens at the same constant positions), one view's ``1 + h*w`` tokens each."""
+        n = 1 + h * w
+        return self._cached(("rope", h, w, device, self._mode(device)), lambda: (
+            self.rope.table(patch_positions(1, h, w, 1, device)),
+            self.rope.table(constant_positions(1, n, 1, device))))
+
+    def _resize_pos_embed(self, h: int, w: int) -> torch.Tensor:
+        M = self.pos_grid
         pe = self.pos_embed.float()
         grid = pe[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
         # DINOv2 resizes by a scale factor with a +0.1 offset; kept for checkpoint fidelity.
@@ -91,8 +153,13 @@ class Backbone(nn.Module):
         h, w = H // self.patch_size, W // self.patch_size
         x = self.embed(x)
         N = x.shape[2]
-        local_pos = patch_positions(B * V, h, w, 1, x.device)
-        global_pos = constant_positions(B * V, N, 1, x.device).reshape(B, V * N, 2)
+        if self.rope is None:
+            local_pos = global_pos = None
+        elif self.use_cache:
+            local_pos, global_pos = self._rope_tables(h, w, x.device)
+        else:  # positions as tensors, tables computed at every block (the reference path)
+            local_pos = patch_positions(B * V, h, w, 1, x.device)
+            global_pos = constant_positions(B * V, N, 1, x.device).reshape(B, V * N, 2)
         order = None
         ref = None
         local_x = x
