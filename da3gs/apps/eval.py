@@ -1,4 +1,4 @@
-"""``da3gs eval nvs | pose | depth``: benchmark protocols on posed scenes.
+"""``da3gs eval nvs | pose | depth | recon``: benchmark protocols on posed scenes.
 
 nvs: predict Gaussians from context views (pose-free or pose-conditioned), render the held-out
 target views with their ground-truth cameras at the images' on-disk resolution, score PSNR,
@@ -21,6 +21,9 @@ nearest`` to avoid blending across depth edges), AbsRel / delta1 ... after per-i
 convention), ``lstsq`` scale and shift (the monocular, affine-invariant convention),
 ``lstsq_scale`` (least-squares scale only) or ``none`` (metric depth); ``metrics.json`` names
 the alignment (``align``) and states its formula (``align_formula``).
+
+recon: fused predicted depth against a ground-truth mesh, point cloud or depth maps, as the
+official bench's ``evaluate_3d_reconstruction`` (:mod:`da3gs.apps.eval_recon`).
 
 Every task writes ``metrics.json`` into ``--out`` atomically (hidden temporary folder renamed
 at the end); an existing folder is only replaced with ``--overwrite``.
@@ -45,8 +48,8 @@ from da3gs.metrics.depth import ALIGN_FORMULAS, ALIGN_MODES
 __all__ = ["add_eval_parser", "run_eval"]
 
 def add_eval_parser(sub) -> None:
-    """Register ``da3gs eval {nvs,pose,depth}`` on the top-level subparsers ``sub``."""
-    p = sub.add_parser("eval", help="benchmarks: novel views, poses, depth",
+    """Register ``da3gs eval {nvs,pose,depth,recon}`` on the top-level subparsers ``sub``."""
+    p = sub.add_parser("eval", help="benchmarks: novel views, poses, depth, 3D reconstruction",
                        description="Evaluate a model on a posed scene; writes metrics.json.")
     tasks = p.add_subparsers(dest="eval_task", required=True, metavar="TASK")
     n = tasks.add_parser("nvs", help="novel-view synthesis: PSNR / SSIM / LPIPS on held-out views")
@@ -75,7 +78,9 @@ def add_eval_parser(sub) -> None:
     n.add_argument("--ssim-mode", default="gaussian", choices=["gaussian", "skimage"])
     n.add_argument("--background", default=None, help="R,G,B in [0, 1] (default: the scene's)")
     for name, h in (("pose", "camera poses: AUC@3/5/15/30, ATE"),
-                    ("depth", "depth: AbsRel, delta1 after scale alignment")):
+                    ("depth", "depth: AbsRel, delta1 after scale alignment"),
+                    ("recon", "3D reconstruction: TSDF-fused depth vs a ground-truth mesh, cloud or "
+                              "depth maps; accuracy, completeness, Chamfer, F-score")):
         t = tasks.add_parser(name, help=h)
         add_eval_flags(t)
         t.add_argument("--views", type=int, default=None, help="views to use (default: all, at most 32)")
@@ -92,6 +97,10 @@ def add_eval_parser(sub) -> None:
                                 "lstsq_scale, none (metric)")
             t.add_argument("--resize", default="bilinear", choices=["bilinear", "nearest"],
                            help="how the prediction is resized to the ground-truth size")
+        if name == "recon":
+            from da3gs.apps.eval_recon import add_recon_flags
+
+            add_recon_flags(t)
 
 
 def run_eval(args) -> dict:
@@ -101,10 +110,15 @@ def run_eval(args) -> dict:
     check_eval_args(args)
     if args.eval_task == "nvs":
         return run_nvs(args)
+    if args.eval_task == "recon":
+        from da3gs.apps.eval_recon import run_recon
+
+        return run_recon(args)
     return (run_pose if args.eval_task == "pose" else run_depth)(args)
 
 
-def _select_all(args, scene) -> list[int]:
+def select_eval_views(args, scene) -> list[int]:
+    """``--views N`` (default all, at most 32) of the scene by ``--select``."""
     n = args.views if args.views is not None else min(len(scene), 32)
     if args.views is None and len(scene) > 32 and not args.quiet:
         print(f"da3gs eval: note: using 32 of {len(scene)} views ({args.select}); pass --views N",
@@ -119,7 +133,7 @@ def run_pose(args) -> dict:
     t0, timer = time.perf_counter(), Timer()
     scene = load_eval_scene(args)
     out = eval_out_dir(args, "pose")
-    idx = _select_all(args, scene)
+    idx = select_eval_views(args, scene)
     if len(idx) < 2:
         raise Da3gsError("eval pose: needs at least 2 views (relative poses)")
     device = resolve_device(args.device)
@@ -156,7 +170,7 @@ def run_depth(args) -> dict:
                          "RGB-D scene: TUM groundtruth.txt, ICL/Open3D trajectory.log, or "
                          "nerfstudio depth_file_path)")
     out = eval_out_dir(args, "depth")
-    idx = _select_all(args, scene)
+    idx = select_eval_views(args, scene)
     device = resolve_device(args.device)
     with timer("load_model"):
         model, source = load_job_model(args, device, job="eval")

@@ -184,22 +184,23 @@ class TSDFVolume:
         ys = (torch.arange(H, device=dev, dtype=torch.float32) - cy) / fy
         mult = torch.sqrt(xs[None, :] ** 2 + ys[:, None] ** 2 + 1.0)
         v, trunc = self.voxel_length, self.sdf_trunc
-        R, t = w2c[:3, :3], w2c[:3, 3]
+        # float32 from here, as open3d's kernel (voxel centres in float64, then rounded)
+        R, t = w2c[:3, :3].float(), w2c[:3, 3].float()
+        local = ((self._local + 0.5) * v)[None]
         for s in range(0, blocks.numel(), self.chunk_blocks):
             b = blocks[s:s + self.chunk_blocks]
             origin = self.keys[b.cpu()].to(dev, torch.float64) * self.block_length  # (b, 3)
-            X = (origin[:, None, :] + (self._local[None] + 0.5) * v).reshape(-1, 3)
-            c = X @ R.T + t
+            X = (origin[:, None, :] + local).reshape(-1, 3).float()
+            c = torch.addmm(t, X, R.T)
             z = c[:, 2]
             zs = torch.where(z > 0, z, torch.ones_like(z))
-            uf = c[:, 0] * fx / zs + cx + 0.5
-            vf = c[:, 1] * fy / zs + cy + 0.5
+            uf = c[:, 0] * fx / zs + (cx + 0.5)
+            vf = c[:, 1] * fy / zs + (cy + 0.5)
             ok = (z > 0) & (uf >= 1e-4) & (uf < W - 1e-4) & (vf >= 1e-4) & (vf < H - 1e-4)
-            ui = uf.clamp(0, W - 1).long()
-            vi = vf.clamp(0, H - 1).long()
-            D = d[vi, ui].double()
+            pix = vf.clamp(0, H - 1).long() * W + uf.clamp(0, W - 1).long()
+            D = d.reshape(-1)[pix]
             ok &= D > 0  # NaN compares false
-            sdf = (D - z) * mult[vi, ui].double()
+            sdf = (D - z) * mult.reshape(-1)[pix]
             ok &= sdf > -trunc
             flat_t, flat_w = self.tsdf[b].reshape(-1), self.weight[b].reshape(-1)
             new = torch.clamp(sdf / trunc, max=1.0).float()
