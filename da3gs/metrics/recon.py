@@ -291,7 +291,8 @@ def prepare_fusion(depth, pred_K, pred_c2w, gt_c2w, gt_K, image_hw, mode: str = 
             m = np.asarray(valid[i], dtype=bool)
             if m.shape != (H, W):
                 raise MetricsError(f"valid[{i}]: expected an ({H}, {W}) mask, got {m.shape}")
-            di = di * (m & np.isfinite(di)).astype(np.float32)
+            with np.errstate(invalid="ignore"):  # inf * 0 -> NaN, as the bench (not fused)
+                di = di * (m & np.isfinite(di)).astype(np.float32)
         else:
             di = np.where(np.isfinite(di) & (di > 0), di, np.float32(0))
         out.append((di * scale).astype(np.float32))
