@@ -14,7 +14,7 @@ An empty cloud gives ``acc = comp = overall = inf`` and ``precision = recall = f
 the official code. ``tau`` per dataset (metres) is :data:`BENCH_THRESHOLDS`; the official
 evaluator first voxel-down-samples both clouds with :data:`BENCH_DOWN_SAMPLE` (open3d's
 ``voxel_down_sample``; here ``down_sample=``, written with torch). Nearest neighbours are exact:
-scipy's ``cKDTree`` when scipy imports (as the official ``nn_correspondance``), else chunked
+scipy's ``cKDTree`` for large clouds when scipy imports (as the official ``nn_correspondance``), else chunked
 brute force in float64 (O(N M) time).
 
 The stages before the metrics (the datasets' ``fuse3d`` in ``depth_anything_3.bench.datasets``):
