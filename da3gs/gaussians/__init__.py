@@ -4,6 +4,8 @@ Works on :class:`~da3gs.types.Gaussians` only (imports ``da3gs.geometry`` and ``
 every layer above (render, models, apps, the nerfstudio plug-in) may use it.
 """
 
-from da3gs.gaussians.prune import PruneError, PruneReport, PruneStep, prune_gaussians
+from da3gs.gaussians.prune import (PruneError, PruneReport, PruneStep, footprint_cells, merge_cells,
+                                  prune_gaussians, voxel_merge)
 
-__all__ = ["PruneError", "PruneReport", "PruneStep", "prune_gaussians"]
+__all__ = ["PruneError", "PruneReport", "PruneStep", "prune_gaussians", "voxel_merge", "merge_cells",
+           "footprint_cells"]

@@ -240,3 +240,20 @@ def test_render_failed_background_write_leaves_nothing(tmp_path, capsys, monkeyp
     assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out, "--no-video") == 2
     assert "disk full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
+def test_render_merges_across_views_by_default(tmp_path):
+    """The footprint merge runs by default (random weights give scattered depths, so little merges
+    at the default scale: a coarse --merge-scale shows the merged cloud is what gets written)."""
+    _make_views(tmp_path / "v")
+    common = ["--views", tmp_path / "v", "--model", "random:tiny-gs", "--no-video", "--splat-format", "ply"]
+    assert _run(*common, "--out", tmp_path / "a") == 0
+    assert _run(*common, "--out", tmp_path / "b", "--no-merge") == 0
+    assert _run(*common, "--out", tmp_path / "c", "--merge-scale", "64") == 0
+    runs = {k: json.loads((tmp_path / k / "summary.json").read_text())["gaussians"] for k in "abc"}
+    step = [s for s in runs["a"]["steps"] if s["name"] == "merge"]
+    assert step and step[0]["params"] == {"merge_scale": 1.0} and step[0]["after"] <= step[0]["before"]
+    assert not any(s["name"] == "merge" for s in runs["b"]["steps"])
+    assert runs["c"]["final"] < runs["a"]["final"] <= runs["b"]["final"]
+    assert len(read_ply(tmp_path / "c" / "gaussians.ply")) == runs["c"]["final"]
+    assert _run(*common, "--out", tmp_path / "d", "--merge-scale", "0") == 2

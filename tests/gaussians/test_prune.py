@@ -112,3 +112,72 @@ def test_errors_and_report_json():
     assert [s["name"] for s in d["steps"]] == ["opacity", "confidence", "border", "voxel"]
     assert d["initial"] == 120 and d["final"] == rep.final
     assert all(s["removed"] == s["before"] - s["after"] for s in d["steps"])
+
+
+def _two_views_of_a_plane(dist_b: float, h=8, w=8):
+    """Views 0 and 1 look down +z at the plane z = 2 (view 0 from the origin, view 1 from
+    z = 2 - dist_b); each pixel-aligned Gaussian lies on the plane at its pixel's ray."""
+    from da3gs.geometry import unproject_depth
+
+    K = torch.tensor([[10.0, 0, w / 2], [0, 10.0, h / 2], [0, 0, 1]]).expand(2, 3, 3).clone()
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 2, 3] = 2.0 - dist_b
+    depth = torch.stack([torch.full((h, w), 2.0), torch.full((h, w), dist_b)])
+    pts = unproject_depth(depth, c2w, K).reshape(-1, 3)
+    n = pts.shape[0]
+    v, r, c = torch.meshgrid(torch.arange(2), torch.arange(h), torch.arange(w), indexing="ij")
+    g = Gaussians(means=pts, quats=torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+                  scales=(depth.reshape(-1, 1) / 10 * 0.5).expand(n, 3).clone(),
+                  opacities=torch.full((n,), 0.8), sh=torch.rand(n, 1, 3),
+                  view=v.reshape(-1), pixel=torch.stack([r.reshape(-1), c.reshape(-1)], 1))
+    return g, c2w, K
+
+
+def test_footprint_merge_across_views():
+    from da3gs.gaussians import footprint_cells
+
+    # same distance: the two views' splats of one surface share cells and merge
+    g, c2w, K = _two_views_of_a_plane(2.0)
+    out, rep = prune_gaussians(g, merge_scale=1.0, c2w=c2w, K=K)
+    assert rep.steps[0].name == "merge" and rep.steps[0].params == {"merge_scale": 1.0}
+    assert len(out) <= len(g) // 2 and len(out) == rep.final
+    cells = footprint_cells(g, c2w, K, 1.0)
+    assert torch.equal(cells[: len(g) // 2], cells[len(g) // 2:])  # view 1 repeats view 0's cells
+    assert (cells[:, 0] == round(math.log2(2.0 / 10))).all()  # level from the footprint 0.2
+    # a view 4x closer has 4x finer footprints: a different level, nothing merged across views
+    g, c2w, K = _two_views_of_a_plane(0.5)
+    cells = footprint_cells(g, c2w, K, 1.0)
+    assert set(cells[: len(g) // 2, 0].tolist()).isdisjoint(cells[len(g) // 2:, 0].tolist())
+    out, _ = prune_gaussians(g, merge_scale=1.0, c2w=c2w, K=K)
+    alone = [len(prune_gaussians(g.subset(g.view == v), merge_scale=1.0, c2w=c2w, K=K)[0]) for v in (0, 1)]
+    assert len(out) == sum(alone)  # merged within each view only, never across
+    # larger merge_scale, coarser cells, fewer Gaussians
+    g, c2w, K = _two_views_of_a_plane(2.0)
+    counts = [len(prune_gaussians(g, merge_scale=s, c2w=c2w, K=K)[0]) for s in (0.5, 1.0, 4.0)]
+    assert counts[0] >= counts[1] > counts[2]
+
+
+def test_footprint_merge_errors():
+    g, c2w, K = _two_views_of_a_plane(2.0)
+    with pytest.raises(Da3gsError, match="cameras"):
+        prune_gaussians(g, merge_scale=1.0)
+    with pytest.raises(Da3gsError, match="merge_scale"):
+        prune_gaussians(g, merge_scale=-1.0, c2w=c2w, K=K)
+    with pytest.raises(Da3gsError, match="view index"):
+        prune_gaussians(g, merge_scale=1.0, c2w=c2w[:1], K=K[:1])
+    g.view = None
+    with pytest.raises(Da3gsError, match="no view indices"):
+        prune_gaussians(g, merge_scale=1.0, c2w=c2w, K=K)
+
+
+def test_row_grouping_equals_unique_rows():
+    from da3gs.gaussians.prune import _flat_keys, _group_rows
+
+    gen = torch.Generator().manual_seed(0)
+    big = torch.cat([torch.randint(-3, 3, (300, 4), generator=gen),
+                     torch.tensor([[2 ** 40, -(2 ** 40), 2 ** 30, 0]])])  # box too large for one int64
+    assert _flat_keys(big).ndim == 2
+    for keys in (torch.randint(-5, 5, (500, 4), generator=gen), big, torch.zeros((3, 3), dtype=torch.long)):
+        _, inv_ref, counts_ref = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+        inv, counts = _group_rows(keys)
+        assert torch.equal(inv, inv_ref) and torch.equal(counts, counts_ref)
