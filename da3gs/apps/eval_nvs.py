@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
-from da3gs.apps.common import Timer, load_job_model, resolve_device
+from da3gs.apps.common import Progress, Timer, load_job_model, resolve_device
 from da3gs.apps.eval_common import (eval_out_dir, infer_views, load_eval_scene,
                                     metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
@@ -46,8 +46,10 @@ def _lpips_models(spec: str, device) -> dict:
     return models
 
 
-def score_views(g, scene, targets, bg, ssim_mode: str, lpips_models: dict, keep: bool = False):
-    """Render each target with its scene camera at the stored size and score it.
+def score_views(g, scene, targets, bg, ssim_mode: str, lpips_models: dict, keep: bool = False,
+                progress: Progress | None = None):
+    """Render each target with its scene camera at the stored size and score it (a progress bar
+    on ``progress`` when given).
 
     Returns (per-view metric dicts, list of (prediction, truth) float arrays when ``keep``)."""
     from da3gs.geometry import c2w_to_w2c
@@ -58,7 +60,7 @@ def score_views(g, scene, targets, bg, ssim_mode: str, lpips_models: dict, keep:
     dev = g.means.device
     bgt = torch.tensor(bg, dtype=torch.float32, device=dev)
     rows, imgs = [], []
-    for i in targets:
+    for i in (progress.bar(targets, "scoring", unit="view") if progress else targets):
         H, W = scene.image_hw[i]
         gt_np = read_image(scene.image_paths[i], background=bg)
         if gt_np.shape[:2] != (H, W):
@@ -165,14 +167,16 @@ def run_nvs(args) -> dict:
                          "context_pose_errors": pose_errors(aligned, gc)}
     keep = args.refine_steps == 0
     with timer("render_score"):
-        rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=keep)
+        rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=keep,
+                                 progress=Progress("eval nvs", args.quiet))
     before, refinement = None, None
     if args.refine_steps > 0:
         g, rep = _refine(g, scene, ctx, bg, args, timer)
         refinement = rep.as_dict()
         before = rows
         with timer("render_score_refined"):
-            rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=True)
+            rows, imgs = score_views(g, scene, targets, bg, args.ssim_mode, lp, keep=True,
+                                     progress=Progress("eval nvs", args.quiet))
         for r, b in zip(rows, before):
             r["before_refinement"] = {k: v for k, v in b.items() if k not in ("index", "name")}
     used: set[str] = set()
