@@ -338,11 +338,12 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
         summary["no_splats_reason"] = ("the model has no Gaussian head, so no splats were made; "
                                        "points.ply holds the depth point cloud instead")
         return None
-    g = pred.gaussians.to("cpu")
+    g = pred.gaussians  # pruned and merged where the network ran (the GPU, when there is one)
     merge = 0.0 if getattr(args, "no_merge", False) or g.view is None else getattr(args, "merge_scale", 1.0)
     g, report = prune_gaussians(g, min_opacity=args.prune_opacity, conf_percentile=args.prune_conf,
                                 border=args.prune_border, image_hw=tuple(pred.depth.shape[1:]),
-                                voxel_size=args.voxel, merge_scale=merge, c2w=pred.c2w.cpu(), K=pred.K.cpu())
+                                voxel_size=args.voxel, merge_scale=merge, c2w=pred.c2w, K=pred.K)
+    g = g.to("cpu")
     if getattr(args, "refine_steps", 0):  # after pruning: fewer Gaussians to optimise
         from da3gs.train.refine import refine_gaussians
 
