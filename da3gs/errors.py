@@ -14,3 +14,7 @@ class ConfigError(Da3gsError):
 
 class ModelSourceError(Da3gsError):
     """A model source (hub id, folder, checkpoint file) cannot be resolved or read."""
+
+
+class ModelUnavailableError(ModelSourceError):
+    """A hub model is neither in the local cache nor fetchable (offline, or the hub failed)."""

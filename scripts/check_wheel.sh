@@ -13,7 +13,8 @@
 #    asserts that, and that every requirement in the wheel's metadata is satisfied;
 # 3. from a scratch folder outside the clone, with the fresh venv's `da3gs` entry point:
 #    --version, fetch (list), train --list-configs (presets are package data), render on generated
-#    images with random:tiny-gs (no shipped trained model exists yet), eval nvs on a generated posed
+#    images with no --model, offline (HF_HUB_OFFLINE=1, an empty HF cache): the bundled "mini"
+#    model is package data and the fallback must say so in one line, eval nvs on a generated posed
 #    scene with LPIPS (alex; skipped with a note when its weights are not fetched), and
 #    `ns-train da3gs --help` when nerfstudio is importable.
 # Usage: bash scripts/check_wheel.sh   (uses .venv; creates and removes a temporary folder)
@@ -34,7 +35,8 @@ ls "$WORK"/dist/da3gs-*.tar.gz >/dev/null
 "$TEST_PY" - "$WHEEL" <<'EOF'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = ["da3gs/py.typed", "da3gs/train/configs/stage1-compact.yaml", "da3gs/apps/fetch.py"]
+need = ["da3gs/py.typed", "da3gs/train/configs/stage1-compact.yaml", "da3gs/apps/fetch.py",
+        "da3gs/weights/mini/model.safetensors", "da3gs/weights/mini/config.json"]
 missing = [n for n in need if n not in names]
 assert not missing and any(n.endswith("/licenses/LICENSE") for n in names), f"wheel lacks {missing or 'LICENSE'}"
 EOF
@@ -100,9 +102,12 @@ json.dump({"camera_model": "OPENCV", "fl_x": f, "fl_y": f, "cx": W / 2, "cy": H 
            "frames": frames}, open("scene/transforms.json", "w"), indent=1)
 EOF
 
-step "da3gs render (random:tiny-gs)"
-da3gs render --views scene --model random:tiny-gs --device cpu --process-res 56 --frames 4 --out out/render -q
+step "da3gs render, offline with an empty Hugging Face cache (falls back to the bundled mini)"
+HF_HUB_OFFLINE=1 HF_HOME="$WORK/hf" da3gs render --views scene --device cpu --process-res 56 \
+    --frames 4 --out out/render 2>"$WORK/render.err" || { cat "$WORK/render.err"; exit 1; }
 test -s out/render/gaussians.ply && test -s out/render/summary.json
+grep -q "bundled model 'mini'" "$WORK/render.err"
+python -c 'import json; assert json.load(open("out/render/summary.json"))["model"] == "mini"' 
 
 LPIPS=alex
 if ! python -c 'from da3gs.metrics import load_lpips; load_lpips("alex")' 2>/dev/null; then

@@ -19,7 +19,7 @@ from da3gs.errors import Da3gsError
 from da3gs.models.reference_view import STRATEGIES
 from da3gs import __version__
 
-__all__ = ["DEFAULT_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
+__all__ = ["DEFAULT_MODEL", "FALLBACK_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
            "add_run_flags", "check_number", "Timer", "Progress", "resolve_device", "versions",
            "load_job_model"]
 
@@ -29,11 +29,16 @@ DEFAULT_MODEL = "depth-anything/DA3-GIANT-1.1"
 """The model the CLI uses when neither ``--model`` nor ``--checkpoint`` is given; also what
 ``load_model("giant")`` fetches (:data:`da3gs.models.loading.OFFICIAL_REPOS`)."""
 
+FALLBACK_MODEL = "mini"
+"""The bundled model (:data:`da3gs.models.loading.BUNDLED`) used when :data:`DEFAULT_MODEL`
+is neither cached nor fetchable and the user named no model."""
+
 MODEL_HELP = (
-    "model: a Hugging Face repo id, a local folder (config.json + model.safetensors) or "
-    f"'random:PRESET' for random weights (default: {DEFAULT_MODEL}, the published model with a "
-    "Gaussian head; licence CC BY-NC 4.0, non-commercial; fetched once into the Hugging Face "
-    "cache)")
+    "model: a Hugging Face repo id, a local folder (config.json + model.safetensors), "
+    f"'{FALLBACK_MODEL}' (the small model bundled with da3gs, Apache-2.0) or 'random:PRESET' "
+    f"for random weights (default: {DEFAULT_MODEL}, the published model with a Gaussian head; "
+    "licence CC BY-NC 4.0, non-commercial; fetched once into the Hugging Face cache; offline "
+    f"and not cached: '{FALLBACK_MODEL}', with a warning)")
 REF_VIEWS = STRATEGIES  # the reference-view choices of --ref-view, one definition
 DEFAULT_PROCESS_RES = 504
 ANYVIEW_HINT = f"use an any-view model such as {DEFAULT_MODEL}"
@@ -157,9 +162,21 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
     Returns ``(model, source)``."""
     from da3gs import load_model
 
+    from da3gs.errors import ModelUnavailableError
+
     source = args.checkpoint or args.model or DEFAULT_MODEL
     torch.manual_seed(args.seed)
-    model = load_model(source, device=device)
+    try:
+        model = load_model(source, device=device)
+    except ModelUnavailableError:
+        if args.checkpoint or args.model:  # the user named it: no silent substitute
+            raise
+        log.warning("%s is not cached and cannot be fetched (offline?); using the bundled "
+                    "model %r instead (7.8 M parameters trained by da3gs, far below DA3's "
+                    "quality; --model %s selects it explicitly)", DEFAULT_MODEL, FALLBACK_MODEL,
+                    FALLBACK_MODEL)
+        source = FALLBACK_MODEL
+        model = load_model(source, device=device)
     if not model.has_cameras:
         raise Da3gsError(f"model {source}: preset {model.preset.name} predicts depth only (no "
                          f"cameras); {ANYVIEW_HINT}")

@@ -9,7 +9,9 @@ Accepted sources:
     (see :mod:`da3gs.models.convert`); files that hold every name load too;
   * a ``.safetensors`` file written by da3gs (preset in its metadata);
   * a Hugging Face repo id (``depth-anything/DA3-LARGE``), fetched with ``huggingface_hub``
-    into its cache (offline: the cache is used, else a one-line error says what to do).
+    into its cache (offline: the cache is used, else a one-line error says what to do);
+  * a bundled model's name (:data:`BUNDLED`: ``mini``, the compact model trained by da3gs,
+    shipped as package data, Apache-2.0), when no local file or folder has that name.
 Weights are read with safetensors only; no pickle is ever loaded. Half-precision files (fp16,
 bf16) are cast to the network's fp32 on load. A source that looks like a local path (a path
 separator beyond the one of ``org/name``, a weights suffix, or a leading ``.``, ``/`` or ``~``)
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from da3gs.errors import ModelSourceError
+from da3gs.errors import ModelSourceError, ModelUnavailableError
 from da3gs.models.convert import (CheckpointMismatch, is_official_state, load_into,
                                   official_to_ours, unique_state)
 from da3gs.models.model import DA3Model
@@ -32,6 +34,10 @@ from da3gs.models.net import build_net
 from da3gs.models.presets import NESTED, OFFICIAL_NAMES, PRESETS, get_preset
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+BUNDLED = {"mini": Path(__file__).resolve().parents[1] / "weights" / "mini"}
+"""Models shipped inside the package: name -> folder (config.json + fp16 model.safetensors).
+``mini``: the compact preset (7.8 M parameters, GS head) trained from scratch on procedural
+scenes (docs/training.md); the offline fallback of the CLI."""
 OFFICIAL_REPOS = {
     "small": "depth-anything/DA3-SMALL", "base": "depth-anything/DA3-BASE",
     "large": "depth-anything/DA3-LARGE-1.1", "giant": "depth-anything/DA3-GIANT-1.1",
@@ -181,7 +187,7 @@ def download(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
         kind = type(e).__name__
-        raise ModelSourceError(
+        raise ModelUnavailableError(
             f"no local file or folder {repo_id!r}, and could not fetch it from the Hugging Face "
             f"hub ({kind}); offline? Download "
             f"it elsewhere (huggingface-cli download {repo_id} --local-dir DIR) and pass DIR "
@@ -232,6 +238,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu",
         model = load_folder(path, preset)
     elif path.is_file():
         model = load_file(path, preset)
+    elif src in BUNDLED:
+        model = load_folder(BUNDLED[src], preset)
     elif src in OFFICIAL_REPOS or src in OFFICIAL_NAMES:
         model = load_folder(download(OFFICIAL_REPOS[get_preset(src).name]), preset)
     elif _looks_local(src):

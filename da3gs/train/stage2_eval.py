@@ -24,11 +24,13 @@ from da3gs.train.stage2 import Stage2Config, _geometry, _net, frozen_forward, gs
 __all__ = ["nvs_metrics"]
 
 
-def _lpips_net(device):
+def _lpips_net(device, weights=None):
+    """LPIPS (VGG) for scoring, from ``weights`` (the training config's
+    ``stage2.loss.lpips_weights``) or the default search places; None when not found."""
     from da3gs.metrics.lpips import LPIPSWeightsError, load_lpips
 
     try:
-        return load_lpips("vgg", device=device)
+        return load_lpips("vgg", weights=weights, device=device)
     except LPIPSWeightsError:
         return None
 
@@ -45,7 +47,7 @@ def nvs_metrics(model: nn.Module, batches: list, cfg: Stage2Config, device: torc
     net = _net(model)
     was = net.training
     net.eval()
-    lp = _lpips_net(device) if lpips else None
+    lp = _lpips_net(device, cfg.loss.lpips_weights) if lpips else None
     acc: dict[str, list[float]] = {}
     try:
         for batch in batches:
