@@ -163,6 +163,13 @@ def run(args) -> list[dict]:
                 del out
                 row[f"da3gs_{p}_s"], row[f"da3gs_{p}_peak_gib"] = _time(
                     lambda: ours_fwd(p), dev, args.repeats, args.warmup)
+                bb = getattr(ours.net, "backbone", None)
+                if args.cache_ablation and bb is not None:  # the same with the per-size caches off
+                    bb.use_cache = False
+                    try:
+                        row[f"da3gs_{p}_nocache_s"], _ = _time(lambda: ours_fwd(p), dev, args.repeats, args.warmup)
+                    finally:
+                        bb.use_cache = True
             del ref, same
             rows.append(row)
             print(_row_md(row, args.precisions), flush=True)
@@ -203,6 +210,9 @@ def _row_md(row: dict, precisions) -> str:
         e = row.get(f"da3gs_{p}_err")
         cells.append(_fmt_err(e) + (", ok" if row.get(f"da3gs_{p}_ok") else (", FAIL" if e else "")))
     cells.append(" ".join(_fmt_err(row[k]) for k in row if k.endswith("_vs_official_same_precision")) or "-")
+    nocache = [f"{p} {row[f'da3gs_{p}_nocache_s']:.4f}" for p in precisions if f"da3gs_{p}_nocache_s" in row]
+    if nocache:
+        cells.append("caches off: " + ", ".join(nocache) + " s")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -221,6 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--accuracy-max-views", type=int, default=128,
                     help="skip the fp32 reference (and accuracy) above this many views")
     ap.add_argument("--gs", action="store_true", help="run the GS head too (presets that have one)")
+    ap.add_argument("--cache-ablation", action="store_true",
+                    help="also time da3gs with the backbone's position-embedding / RoPE caches off")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="auto")
