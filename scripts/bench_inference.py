@@ -154,13 +154,13 @@ def run(args) -> list[dict]:
                 row["official_s"], row["official_peak_gib"] = _time(
                     lambda: off_fwd(args.official_precision), dev, args.repeats, args.warmup)
             for p in args.precisions:
-                out = ours_fwd(p)
                 if check:
+                    out = ours_fwd(p)
                     row[f"da3gs_{p}_err"] = accuracy(out, ref)
                     row[f"da3gs_{p}_ok"] = _passes(row[f"da3gs_{p}_err"])
                     if same is not None and p == args.official_precision:
                         row[f"da3gs_{p}_vs_official_same_precision"] = accuracy(out, same)
-                del out
+                    del out
                 row[f"da3gs_{p}_s"], row[f"da3gs_{p}_peak_gib"] = _time(
                     lambda: ours_fwd(p), dev, args.repeats, args.warmup)
                 bb = getattr(ours.net, "backbone", None)
