@@ -70,6 +70,10 @@ def add_eval_parser(sub) -> None:
     n.add_argument("--pose-mode", default="free", choices=["free", "conditioned"],
                    help="free: images only, Sim(3)-aligned to the scene; conditioned: the "
                    "scene's context cameras condition the network")
+    n.add_argument("--align", default="orientations", choices=["orientations", "centres"],
+                   help="pose-free alignment of the predicted context cameras to the scene's: "
+                   "rotation from their orientations, scale and translation from their centres "
+                   "(default; robust with few views), or Umeyama Sim(3) on the centres alone")
     n.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps on the context views (default 0)")
     n.add_argument("--refine-cameras", action="store_true", help="also refine context cameras")

@@ -155,12 +155,15 @@ def run_nvs(args) -> dict:
     if not conditioned:
         with timer("align"):
             pc, gc = pred.c2w.double().cpu(), scene.c2w[ctx]
-            try:
-                umeyama(pc[:, :3, 3], gc[:, :3, 3])
-                method = "umeyama_sim3_camera_centres"
-            except GeometryError:
-                method = "orientation_fallback"
-            sim, aligned = align_cameras(pc, gc, orientation_fallback=True)
+            if args.align == "orientations":
+                method = "sim3_orientations_then_centres"
+            else:
+                try:
+                    umeyama(pc[:, :3, 3], gc[:, :3, 3])
+                    method = "umeyama_sim3_camera_centres"
+                except GeometryError:
+                    method = "orientation_fallback"
+            sim, aligned = align_cameras(pc, gc, orientation_fallback=True, rotation=args.align)
             g = transform_gaussians(g, sim)
             alignment = {"method": method, "scale": float(sim.s),
                          "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
@@ -189,7 +192,8 @@ def run_nvs(args) -> dict:
         "context_indices": ctx, "context_names": [scene.names[i] for i in ctx],
         "overlap": overlap, "pose_mode": args.pose_mode, "background": list(bg),
         "ssim_mode": args.ssim_mode, "lpips_nets": list(lp), "render_size": "stored image size",
-        "alignment": "Sim(3) on context camera centres" if not conditioned else "none (conditioned)"}
+        "alignment": (f"Sim(3) of the context cameras ({args.align})" if not conditioned
+                      else "none (conditioned)")}
     m.update({"preset": model.preset.name, "num_gaussians": len(g), "notes": notes,
               "alignment": alignment, "scale_factor": pred.scale_factor,
               "refinement": refinement, "per_view": rows, "mean": _mean(rows)})

@@ -145,6 +145,21 @@ def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale) -> Sim3:
     return Sim3(R, mu_d - s * (R @ mu_s), s)
 
 
+def _align_orientations_lsq(c2w_src, c2w_dst, cs, cd, with_scale) -> Sim3:
+    """Rotation = chordal mean of ``R_dst_i R_src_i^T``; then the scale and translation that
+    minimise ``sum |s R c_src_i + t - c_dst_i|^2`` for that rotation (the spread ratio when
+    the least-squares scale is not positive, 1 when the source centres coincide)."""
+    R = _project_so3((c2w_dst[:, :3, :3] @ c2w_src[:, :3, :3].transpose(-1, -2)).sum(0))
+    mu_s, mu_d = cs.mean(0), cd.mean(0)
+    xs, xd = cs - mu_s, cd - mu_d
+    var_s = (xs**2).sum()
+    s = torch.ones((), dtype=cs.dtype, device=cs.device)
+    if with_scale and float(var_s) > 1e-20 * max(float((cs**2).sum()), 1.0):
+        s_lsq = (xd * (xs @ R.T)).sum() / var_s
+        s = s_lsq if float(s_lsq) > 0 else ((xd**2).sum() / var_s).sqrt()
+    return Sim3(R, mu_d - s * (R @ mu_s), s)
+
+
 def _ransac_sim3(cs, cd, with_scale, seed, n_iters, sub_n, inlier_thresh) -> Sim3:
     n = cs.shape[0]
     sub_n = max(3, (n + 1) // 2) if sub_n is None else max(3, min(sub_n, n))
@@ -183,8 +198,10 @@ def align_cameras(
     ransac_iters: int = 10,
     sub_n: int | None = None,
     inlier_thresh: float | None = None,
+    rotation: str = "centres",
 ) -> tuple[Sim3, torch.Tensor]:
-    """Align a source trajectory to a destination one by their camera centres.
+    """Align a source trajectory to a destination one by their camera centres (or, with
+    ``rotation="orientations"``, by their orientations and centres).
 
     Args:
         c2w_src, c2w_dst: (N, 4, 4) corresponding OpenCV camera-to-world poses.
@@ -198,6 +215,14 @@ def align_cameras(
             or coincident), take the rotation as the chordal mean of
             ``R_dst R_src^T``, the scale as the ratio of centre spreads (1 if
             none) and the translation from the centroids, instead of raising.
+        rotation: ``"centres"`` (Umeyama / RANSAC on the centres alone: the official
+            evaluation's alignment) or ``"orientations"``: the rotation is the chordal mean
+            of ``R_dst R_src^T`` (every camera's orientation votes), then scale and
+            translation are the least-squares fit of the centres for that rotation. For
+            rendering held-out views through aligned predicted cameras: with few views, or
+            predicted centres that are nearly coincident or collinear, a centre-only fit
+            leaves the rotation almost free and can turn the scene away from the targets;
+            with accurate predictions both give the same result. ``ransac`` is ignored.
     Returns:
         (sim3, c2w_aligned) with ``c2w_aligned = apply_sim3_to_c2w(sim3, c2w_src)``
         (N, 4, 4) ~= ``c2w_dst``; ``sim3`` is float64 and ``c2w_aligned`` has
@@ -212,6 +237,11 @@ def align_cameras(
         raise GeometryError(f"c2w_src/c2w_dst: shapes differ, {tuple(c2w_src.shape)} vs {tuple(c2w_dst.shape)}")
     a, b = c2w_src.to(torch.float64), c2w_dst.to(torch.float64)
     cs, cd = a[:, :3, 3], b[:, :3, 3]
+    if rotation not in ("centres", "orientations"):
+        raise GeometryError(f"rotation: expected 'centres' or 'orientations', got {rotation!r}")
+    if rotation == "orientations":
+        sim = _align_orientations_lsq(a, b, cs, cd, with_scale)
+        return sim, apply_sim3_to_c2w(sim, c2w_src)
     try:
         if ransac:
             sim = _ransac_sim3(cs, cd, with_scale, seed, ransac_iters, sub_n, inlier_thresh)

@@ -13,9 +13,10 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
    the cameras and depth scale the Gaussians are built with, in the ground-truth world:
    * with input poses: the ground-truth context cameras and the scale from the network's
      frame to theirs (:func:`~da3gs.models.model.scale_to_input`), as inference does;
-   * pose-free: the *predicted* context cameras aligned to the ground truth by the Sim(3)
-     fitted on the camera centres (predicted context c2w -> GT context c2w; camera
-     orientations when fewer than 3 non-collinear centres), depth scaled by its scale.
+   * pose-free: the *predicted* context cameras aligned to the ground truth by a Sim(3)
+     (predicted context c2w -> GT context c2w; ``align``: by default the rotation from the
+     cameras' orientations and scale + translation from their centres, or Umeyama on the
+     centres alone), depth scaled by its scale.
      Building the Gaussians in the aligned cameras equals building them in the predicted
      frame and moving them by that Sim(3) (tested), at no extra cost.
    The :class:`FrozenOutputs` do not depend on the GS head: pass them back (``frozen=``) to
@@ -79,7 +80,12 @@ class Stage2Config:
       backend: renderer: "auto" (gsplat on CUDA, torch elsewhere), "gsplat", "torch".
       background: (3,) colour under the splats, in [0, 1].
       ref_view_strategy: reference-view choice of the pose-free backbone (>= 3 views).
-      align_ransac: pose-free alignment by RANSAC from 10 context views on (else plain
+      align: how pose-free samples' predicted context cameras are aligned to the GT before
+        the targets are rendered: ``"orientations"`` (rotation from every camera's
+        orientation, scale and translation from the centres; robust with few views or poor
+        predicted centres) or ``"centres"`` (Umeyama on the centres, as the official pose
+        evaluation); see :func:`~da3gs.geometry.align_cameras`.
+      align_ransac: with ``align="centres"``, RANSAC from 10 context views on (else plain
         Umeyama on all centres).
       seed: seed of the random target selection.
       init_head: re-initialise the GS head's output biases in :func:`setup_stage2` so a
@@ -103,6 +109,7 @@ class Stage2Config:
     backend: str = "auto"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     ref_view_strategy: str = "saddle_balanced"
+    align: str = "orientations"
     align_ransac: bool = False
     seed: int = 0
     init_head: bool = False
@@ -116,7 +123,7 @@ class Stage2Config:
             self.loss = Stage2LossConfig(**self.loss)
         choices = {"target_select": _SELECT, "geometry": ("da3gs", "official", "model"),
                    "frozen_precision": ("auto", "bf16", "fp32"), "head_precision": ("fp32", "bf16"),
-                   "backend": ("auto", "gsplat", "torch")}
+                   "backend": ("auto", "gsplat", "torch"), "align": ("orientations", "centres")}
         for key, ok in choices.items():
             if getattr(self, key) not in ok:
                 raise Da3gsError(f"stage2.{key}: expected one of {', '.join(ok)}, got "
@@ -299,7 +306,7 @@ def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None 
             scale[b] = scale_to_input(pc64, gt64)
         else:
             sim3, aligned = align_cameras(pc64, gt64, ransac=cfg.align_ransac and len(ctx) >= 10,
-                                          orientation_fallback=True)
+                                          orientation_fallback=True, rotation=cfg.align)
             frame_c2w[b], frame_K[b] = aligned.to(dev, torch.float32), pred_K[b]
             scale[b] = float(sim3.s)
     return FrozenOutputs(ctx, tgt, x, feats, depth, frame_c2w, frame_K, scale, pc)

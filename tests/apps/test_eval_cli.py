@@ -62,6 +62,14 @@ def _check_scores(rows, nets):
             assert 0 <= r[f"lpips_{n}"] < 2
 
 
+def test_nvs_pose_free_centres_alignment(scene, tmp_path):
+    out = tmp_path / "nvs"
+    assert _eval("nvs", "--scene", scene, "--out", out, "--lpips", "none", "--align", "centres") == 0
+    m = _metrics(out)
+    assert m["alignment"]["method"] == "umeyama_sim3_camera_centres"
+    assert m["protocol"]["alignment"] == "Sim(3) of the context cameras (centres)"
+
+
 def test_nvs_pose_free(scene, tmp_path, capsys):
     out = tmp_path / "nvs"
     assert _eval("nvs", "--scene", scene, "--out", out, "--lpips", LPIPS) == 0
@@ -71,7 +79,7 @@ def test_nvs_pose_free(scene, tmp_path, capsys):
     assert p["pose_mode"] == "free" and p["overlap"] is False and p["context_select"] == "fps"
     assert p["ssim_mode"] == "gaussian" and p["background"] == [0.0, 0.0, 0.0]
     a = m["alignment"]
-    assert a["method"] == "umeyama_sim3_camera_centres" and a["scale"] > 0
+    assert a["method"] == "sim3_orientations_then_centres" and a["scale"] > 0
     assert len(a["context_pose_errors"]["rotation_error_deg"]) == 7
     nets = [] if LPIPS == "none" else ["vgg", "alex"]
     assert p["lpips_nets"] == nets

@@ -152,3 +152,39 @@ def test_align_cameras_errors():
         align_cameras(torch.eye(4), torch.eye(4))
     with pytest.raises(GeometryError, match="shapes differ"):
         align_cameras(torch.eye(4).repeat(3, 1, 1), torch.eye(4).repeat(4, 1, 1))
+
+
+def test_align_cameras_by_orientations_exact_and_least_squares():
+    gt = _sim3(16, s=2.5)
+    c2w_dst = random_c2w(6, torch.Generator().manual_seed(17))
+    c2w_src = apply_sim3_to_c2w(gt.inverse(), c2w_dst)
+    sim, aligned = align_cameras(c2w_src, c2w_dst, rotation="orientations")
+    torch.testing.assert_close(aligned, c2w_dst, atol=1e-10, rtol=0)
+    torch.testing.assert_close(sim.s, gt.s, atol=1e-10, rtol=0)
+    # for the fitted rotation, scale and translation minimise the centre residual (float64 LSQ)
+    noisy = c2w_src.clone()
+    noisy[:, :3, 3] += 0.05 * torch.randn(6, 3, generator=torch.Generator().manual_seed(18), dtype=F64)
+    sim, _ = align_cameras(noisy, c2w_dst, rotation="orientations")
+    cs, cd = noisy[:, :3, 3], c2w_dst[:, :3, 3]
+    A = torch.cat([(cs @ sim.R.T).reshape(-1, 1), torch.eye(3, dtype=F64).repeat(6, 1)], 1)
+    x = torch.linalg.lstsq(A, cd.reshape(-1, 1)).solution[:, 0]
+    torch.testing.assert_close(sim.s, x[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(sim.t, x[1:], atol=1e-10, rtol=0)
+
+
+def test_align_cameras_by_orientations_survives_coincident_predicted_centres():
+    """Predicted centres collapsed to almost one point (an undertrained camera head): a
+    centre-only fit leaves the rotation free and turns the cameras away; the orientation
+    fit keeps every aligned camera looking where its ground truth looks."""
+    c2w_dst = random_c2w(3, torch.Generator().manual_seed(19))
+    c2w_src = c2w_dst.clone()
+    c2w_src[:, :3, 3] = 1e-3 * torch.randn(3, 3, generator=torch.Generator().manual_seed(20), dtype=F64)
+    _, by_centres = align_cameras(c2w_src, c2w_dst, orientation_fallback=True)
+    _, by_orient = align_cameras(c2w_src, c2w_dst, rotation="orientations")
+    def view_angle(a):  # degrees between aligned and GT optical axes
+        cos = (a[:, :3, 2] * c2w_dst[:, :3, 2]).sum(-1).clamp(-1, 1)
+        return torch.rad2deg(torch.acos(cos))
+    assert view_angle(by_orient).max() < 1e-4  # acos near 1: float64 rounding
+    assert view_angle(by_centres).max() > 10
+    with pytest.raises(GeometryError, match="rotation: expected"):
+        align_cameras(c2w_src, c2w_dst, rotation="both")
