@@ -130,6 +130,17 @@ class Progress:
                     disable=self.quiet, file=sys.stderr, leave=False, dynamic_ncols=True,
                     mininterval=0.5)
 
+    def steps(self, total: int, desc: str):
+        """A bar for an optimisation loop and its ``on_step(step, steps, loss)`` callback (as
+        :func:`da3gs.train.refine.refine_gaussians` takes); close the bar when done."""
+        bar = self.bar(None, desc, total=total, unit="step")
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.5f}", refresh=False)
+            bar.update(1)
+
+        return bar, on_step
+
 
 def resolve_device(name: str) -> torch.device:
     """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""

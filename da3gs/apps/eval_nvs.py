@@ -107,10 +107,11 @@ def _refine(g, scene, ctx, bg, args, timer):
                          "refinement needs one image size")
     imgs = torch.from_numpy(np.stack(scene.subset(ctx).load_images(bg))).permute(0, 3, 1, 2)
     w2c = c2w_to_w2c(scene.c2w[ctx].float())
-    with timer("refine"):
+    bar, on_step = Progress("eval nvs", args.quiet).steps(int(args.refine_steps), "refine")
+    with timer("refine"), bar:
         return refine_gaussians(g, imgs, w2c, scene.K[ctx].float(), int(args.refine_steps),
                                 refine_cameras=args.refine_cameras, background=bg, seed=args.seed,
-                                log_every=0 if args.quiet else max(1, args.refine_steps // 10))
+                                on_step=on_step)
 
 
 def run_nvs(args) -> dict:

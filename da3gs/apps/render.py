@@ -347,9 +347,10 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
     if getattr(args, "refine_steps", 0):  # after pruning: fewer Gaussians to optimise
         from da3gs.train.refine import refine_gaussians
 
-        g, rep = refine_gaussians(g.to(pred.depth.device), pred.images, pred.w2c, pred.K,
-                                  int(args.refine_steps), seed=args.seed,
-                                  log_every=0 if args.quiet else max(1, args.refine_steps // 10))
+        bar, on_step = Progress("render", args.quiet).steps(int(args.refine_steps), "refine")
+        with bar:
+            g, rep = refine_gaussians(g.to(pred.depth.device), pred.images, pred.w2c, pred.K,
+                                      int(args.refine_steps), seed=args.seed, on_step=on_step)
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
     fmt = getattr(args, "splat_format", "both")

@@ -97,7 +97,7 @@ def spz_bytes(g: Gaussians, antialiased: bool = False) -> bytes:
     header = _HEADER.pack(SPZ_MAGIC, SPZ_VERSION, n, degree, fb, 1 if antialiased else 0, 0)
     raw = b"".join([header, pos.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(),
                     rots.tobytes(), sh_q.tobytes()])
-    return gzip.compress(raw, compresslevel=9, mtime=0)
+    return gzip.compress(raw, compresslevel=6, mtime=0)  # zlib's default, as Niantic's writer
 
 
 def gaussians_from_spz_bytes(data: bytes, name: str = "SPZ") -> Gaussians:

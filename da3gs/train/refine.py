@@ -27,7 +27,6 @@ is held by the cloud itself).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -151,7 +150,7 @@ def _psnr_views(g, images, w2c, K, backend, bg) -> list[float]:
 
 def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, steps: int,
                      lr: dict | None = None, refine_cameras: bool = False, backend: str = "auto",
-                     ssim_weight: float = 0.2, log_every: int = 0, background=None,
+                     ssim_weight: float = 0.2, on_step=None, background=None,
                      seed: int = 0, extent: float | None = None,
                      lr_camera_rot: float = 1e-3, lr_camera_trans: float = 1e-3):
     """Fit Gaussians ``g`` to context views for ``steps`` Adam steps (module docstring).
@@ -166,7 +165,8 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
       refine_cameras: also learn per-view se(3) corrections (view 0 fixed).
       backend: renderer (``auto``: gsplat on CUDA, torch elsewhere).
       ssim_weight: w in ``(1 - w) L1 + w (1 - SSIM)``.
-      log_every: print the loss to stderr every that many steps (0: silent).
+      on_step: optional ``on_step(step, steps, loss)`` called after every step (the
+        commands drive their progress bar with it; library code prints nothing).
       background: (3,) colour under the splats (None: black), as in the images.
       seed: seed of the view sampler.
       extent: scene extent for the position rate (default: :func:`scene_extent`).
@@ -247,8 +247,8 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
             loss.backward()
             opt.step()
         report.loss.append(float(loss.detach()))
-        if log_every and (step % log_every == 0 or step == steps):
-            print(f"refine: step {step}/{steps} loss {report.loss[-1]:.5f}", file=sys.stderr)
+        if on_step is not None:
+            on_step(step, steps, report.loss[-1])
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     report.time_s = time.perf_counter() - t0

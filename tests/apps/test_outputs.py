@@ -361,7 +361,7 @@ def test_writer_pool_body_exception_cancels_queued_writes(tmp_path):
 
     gate, ran = threading.Event(), []
     with pytest.raises(KeyboardInterrupt):
-        with write_output_dir(tmp_path / "out", "test") as tmp, WriterPool(workers=1) as pool:
+        with write_output_dir(tmp_path / "out", "test"), WriterPool(workers=1) as pool:
             pool.submit("block", lambda: (gate.wait(5), ran.append("block")))
             for i in range(5):
                 pool.submit("queued", ran.append, i)

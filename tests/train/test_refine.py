@@ -55,9 +55,12 @@ def test_refinement_fits_the_views(views):
 def test_deterministic_and_zero_steps(views):
     imgs, w2c, K = views
     init = _cloud(60, 2)
-    _, a = refine_gaussians(init, imgs, w2c, K, 5, backend="torch", seed=3)
+    calls = []
+    _, a = refine_gaussians(init, imgs, w2c, K, 5, backend="torch", seed=3,
+                            on_step=lambda *c: calls.append(c))
     _, b = refine_gaussians(init, imgs, w2c, K, 5, backend="torch", seed=3)
     assert a.loss == b.loss
+    assert calls == [(i + 1, 5, loss) for i, loss in enumerate(a.loss)]
     g0, r0 = refine_gaussians(init, imgs, w2c, K, 0, backend="torch")
     assert r0.loss == [] and math.isclose(r0.psnr_before, r0.psnr_after, abs_tol=1e-4)
     assert torch.allclose(g0.means, init.means) and torch.allclose(g0.opacities, init.opacities, atol=1e-6)
