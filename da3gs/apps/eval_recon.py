@@ -155,7 +155,8 @@ def run_recon(args) -> dict:
     t0, timer = time.perf_counter(), Timer()
     params = _params(args)
     if not marching_cubes_available():
-        raise Da3gsError("eval recon: TSDF mesh extraction needs scikit-image (pip install scikit-image)")
+        raise Da3gsError("eval recon: TSDF mesh extraction needs scikit-image "
+                         "(pip install 'da3gs[recon]' or pip install scikit-image)")
     scene = load_eval_scene(args)
     gt_kind, gt_pts, gt_faces = _read_gt(args, scene)
     out = eval_out_dir(args, "recon")
