@@ -14,8 +14,21 @@ Each scene is ``PATH`` or ``PATH:PRESET``; presets (auto-detected when omitted):
 Every (scene, pose mode, refine steps) combination runs as its own ``da3gs eval nvs`` process;
 outputs go to ``--out-root/<scene>_<mode>_r<steps>``. The table (``--output``, default
 ``docs/nvs_results.md``) lists scene, model, pose mode, context, refine steps, PSNR / SSIM /
-LPIPS (before -> after when refined), time, device, date and the exact command. ``--append``
-keeps the rows already in the file.
+LPIPS (before -> after when refined), time, device, date and the exact command. Without
+``--append`` the file is rewritten (intro and table); with ``--append`` the new rows go under
+the file's existing table of this header (a new table at the end when there is none) and the
+rest of the file, prose and other tables, is kept.
+
+Per-scene optimisation baseline: ``--inits model random`` also runs, for each scene and each
+refine-steps value K > 0, ``da3gs eval nvs --init random --refine-steps K`` (randomly initialised
+Gaussians fitted to the same context views with their ground-truth cameras for the same K steps,
+no network; K = 0 is skipped, random Gaussians unrefined mean nothing), in
+``--out-root/<scene>_random_r<steps>``; its rows read ``random init (N)`` in the model column
+and ``gt`` in the pose-mode column, so the table compares the model with per-scene optimisation
+at equal refinement steps::
+
+    python scripts/bench_nvs.py --scenes ../shared/data/llff_fern --model mini \
+        --pose-mode conditioned free --refine-steps 0 100 --inits model random --append
 """
 
 from __future__ import annotations
@@ -85,7 +98,10 @@ def cell(mean: dict, before: dict | None, key: str, fmt: str) -> str:
 def row(m: dict, cmd: list[str], steps: int, device: str) -> str:
     mean, before = m["mean"], m.get("mean_before_refinement")
     p = m["protocol"]
-    cols = [Path(m["scene"]).name, m["model"], p["pose_mode"],
+    model = m["model"]
+    if p.get("init") == "random":
+        model = f"random init ({p['init_points']}, extent x{p['init_extent']:g})"
+    cols = [Path(m["scene"]).name, model, p["pose_mode"],
             f"{len(p['context_indices'])} ({p['context_select']})", str(steps),
             cell(mean, before, "psnr", "{:.2f}"), cell(mean, before, "ssim", "{:.4f}"),
             cell(mean, before, "lpips_vgg", "{:.4f}"), cell(mean, before, "lpips_alex", "{:.4f}"),
@@ -107,12 +123,23 @@ def main(argv=None) -> int:
     ap.add_argument("--blender-context", type=int, default=4)
     ap.add_argument("--lpips", default="vgg,alex")
     ap.add_argument("--max-targets", type=int, default=None, help="quick runs: score at most N targets")
+    ap.add_argument("--inits", nargs="+", default=["model"], choices=["model", "random"],
+                    help="model: the network's Gaussians (default); random: also the per-scene "
+                    "baseline from random Gaussians at each refine-steps value > 0")
+    ap.add_argument("--init-points", type=int, default=100_000,
+                    help="--inits random: number of random Gaussians (eval's --init-points)")
+    ap.add_argument("--init-extent", type=float, default=3.0,
+                    help="--inits random: cube half-side in camera extents (eval's --init-extent)")
     ap.add_argument("--out-root", default="bench_out/nvs", help="folder for the eval outputs")
     ap.add_argument("--output", default=str(ROOT / "docs" / "nvs_results.md"))
     ap.add_argument("--append", action="store_true", help="keep the rows already in --output")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
 
+    if args.init_points < 4:
+        ap.error(f"--init-points: expected at least 4, got {args.init_points}")
+    if not (math.isfinite(args.init_extent) and args.init_extent > 0):
+        ap.error(f"--init-extent: expected a positive number, got {args.init_extent}")
     rows, failed = [], 0
     dev = device_name(args.device) if not args.dry_run else args.device
     for spec in args.scenes:
@@ -120,42 +147,75 @@ def main(argv=None) -> int:
         path = Path(path_s)
         preset = preset_of(path, name or None)
         proto = protocol_args(path, preset, args)
-        for mode in args.pose_mode:
-            for steps in args.refine_steps:
-                out = Path(args.out_root) / f"{path.name}_{mode}_r{steps}"
-                cmd = ["da3gs", "eval", "nvs", "--scene", str(path), "--model", args.model,
-                       "--pose-mode", mode, "--process-res", str(args.process_res),
-                       "--device", args.device, "--lpips", args.lpips, *proto,
-                       "--out", str(out), "--overwrite", "-q"]
-                if steps:
-                    cmd += ["--refine-steps", str(steps)]
-                    cmd += ["--refine-cameras"] if args.refine_cameras else []
-                if args.max_targets:
-                    cmd += ["--max-targets", str(args.max_targets)]
-                print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-                if args.dry_run:
-                    continue
-                res = subprocess.run([sys.executable, "-m", "da3gs.cli", *cmd[1:]])
-                if res.returncode != 0:
-                    print(f"bench_nvs: {path.name} ({mode}, {steps} steps) failed with status "
-                          f"{res.returncode}", file=sys.stderr)
-                    failed += 1
-                    continue
-                m = json.loads((out / "metrics.json").read_text())
-                rows.append(row(m, cmd, steps, dev))
-                print(rows[-1], flush=True)
+        runs = []  # (label, eval flags, refine steps, output folder)
+        if "model" in args.inits:
+            runs += [(mode, ["--model", args.model, "--pose-mode", mode], steps,
+                      f"{path.name}_{mode}_r{steps}")
+                     for mode in args.pose_mode for steps in args.refine_steps]
+        if "random" in args.inits:
+            if 0 in args.refine_steps:
+                print(f"bench_nvs: {path.name}: random init is not run at 0 refine steps",
+                      file=sys.stderr)
+            runs += [("random init", ["--init", "random", "--init-points", str(args.init_points),
+                                      "--init-extent", f"{args.init_extent:g}"], steps,
+                      f"{path.name}_random_r{steps}")
+                     for steps in args.refine_steps if steps > 0]
+        for label, flags, steps, folder in runs:
+            out = Path(args.out_root) / folder
+            cmd = ["da3gs", "eval", "nvs", "--scene", str(path), *flags,
+                   "--process-res", str(args.process_res),
+                   "--device", args.device, "--lpips", args.lpips, *proto,
+                   "--out", str(out), "--overwrite", "-q"]
+            if steps:
+                cmd += ["--refine-steps", str(steps)]
+                cmd += ["--refine-cameras"] if args.refine_cameras else []
+            if args.max_targets:
+                cmd += ["--max-targets", str(args.max_targets)]
+            print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+            if args.dry_run:
+                continue
+            res = subprocess.run([sys.executable, "-m", "da3gs.cli", *cmd[1:]])
+            if res.returncode != 0:
+                print(f"bench_nvs: {path.name} ({label}, {steps} steps) failed with status "
+                      f"{res.returncode}", file=sys.stderr)
+                failed += 1
+                continue
+            m = json.loads((out / "metrics.json").read_text())
+            rows.append(row(m, cmd, steps, dev))
+            print(rows[-1], flush=True)
     if args.dry_run:
         return 0
     output = Path(args.output)
-    old = []
-    if args.append and output.is_file():
-        lines = output.read_text().splitlines()
-        old = [ln for ln in lines if ln.startswith("| ") and ln != HEADER]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    table = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|", *old, *rows]
-    output.write_text(INTRO + "\n".join(table) + "\n")
+    write_table(output, rows, args.append)
     print(f"bench_nvs: {len(rows)} rows -> {output}" + (f"; {failed} runs failed" if failed else ""))
     return 1 if failed else 0
+
+
+def table_text(old: str | None, rows: list[str]) -> str:
+    """The results file: ``INTRO`` and a fresh table when ``old`` is None; else ``old`` with
+    ``rows`` inserted after the last row of its table headed by ``HEADER`` (or, when it has
+    none, a new table of that header appended at its end), the rest of ``old`` unchanged."""
+    sep = "|" + "---|" * HEADER.count(" | ") + "---|"
+    if old is None:
+        return INTRO + "\n".join([HEADER, sep, *rows]) + "\n"
+    lines = old.splitlines()
+    if HEADER not in lines:
+        body = old.rstrip("\n")
+        return (body + "\n\n" if body else "") + "\n".join([HEADER, sep, *rows]) + "\n"
+    end = lines.index(HEADER) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:end] + rows + lines[end:]) + "\n"
+
+
+def write_table(output: Path, rows: list[str], append: bool) -> None:
+    """Write the results file atomically (:func:`table_text`; ``append`` keeps the file)."""
+    from da3gs.io.atomic import atomic_path
+
+    old = output.read_text() if append and output.is_file() else None
+    text = table_text(old, rows)
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
 
 
 if __name__ == "__main__":

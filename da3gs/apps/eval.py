@@ -7,7 +7,10 @@ a Sim(3) fitted (Umeyama, no RANSAC) on the context camera centres, predicted ->
 (camera orientations for fewer than 3 or collinear centres), moves the cameras and the Gaussians
 into the scene's frame, as feed-forward NVS papers do. Optional test-time refinement
 (:mod:`da3gs.train.refine`) fits the cloud to the context views with their ground-truth cameras
-before the targets are scored (before and after are both reported).
+before the targets are scored (before and after are both reported). ``--init random`` is the
+per-scene optimisation baseline: no network, randomly initialised Gaussians
+(:func:`da3gs.gaussians.random_gaussians`, as gsplat's ``simple_trainer`` from random init) fitted
+by the same refinement to the context views with their ground-truth cameras, scored the same way.
 
 Background: ``--background``, else the scene's (Blender: white), else black (the 3DGS default
 for real scenes); ground-truth RGBA images are composited on the same colour.
@@ -67,9 +70,19 @@ def add_eval_parser(sub) -> None:
                    help="context choice: farthest-point sampling on camera centres (default), "
                    "evenly spaced, or --context-list")
     n.add_argument("--context-list", default=None, help="explicit context indices, e.g. 0,3,7")
-    n.add_argument("--pose-mode", default="free", choices=["free", "conditioned"],
-                   help="free: images only, Sim(3)-aligned to the scene; conditioned: the "
-                   "scene's context cameras condition the network")
+    n.add_argument("--pose-mode", default=None, choices=["free", "conditioned"],
+                   help="free (default): images only, Sim(3)-aligned to the scene; conditioned: "
+                   "the scene's context cameras condition the network (ignored by --init random)")
+    n.add_argument("--init", default="model", choices=["model", "random"],
+                   help="model (default): the network's Gaussians; random: per-scene optimisation "
+                   "baseline, randomly initialised Gaussians (no network) fitted to the context "
+                   "views with their ground-truth cameras for --refine-steps (> 0) steps")
+    n.add_argument("--init-points", type=int, default=100_000,
+                   help="--init random: number of Gaussians (default 100000, gsplat's init_num_pts)")
+    n.add_argument("--init-extent", type=float, default=3.0,
+                   help="--init random: half-side of the cube of centres, in units of the context "
+                   "cameras' extent (1.1 x their largest distance from their mean; default 3, "
+                   "gsplat's init_extent)")
     n.add_argument("--align", default="orientations", choices=["orientations", "centres"],
                    help="pose-free alignment of the predicted context cameras to the scene's: "
                    "rotation from their orientations, scale and translation from their centres "

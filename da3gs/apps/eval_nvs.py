@@ -1,4 +1,10 @@
-"""``da3gs eval nvs``: novel-view synthesis protocol (see :mod:`da3gs.apps.eval`)."""
+"""``da3gs eval nvs``: novel-view synthesis protocol (see :mod:`da3gs.apps.eval`).
+
+``--init model`` (default) scores the network's Gaussians (optionally refined); ``--init random``
+is the per-scene optimisation baseline: randomly initialised Gaussians (:func:`_random_init`)
+refined by the same :func:`~da3gs.train.refine.refine_gaussians` on the context views with their
+ground-truth cameras, then scored by the same :func:`score_views`; no network is loaded.
+"""
 
 from __future__ import annotations
 
@@ -114,6 +120,55 @@ def _refine(g, scene, ctx, bg, args, timer):
                                 on_step=on_step)
 
 
+RANDOM_INIT_SH_DEGREE = 3  # 3DGS / gsplat default; higher bands start at zero
+
+
+def _check_init(args) -> None:
+    """``--init`` and its flags, before any work."""
+    init = getattr(args, "init", "model")
+    if init not in ("model", "random"):
+        raise Da3gsError(f"--init: expected model or random, got {init!r}")
+    if init != "random":
+        return
+    if args.refine_steps <= 0:
+        raise Da3gsError("--init random needs --refine-steps K > 0 (random Gaussians are only "
+                         "a starting point for per-scene optimisation)")
+    if args.init_points < 4:
+        raise Da3gsError(f"--init-points: expected at least 4, got {args.init_points}")
+    if not (np.isfinite(args.init_extent) and args.init_extent > 0):
+        raise Da3gsError(f"--init-extent: expected a positive number, got {args.init_extent}")
+
+
+def _random_init(scene, ctx, args, device):
+    """Randomly initialised Gaussians for the per-scene baseline: ``--init-points`` centres in a
+    cube around the context cameras' mean, half-side ``--init-extent`` x their extent (3DGS's
+    ``cameras_extent``, :func:`~da3gs.train.refine.scene_extent`), as gsplat's ``simple_trainer``
+    with ``init_type="random"`` (:func:`da3gs.gaussians.random_gaussians`).
+
+    Returns (Gaussians on ``device``, protocol dict of the initialisation)."""
+    from da3gs.geometry import c2w_to_w2c
+    from da3gs.gaussians import random_gaussians
+    from da3gs.train.refine import scene_extent
+
+    c2w = scene.c2w[ctx].double()
+    centres = c2w[:, :3, 3]
+    if len(ctx) < 2 or float((centres - centres.mean(0)).norm(dim=-1).max()) <= 1e-9:
+        raise Da3gsError("--init random: needs at least 2 context views at distinct positions "
+                         "(the cube of initial Gaussians is sized by the cameras' spread)")
+    ext = scene_extent(c2w_to_w2c(c2w), centres)
+    centre, half = centres.mean(0), float(args.init_extent) * ext
+    g = random_gaussians(int(args.init_points), centre, half, sh_degree=RANDOM_INIT_SH_DEGREE,
+                         seed=args.seed, device=device)
+    info = {"init": "random", "init_points": int(args.init_points), "seed": int(args.seed),
+            "init_extent": float(args.init_extent), "camera_extent": ext,
+            "box_centre": [float(v) for v in centre], "box_half_size": half,
+            "sh_degree": RANDOM_INIT_SH_DEGREE, "opacity": 0.1, "rotations": "identity",
+            "scales": "sqrt(mean squared distance to the 3 nearest centres)",
+            "colours": "uniform [0, 1]", "cameras": "ground truth (--pose-mode ignored)",
+            "reference": "gsplat examples/simple_trainer.py init_type=random; 3DGS random init"}
+    return g, info
+
+
 def run_nvs(args) -> dict:
     from da3gs.geometry import GeometryError, align_cameras, umeyama
     from da3gs.geometry.gaussians import transform_gaussians
@@ -123,6 +178,12 @@ def run_nvs(args) -> dict:
         raise Da3gsError(f"--refine-steps: expected a non-negative number, got {args.refine_steps}")
     if args.refine_cameras and args.refine_steps == 0:
         raise Da3gsError("--refine-cameras needs --refine-steps K > 0")
+    _check_init(args)
+    random_init = getattr(args, "init", "model") == "random"
+    if random_init and args.pose_mode is not None and not args.quiet:
+        print(f"da3gs eval nvs: note: --init random uses the scene's context cameras; "
+              f"--pose-mode {args.pose_mode} is ignored", file=sys.stderr)
+    args.pose_mode = args.pose_mode or "free"
     if args.context_list is not None and args.select not in (None, "list"):
         raise Da3gsError(f"--context-list picks the context itself; drop --select {args.select}")
     select = "list" if args.context_list is not None else (args.select or "fps")
@@ -146,14 +207,19 @@ def run_nvs(args) -> dict:
     bg = _background(args, scene)
     device = resolve_device(args.device)
     lp = _lpips_models(args.lpips, device)
-    with timer("load_model"):
-        model, source = load_job_model(args, device, need_gs=True, job="eval nvs")
     conditioned = args.pose_mode == "conditioned"
-    with timer("inference"):
-        pred = infer_views(model, scene, ctx, args, bg, conditioned, True)
-    g = pred.gaussians
-    alignment = None
-    if not conditioned:
+    alignment, pred, model, init_info = None, None, None, {"init": "model"}
+    if random_init:
+        source = "random-init"
+        with timer("random_init"):
+            g, init_info = _random_init(scene, ctx, args, device)
+    else:
+        with timer("load_model"):
+            model, source = load_job_model(args, device, need_gs=True, job="eval nvs")
+        with timer("inference"):
+            pred = infer_views(model, scene, ctx, args, bg, conditioned, True)
+        g = pred.gaussians
+    if not conditioned and not random_init:
         with timer("align"):
             pc, gc = pred.c2w.double().cpu(), scene.c2w[ctx]
             if args.align == "orientations":
@@ -191,18 +257,23 @@ def run_nvs(args) -> dict:
         "targets": args.targets, "target_indices": targets, "targets_available": n_all,
         "target_names": [scene.names[i] for i in targets], "context_select": select,
         "context_indices": ctx, "context_names": [scene.names[i] for i in ctx],
-        "overlap": overlap, "pose_mode": args.pose_mode, "background": list(bg),
-        "ssim_mode": args.ssim_mode, "lpips_nets": list(lp), "render_size": "stored image size",
-        "alignment": (f"Sim(3) of the context cameras ({args.align})" if not conditioned
-                      else "none (conditioned)")}
-    m.update({"preset": model.preset.name, "num_gaussians": len(g), "notes": notes,
-              "alignment": alignment, "scale_factor": pred.scale_factor,
+        "overlap": overlap, "pose_mode": "gt" if random_init else args.pose_mode,
+        "background": list(bg), "ssim_mode": args.ssim_mode, "lpips_nets": list(lp),
+        "render_size": "stored image size",
+        "alignment": ("none (random init, ground-truth cameras)" if random_init
+                      else f"Sim(3) of the context cameras ({args.align})" if not conditioned
+                      else "none (conditioned)"),
+        **init_info}
+    m.update({"preset": model.preset.name if model is not None else None,
+              "num_gaussians": len(g), "notes": notes, "alignment": alignment,
+              "scale_factor": pred.scale_factor if pred is not None else None,
               "refinement": refinement, "per_view": rows, "mean": _mean(rows)})
     if before is not None:
         m["mean_before_refinement"] = _mean(before)
     write_metrics(out, m, t0, timer, files)
     if not args.quiet:
-        mode = "pose-free" if not conditioned else "conditioned"
+        mode = ("random init, GT cameras" if random_init
+                else "pose-free" if not conditioned else "conditioned")
         ref = f", {args.refine_steps} refine steps" if args.refine_steps else ""
         print(f"da3gs eval nvs: {_fmt(m['mean'], m.get('mean_before_refinement'))} "
               f"({len(targets)} targets, {len(ctx)} context, {mode}{ref}) -> {out}")
