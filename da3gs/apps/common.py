@@ -156,13 +156,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def versions() -> dict[str, str]:
-    """Versions of da3gs, torch, python and (when installed) gsplat, for output summaries."""
+    """Versions of da3gs, torch, python and (when installed) gsplat, for output summaries.
+    gsplat's comes from its package metadata: importing it belongs to the rendering backend."""
+    from importlib.metadata import PackageNotFoundError, version
+
     v = {"da3gs": __version__, "torch": torch.__version__, "python": platform.python_version()}
     try:
-        import gsplat
-
-        v["gsplat"] = gsplat.__version__
-    except Exception:
+        v["gsplat"] = version("gsplat")
+    except PackageNotFoundError:
         pass
     return v
 
