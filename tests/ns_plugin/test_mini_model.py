@@ -9,16 +9,11 @@ import torch
 pytest.importorskip("nerfstudio")
 
 from da3gs.ns_plugin.dataparser import Da3gsDataParserConfig  # noqa: E402
-from da3gs.ns_plugin.seed import to_splatfacto  # noqa: E402
-from tests.ns_plugin.test_plugin import _photos  # noqa: E402
+from tests.ns_plugin.test_plugin import _photos, setup_method_checked  # noqa: E402
 
 
 def test_dataparser_and_method_with_mini(tmp_path):
     pytest.importorskip("sklearn")
-    from nerfstudio.data.scene_box import SceneBox
-
-    from da3gs.ns_plugin.model import Da3gsModelConfig
-
     data = _photos(tmp_path, 2)
     cfg = Da3gsDataParserConfig(data=data, model="mini", process_res=42, device="cpu",
                                 prune_opacity=0.0, eval_interval=0)
@@ -32,13 +27,4 @@ def test_dataparser_and_method_with_mini(tmp_path):
     assert len(seed) > 0 and len(seed) % 2 == 0  # one per processed pixel of each view
     assert set(seed.view.tolist()) == {0, 1} and torch.isfinite(seed.means).all()
     assert len(out.metadata["points3D_xyz"]) == len(seed)
-    try:
-        model = Da3gsModelConfig().setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])),
-                                         num_train_data=2, metadata=out.metadata, device="cpu")
-    except Exception as e:  # splatfacto builds torchmetrics LPIPS when ours has no weights
-        if "download" in str(e).lower() or "urlopen" in str(e).lower():
-            pytest.skip(f"LPIPS weights unavailable offline: {e}")
-        raise
-    expect = to_splatfacto(seed, model.config.sh_degree)
-    for k, v in expect.items():
-        assert torch.equal(model.gauss_params[k].data, v), k
+    setup_method_checked(out, 2)

@@ -40,6 +40,29 @@ def _photos(tmp_path, n=4) -> Path:
     return d
 
 
+def setup_method_checked(out, num_train_data: int):
+    """The da3gs nerfstudio method built on dataparser outputs ``out`` (CPU), after checking
+    that its initial Gaussians are exactly the dataparser's; skips when splatfacto would need
+    to download LPIPS weights."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from da3gs.ns_plugin.model import Da3gsModelConfig
+
+    try:
+        model = Da3gsModelConfig().setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])),
+                                         num_train_data=num_train_data, metadata=out.metadata,
+                                         device="cpu")
+    except Exception as e:  # splatfacto builds torchmetrics LPIPS when ours has no weights
+        if "download" in str(e).lower() or "urlopen" in str(e).lower():
+            pytest.skip(f"LPIPS weights unavailable offline: {e}")
+        raise
+    expect = to_splatfacto(out.metadata["da3gs_gaussians"], model.config.sh_degree)
+    for k, v in expect.items():
+        assert torch.equal(model.gauss_params[k].data, v), k
+    return model
+
+
+
 def _parser(data: Path, **kw):
     cfg = Da3gsDataParserConfig(data=data, model="random:tiny-gs", process_res=70, device="cpu",
                                 prune_opacity=0.0, **kw)
@@ -79,23 +102,10 @@ def test_too_few_images(tmp_path):
 def test_seeded_model_equals_prediction(tmp_path):
     """The method's initial Gaussians are exactly the dataparser's (prediction) Gaussians."""
     pytest.importorskip("sklearn")
-    from nerfstudio.data.scene_box import SceneBox
-
-    from da3gs.ns_plugin.model import Da3gsModelConfig
-
     data = _photos(tmp_path, 3)
     out = _parser(data, eval_interval=0).get_dataparser_outputs("train")
     seed = out.metadata["da3gs_gaussians"]
-    try:
-        model = Da3gsModelConfig().setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])),
-                                         num_train_data=3, metadata=out.metadata, device="cpu")
-    except Exception as e:  # splatfacto builds torchmetrics LPIPS when ours has no weights
-        if "download" in str(e).lower() or "urlopen" in str(e).lower():
-            pytest.skip(f"LPIPS weights unavailable offline: {e}")
-        raise
-    expect = to_splatfacto(seed, model.config.sh_degree)
-    for k, v in expect.items():
-        assert torch.equal(model.gauss_params[k].data, v), k
+    model = setup_method_checked(out, 3)
     back = from_splatfacto({k: p.data for k, p in model.gauss_params.items()})
     assert torch.allclose(back.means, seed.means.float())
     assert torch.allclose(back.opacities, seed.opacities.float().clamp(1e-6, 1 - 1e-6), atol=1e-6)
