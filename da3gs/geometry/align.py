@@ -134,29 +134,21 @@ def _project_so3(M: torch.Tensor) -> torch.Tensor:
     return U @ (S[:, None] * Vh)
 
 
-def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale) -> Sim3:
-    """Rotation = chordal mean of ``R_dst_i R_src_i^T``; scale from centre spreads."""
-    R = _project_so3((c2w_dst[:, :3, :3] @ c2w_src[:, :3, :3].transpose(-1, -2)).sum(0))
-    mu_s, mu_d = cs.mean(0), cd.mean(0)
-    var_s = ((cs - mu_s) ** 2).sum()
-    s = torch.ones((), dtype=cs.dtype, device=cs.device)
-    if with_scale and float(var_s) > 1e-20 * max(float((cs**2).sum()), 1.0):
-        s = (((cd - mu_d) ** 2).sum() / var_s).sqrt()
-    return Sim3(R, mu_d - s * (R @ mu_s), s)
-
-
-def _align_orientations_lsq(c2w_src, c2w_dst, cs, cd, with_scale) -> Sim3:
-    """Rotation = chordal mean of ``R_dst_i R_src_i^T``; then the scale and translation that
-    minimise ``sum |s R c_src_i + t - c_dst_i|^2`` for that rotation (the spread ratio when
-    the least-squares scale is not positive, 1 when the source centres coincide)."""
+def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale, lsq_scale=False) -> Sim3:
+    """Rotation = chordal mean of ``R_dst_i R_src_i^T``; scale from the centre spreads, or
+    (``lsq_scale``) the one minimising ``sum |s R c_src_i + t - c_dst_i|^2`` for that rotation
+    when it is positive (else the spread ratio); 1 when the source centres coincide. The
+    translation maps the source centroid onto the destination's."""
     R = _project_so3((c2w_dst[:, :3, :3] @ c2w_src[:, :3, :3].transpose(-1, -2)).sum(0))
     mu_s, mu_d = cs.mean(0), cd.mean(0)
     xs, xd = cs - mu_s, cd - mu_d
     var_s = (xs**2).sum()
     s = torch.ones((), dtype=cs.dtype, device=cs.device)
     if with_scale and float(var_s) > 1e-20 * max(float((cs**2).sum()), 1.0):
-        s_lsq = (xd * (xs @ R.T)).sum() / var_s
-        s = s_lsq if float(s_lsq) > 0 else ((xd**2).sum() / var_s).sqrt()
+        s = ((xd**2).sum() / var_s).sqrt()
+        if lsq_scale:
+            s_lsq = (xd * (xs @ R.T)).sum() / var_s
+            s = s_lsq if float(s_lsq) > 0 else s
     return Sim3(R, mu_d - s * (R @ mu_s), s)
 
 
@@ -240,7 +232,7 @@ def align_cameras(
     if rotation not in ("centres", "orientations"):
         raise GeometryError(f"rotation: expected 'centres' or 'orientations', got {rotation!r}")
     if rotation == "orientations":
-        sim = _align_orientations_lsq(a, b, cs, cd, with_scale)
+        sim = _align_with_orientations(a, b, cs, cd, with_scale, lsq_scale=True)
         return sim, apply_sim3_to_c2w(sim, c2w_src)
     try:
         if ransac:

@@ -284,7 +284,7 @@ def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None 
             continue
         ext = intr = None
         if flag:
-            ext = torch.cat([normalize_input_poses(c2w_to_w2c(gt_c2w[b])[None])[0] for b in idx.tolist()])
+            ext, _ = normalize_input_poses(c2w_to_w2c(gt_c2w[idx]))  # per sample
             intr = gt_K[idx]
         with _autocast(dev, cfg.frozen_precision):
             out, f = net.forward_features(x[idx], ext, intr, cfg.ref_view_strategy)
