@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from da3gs.errors import Da3gsError
+from da3gs.errors import Da3gsError, ModelUnavailableError
 from da3gs.models.reference_view import STRATEGIES
 from da3gs import __version__
 
@@ -173,8 +173,6 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
     ``--seed``; checks it predicts cameras (and has a GS head when ``need_gs``).
     Returns ``(model, source)``."""
     from da3gs import load_model
-
-    from da3gs.errors import ModelUnavailableError
 
     source = args.checkpoint or args.model or DEFAULT_MODEL
     torch.manual_seed(args.seed)
