@@ -26,7 +26,7 @@ import torch
 __all__ = ["SPHERE", "BOX", "CYLINDER", "QUAD", "TORUS", "BLEND", "TYPE_NAMES", "SLOTS",
            "SLOT_START", "NUM_SLOTS", "NUM_PRM", "BIG", "slot_types", "intersect_sphere",
            "intersect_box", "intersect_cylinder", "intersect_quad", "bound_interval",
-           "analytic_normal", "bounding_radius", "maybe_compile", "use_compile"]
+           "analytic_normal", "bounding_radius", "group_by", "maybe_compile", "use_compile"]
 
 SPHERE, BOX, CYLINDER, QUAD, TORUS, BLEND = range(6)
 TYPE_NAMES = ("sphere", "box", "cylinder", "quad", "torus", "blend")
@@ -134,33 +134,33 @@ def bound_interval(o: torch.Tensor, d: torch.Tensor, radius: torch.Tensor, tmin:
     return t0, t1, (disc > 0) & (t1 > t0)
 
 
-def analytic_normal(ptype: torch.Tensor, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
-    """Local-frame outward normals of sphere, box, cylinder and quad hits (other types: zeros).
+def analytic_normal(ptype: int, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+    """Local-frame outward normals of hits on primitives of one analytic type.
 
-    ptype: (...) long; p: (..., 3) local hit points; prm: (..., NUM_PRM). Returns (..., 3), unit
-    length for the analytic types (quads give +z; the caller flips normals toward the ray).
-    Dense (every type computed, then selected): no data-dependent shapes.
+    ptype: SPHERE, BOX, CYLINDER or QUAD; p: (N, 3) local hit points; prm: (N, NUM_PRM).
+    Returns (N, 3) unit normals (quads give +z; the caller flips normals toward the ray).
+    The caller groups points by type, so only the type's own formula is evaluated.
     """
-    x, y, z = p.unbind(-1)
-    zero = torch.zeros_like(x)
-    one = torch.ones_like(x)
-    ns = p / p.norm(dim=-1, keepdim=True).clamp_min(_TINY)
-    # box: the axis where the point is closest to a face
-    rx, ry, rz = (p.abs() / prm[..., 0:3].clamp_min(_TINY)).unbind(-1)
-    sgn = lambda v: torch.where(v < 0, -one, one)  # noqa: E731
-    bx = (rx >= ry) & (rx >= rz)
-    by = ~bx & (ry >= rz)
-    bz = ~bx & ~by
-    nb = torch.stack([torch.where(bx, sgn(x), zero), torch.where(by, sgn(y), zero), torch.where(bz, sgn(z), zero)], -1)
+    if ptype == SPHERE:
+        return p / p.norm(dim=-1, keepdim=True).clamp_min(_TINY)
+    if ptype == QUAD:
+        return torch.zeros_like(p).index_fill_(-1, torch.tensor([2], device=p.device), 1.0)
+    sgn = torch.where(p < 0, -1.0, 1.0)
+    if ptype == BOX:  # the axis where the point is closest to a face
+        r = p.abs() / prm[:, 0:3].clamp_min(_TINY)
+        return sgn * _first_max(r)
     # cylinder: cap if the height ratio beats the radial ratio
-    rad = (x * x + y * y).sqrt()
-    cap = (z.abs() / prm[..., 1].clamp_min(_TINY)) > (rad / prm[..., 0].clamp_min(_TINY))
+    x, y, z = p.unbind(-1)
+    rad = torch.hypot(x, y)
+    cap = (z.abs() / prm[:, 1].clamp_min(_TINY)) > (rad / prm[:, 0].clamp_min(_TINY))
     rc = rad.clamp_min(_TINY)
-    nc = torch.stack([torch.where(cap, zero, x / rc), torch.where(cap, zero, y / rc), torch.where(cap, sgn(z), zero)], -1)
-    nq = torch.stack([zero, zero, one], -1)
-    t = ptype[..., None]
-    return torch.where(t == SPHERE, ns, torch.where(t == BOX, nb, torch.where(t == CYLINDER, nc,
-                       torch.where(t == QUAD, nq, torch.zeros_like(p)))))
+    return torch.where(cap[:, None], torch.stack([torch.zeros_like(x), torch.zeros_like(x), sgn[:, 2]], -1),
+                       torch.stack([x / rc, y / rc, torch.zeros_like(x)], -1))
+
+
+def _first_max(r: torch.Tensor) -> torch.Tensor:
+    """(N, 3) one-hot of the first maximal component (ties go to x, then y)."""
+    return (r.argmax(-1, keepdim=True) == torch.arange(3, device=r.device)).to(r.dtype)  # one_hot would sync
 
 
 def bounding_radius(ptype: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
@@ -182,6 +182,14 @@ def bounding_radius(ptype: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
     blend = torch.where(op == 2, b2, torch.where(op == 3, b3, b0))
     out = torch.stack([sph, box, cyl, quad, tor, blend], -1)
     return out.gather(-1, ptype.unsqueeze(-1)).squeeze(-1) * 1.001 + 1e-4
+
+
+def group_by(key: torch.Tensor, num: int) -> tuple[torch.Tensor, list[int]]:
+    """Stable order of ``key`` (M,) long in [0, num) and the start of each group plus the end
+    (a list of num + 1 ints; one host sync, no ``bincount``, which syncs on its own)."""
+    order = torch.argsort(key, stable=True)
+    starts = torch.searchsorted(key[order], torch.arange(num + 1, device=key.device, dtype=key.dtype))
+    return order, starts.tolist()
 
 
 _COMPILED: dict = {}

@@ -14,10 +14,13 @@ concave); 3 two thin capsules in smooth union (thin rods); 4 the torus. Blend pa
 ``prm[6]``, smoothing ``k = prm[7]``, op ``prm[8]``, rounding / thickness ``prm[9]``. Torus:
 major radius ``prm[0]``, minor ``prm[1]`` (axis local z).
 
-Speed: :func:`sdf_all` evaluates every op for every point and selects (no grouping, no host
-sync); :func:`march` runs a fixed number of steps with masking (finished pairs are frozen, never
-compacted), a few steps per call of one pure function that ``torch.compile`` fuses into one
-kernel on CUDA. There is no data-dependent control flow or shape anywhere in this module.
+Speed (the generator is bound by GPU elementwise work, not by the host): the pairs are grouped
+by op once per trace (one sort, one host sync for the group sizes) and every group evaluates
+only its own op (:func:`sdf_op`, on per-group constants derived once, :func:`derive`);
+:func:`march` compacts each group to its still-active pairs at a few fixed step counts
+(``_COMPACT_AT``; one host sync per compaction for all groups together), so converged pairs and
+pairs that left their interval stop costing work. Within a chunk finished pairs are frozen by
+masks, as before.
 """
 
 from __future__ import annotations
@@ -26,76 +29,79 @@ import functools
 
 import torch
 
-from .primitives import BIG, maybe_compile
+from .primitives import BIG, group_by, maybe_compile
 
-__all__ = ["NUM_OPS", "sdf_all", "march", "sdf_normal"]
+__all__ = ["NUM_OPS", "derive", "sdf_op", "march", "sdf_normal"]
 
 NUM_OPS = 5
-_UNROLL = 8  # march steps per (compiled) call
-
-
-def _smin(a: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
-    return b + h * (a - b) - k * h * (1 - h)
+#: Step counts after which each group is compacted to its still-active pairs.
+_COMPACT_AT = (3, 6, 10, 15, 22, 30)
 
 
 def _len3(x, y, z):
-    return (x * x + y * y + z * z).sqrt()
+    return torch.hypot(torch.hypot(x, y), z)
 
 
-def _capsule(px, py, pz, ax, ay, az, bx, by, bz, r):
-    """Distance to the segment a-b minus r; all args (...,) tensors."""
-    pax, pay, paz = px - ax, py - ay, pz - az
-    bax, bay, baz = bx - ax, by - ay, bz - az
-    h = ((pax * bax + pay * bay + paz * baz) / (bax * bax + bay * bay + baz * baz).clamp_min(1e-12)).clamp(0, 1)
-    return _len3(pax - bax * h, pay - bay * h, paz - baz * h) - r
+def _smin(a, b, k, ik):
+    """Polynomial smooth min; ik = 0.5 / k."""
+    h = torch.addcmul(torch.full_like(a, 0.5), b - a, ik).clamp_(0, 1)
+    return torch.lerp(b, a, h) - k * h * (1 - h)
 
 
-def sdf_all(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
-    """SDF of every op, selected per point.
+def derive(op: int, prm: torch.Tensor) -> torch.Tensor:
+    """Per-pair constants of op ``op``: prm (M, NUM_PRM) -> (C, M) rows used by :func:`sdf_op`."""
+    c = prm.T
+    if op == 4:
+        return c[0:2].contiguous()
+    ax, ay, az, ox, oy, oz, rs, k, _, th = c.unbind(0)
+    if op in (0, 1):
+        return torch.stack([ax, ay, az, ox, oy, oz, rs, k, 0.5 / k, th])
+    if op == 2:
+        return torch.stack([rs, th, oz])
+    bz = oz + az  # capsule 2 runs from (0, 0, -az) to (ox, oy, oz)
+    inv = 1.0 / (ox * ox + oy * oy + bz * bz).clamp_min(1e-12)
+    return torch.stack([ax, az, ox, oy, bz, inv, k, 0.5 / k, th])
 
-    p: (..., 3) local points; prm: (..., NUM_PRM); op: (...) long in [0, NUM_OPS). Returns (...).
-    """
-    x, y, z = p.unbind(-1)
-    ax, ay, az, ox, oy, oz, rs, k, _, th = prm.unbind(-1)
-    # 4: torus (major ax, minor ay)
-    qx = (x * x + y * y).sqrt() - ax
-    d4 = (qx * qx + z * z).sqrt() - ay
-    # 0 / 1: rounded box with a sphere smoothly added / subtracted
-    bx, by, bz = x.abs() - ax, y.abs() - ay, z.abs() - az
-    rb = (_len3(bx.clamp_min(0), by.clamp_min(0), bz.clamp_min(0))
-          + torch.maximum(torch.maximum(bx, by), bz).clamp_max(0) - th)
-    sph = _len3(x - ox, y - oy, z - oz) - rs
-    d0 = _smin(rb, sph, k)
-    d1 = -_smin(-rb, sph, k)  # smooth max(box, -sphere)
-    # 2: bowl (spherical shell of radius rs cut by the plane z = oz)
-    d2 = torch.maximum((_len3(x, y, z) - rs).abs() - th, z - oz)
+
+def sdf_op(op: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """SDF of op ``op`` at local points (x, y, z), each (M,); c: (C, M) from :func:`derive`."""
+    if op == 4:  # torus (major c[0], minor c[1])
+        return torch.hypot(torch.hypot(x, y) - c[0], z) - c[1]
+    if op in (0, 1):  # rounded box with a sphere smoothly added / subtracted
+        ax, ay, az, ox, oy, oz, rs, k, ik, th = c.unbind(0)
+        bx, by, bz = x.abs() - ax, y.abs() - ay, z.abs() - az
+        rb = (_len3(bx.clamp_min(0), by.clamp_min(0), bz.clamp_min(0))
+              + torch.maximum(torch.maximum(bx, by), bz).clamp_max_(0) - th)
+        sph = _len3(x - ox, y - oy, z - oz) - rs
+        return _smin(rb, sph, k, ik) if op == 0 else -_smin(-rb, sph, k, ik)  # smooth max(box, -sphere)
+    if op == 2:  # bowl: spherical shell of radius rs cut by the plane z = oz
+        rs, th, oz = c.unbind(0)
+        return torch.maximum((_len3(x, y, z) - rs).abs_() - th, z - oz)
     # 3: two capsules, (-ax, 0, 0)-(ax, 0, 0) and (0, 0, -az)-(ox, oy, oz)
-    zero = torch.zeros_like(x)
-    c1 = _capsule(x, y, z, -ax, zero, zero, ax, zero, zero, th)
-    c2 = _capsule(x, y, z, zero, zero, -az, ox, oy, oz, th)
-    d3 = _smin(c1, c2, k)
-    return torch.where(op == 4, d4, torch.where(op == 0, d0, torch.where(op == 1, d1, torch.where(op == 2, d2, d3))))
+    ax, az, ox, oy, bz, inv, k, ik, th = c.unbind(0)
+    c1 = _len3(x - torch.minimum(torch.maximum(x, -ax), ax), y, z) - th
+    pz = z + az
+    h = (((x * ox).addcmul_(y, oy).addcmul_(pz, bz)) * inv).clamp_(0, 1)
+    c2 = _len3(x - ox * h, y - oy * h, pz - bz * h) - th
+    return _smin(c1, c2, k, ik)
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_fn(n: int, eps: float, final: bool):
-    """A pure function doing ``n`` masked sphere-tracing steps (then the final acceptance)."""
+def _chunk_fn(op: int, n: int, eps: float):
+    """A pure function doing ``n`` masked sphere-tracing steps of op ``op``."""
 
-    def chunk(o, d, t, t1, prm, op, out):
+    def chunk(o, d, t, t1, c, live, hit):
         for _ in range(n):
-            dist = sdf_all(o + t[:, None] * d, prm, op)
-            live = (out >= BIG) & (t < t1)
-            hit = live & (dist < eps * t.clamp_min(1.0))
-            out = torch.where(hit, t, out)
-            t = torch.where(live & ~hit, t + dist, t)
-        if final:  # pairs that ran out of steps: accept the nearly-converged ones
-            dist = sdf_all(o + t[:, None] * d, prm, op)
-            ok = (out >= BIG) & (t < t1) & (dist < 20 * eps * t.clamp_min(1.0))
-            out = torch.where(ok, t, out)
-        return t, out
+            dist = sdf_op(op, torch.addcmul(o[0], d[0], t), torch.addcmul(o[1], d[1], t),
+                          torch.addcmul(o[2], d[2], t), c)
+            now = live & (dist < eps * t.clamp_min(1.0))
+            hit = hit | now
+            live = live & ~now
+            t = torch.where(live, t + dist, t)
+            live = live & (t < t1)
+        return t, live, hit
 
-    chunk.__name__ = f"march_chunk{n}{'_final' if final else ''}"
+    chunk.__name__ = f"march_op{op}_chunk{n}"
     return chunk
 
 
@@ -104,18 +110,60 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     """Sphere-trace (ray, primitive) pairs inside [t0, t1].
 
     o, d: (M, 3) local origins and unit directions; t0, t1: (M,); prm: (M, NUM_PRM);
-    op: (M,) long in [0, NUM_OPS). Returns t: (M,) the first hit, or BIG. Exactly ``steps``
-    steps for every pair (a pair stops moving once it hits or leaves [t0, t1]); no host sync.
+    op: (M,) long in [0, NUM_OPS). Returns t: (M,) the first hit, or BIG. At most ``steps``
+    steps per pair (a pair stops once it hits or leaves [t0, t1]); pairs that ran out of steps
+    but are nearly converged (distance below 20 eps) are accepted. Host syncs: one for the
+    group sizes, one per compaction.
     """
+    M = o.shape[0]
     out = torch.full_like(t0, BIG)
-    if o.shape[0] == 0:
+    if M == 0:
         return out
-    t, done = t0, 0
-    while done < steps:
-        n = min(_UNROLL, steps - done)
-        done += n
-        fn = maybe_compile(_chunk_fn(n, float(eps), done >= steps), use_compile)
-        t, out = fn(o, d, t, t1, prm, op, out)
+    order, st = group_by(op, NUM_OPS)
+    groups = []
+    for k in range(NUM_OPS):
+        a, n = st[k], st[k + 1] - st[k]
+        if n:
+            idx = order[a:a + n]
+            groups.append([k, idx, o[idx].T.contiguous(), d[idx].T.contiguous(), t0[idx], t1[idx],
+                           derive(k, prm[idx]), torch.ones(n, dtype=torch.bool, device=o.device),
+                           torch.zeros(n, dtype=torch.bool, device=o.device)])
+    done = 0
+    for stop in [s for s in _COMPACT_AT if s < steps] + [steps]:
+        for g in groups:
+            k, _, go, gd, t, t1g, c, live, hit = g
+            fn = maybe_compile(_chunk_fn(k, stop - done, float(eps)), use_compile)
+            g[4], g[7], g[8] = fn(go, gd, t, t1g, c, live, hit)
+        done = stop
+        # write back what finished; keep the still-active pairs (one sync for every group)
+        for g in groups:
+            out.index_copy_(0, g[1], torch.where(g[8], g[4], BIG))
+        if done >= steps:
+            break
+        sizes = [g[7].numel() for g in groups]
+        offs = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        keep_all = torch.cat([g[7] for g in groups]).nonzero().squeeze(1)  # sync
+        cut = torch.searchsorted(keep_all, torch.tensor(offs, device=keep_all.device)).tolist()  # drained: cheap
+        nxt = []
+        for i, g in enumerate(groups):
+            n = cut[i + 1] - cut[i]
+            if n == 0:
+                continue
+            if n < sizes[i]:
+                keep = keep_all[cut[i]:cut[i + 1]] - offs[i]
+                g = [g[0], g[1][keep], g[2][:, keep], g[3][:, keep], g[4][keep], g[5][keep], g[6][:, keep],
+                     g[7][keep], g[8][keep]]
+            nxt.append(g)
+        groups = nxt
+        if not groups:
+            break
+    # pairs that ran out of steps: accept the nearly-converged ones
+    for g in groups:
+        k, idx, go, gd, t, t1g, c, live, hit = g
+        dist = sdf_op(k, torch.addcmul(go[0], gd[0], t), torch.addcmul(go[1], gd[1], t),
+                      torch.addcmul(go[2], gd[2], t), c)
+        ok = live & (dist < 20 * eps * t.clamp_min(1.0))
+        out.index_copy_(0, idx, torch.where(hit | ok, t, BIG))
     return out
 
 
@@ -123,15 +171,28 @@ _TETRA = ((1, -1, -1), (-1, -1, 1), (-1, 1, -1), (1, 1, 1))
 
 
 def sdf_normal(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Unit outward normals from the SDF gradient (tetrahedral differences).
+    """Unit outward normals from the SDF gradient (tetrahedral differences), grouped by op.
 
-    p: (..., 3) local hit points; prm: (..., NUM_PRM); op: (...) long; h: (...) step.
-    Returns (..., 3).
+    p: (M, 3) local hit points; prm: (M, NUM_PRM); op: (M,) long; h: (M,) step.
+    Returns (M, 3). One host sync (the group sizes).
     """
-    x, y, z = p.unbind(-1)
-    gx = gy = gz = torch.zeros_like(x)
-    for kx, ky, kz in _TETRA:
-        v = sdf_all(torch.stack([x + kx * h, y + ky * h, z + kz * h], -1), prm, op)
-        gx, gy, gz = gx + kx * v, gy + ky * v, gz + kz * v
-    g = torch.stack([gx, gy, gz], -1)
-    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    out = torch.zeros_like(p)
+    if p.shape[0] == 0:
+        return out
+    order, st = group_by(op, NUM_OPS)
+    for k in range(NUM_OPS):
+        n = st[k + 1] - st[k]
+        if not n:
+            continue
+        idx = order[st[k]:st[k + 1]]
+        x, y, z = p[idx].T.contiguous()
+        hh, c = h[idx], derive(k, prm[idx])
+        g = torch.zeros(3, n, device=p.device)
+        for kx, ky, kz in _TETRA:
+            v = sdf_op(k, x + kx * hh, y + ky * hh, z + kz * hh, c)
+            g[0].add_(v, alpha=kx)
+            g[1].add_(v, alpha=ky)
+            g[2].add_(v, alpha=kz)
+        g = g.T
+        out[idx] = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return out

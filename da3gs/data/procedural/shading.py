@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from .primitives import BIG, NUM_SLOTS, TORUS, analytic_normal, maybe_compile, slot_types, use_compile
+from .primitives import (BIG, BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SPHERE, TORUS, analytic_normal,
+                         group_by, slot_types)
 from .scene import Scene
 from .sdf import sdf_normal
 from .textures import evaluate_texture, sky_color
@@ -26,62 +27,77 @@ from .trace import any_hit
 
 __all__ = ["surface", "shade"]
 
+_ENV, _SKY = 6, 7  # surface classes after the six primitive types
 
-def _surface(o, d, t, slot, env, ptypes, kind, room, center, rot, prm, bound, tex_kind, tex_freq, tex_seed,
-             palette, tex_dir):
-    """Dense surface attributes. o: (S, 1, 3); d: (S, R, 3) unit; t, slot, env: (S, R); scene
-    tensors (S, ...). Returns p, n (S, R, 3) (n unit, facing the ray, 0 on sky), albedo (S, R, 3),
-    tex (S, R) long, hit (S, R) bool."""
-    S = t.shape[0]
-    si = torch.arange(S, device=t.device)[:, None]
-    prim = slot >= 0
-    hit = prim | (env >= 0)
-    p = o + torch.where(hit, t, 0.0)[..., None] * d
-    sl = slot.clamp_min(0)
-    R, pr = rot[si, sl], prm[si, sl]  # (S, R, 3, 3), (S, R, NUM_PRM)
-    pl = ((p - center[si, sl])[..., None] * R).sum(-2)  # R^T (p - c)
-    ptype = ptypes[sl]
-    op = torch.where(ptype == TORUS, 4, pr[..., 8].round().long())
-    nl = torch.where((ptype >= TORUS)[..., None], sdf_normal(pl, pr, op, 1e-3 * bound[si, sl]),
-                     analytic_normal(ptype, pl, pr))
-    n_prim = (R * nl[..., None, :]).sum(-1)  # R n
-    # environment: floor / ceiling, room walls (the nearest wall's axis), dome
-    px, py, pz = p.unbind(-1)
+
+def _env_normal(p, e, kind, room):
+    """Environment normals (facing inside). p: (N, 3) world points; e: (N,) surface 0-2;
+    kind: (N,) scene kind; room: (N, 3)."""
+    px, py, _ = p.unbind(-1)
     zero = torch.zeros_like(px)
-    e = env.clamp_min(0)
     ne = torch.stack([zero, zero, torch.where(e == 2, -1.0, 1.0)], -1)
-    rm = room[:, None]
-    xw = (px.abs() / rm[..., 0]) >= (py.abs() / rm[..., 1])
+    xw = (px.abs() / room[:, 0]) >= (py.abs() / room[:, 1])
     sg = lambda v: -torch.where(v < 0, -1.0, 1.0)  # noqa: E731
     wall = torch.stack([torch.where(xw, sg(px), zero), torch.where(xw, zero, sg(py)), zero], -1)
     dome = -p / p.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    side = torch.where((kind == 0)[:, None, None], wall, dome)
-    n_env = torch.where((e == 1)[..., None], side, ne)
-    n = torch.where(prim[..., None], n_prim, torch.where(hit[..., None], n_env, 0.0))
-    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    n = torch.where(((n * d).sum(-1) > 0)[..., None], -n, n)
-    tex = torch.where(prim, slot, NUM_SLOTS + e)
-    tp = torch.where(prim[..., None], pl, p)  # texture frame: primitive local, world for the environment
-    albedo = evaluate_texture(tex_kind[si, tex], tp, tex_freq[si, tex], tex_seed[si, tex], palette[si, tex],
-                              tex_dir[si, tex])
-    return p, n, torch.where(hit[..., None], albedo, 0.0), tex, hit
+    side = torch.where((kind == 0)[:, None], wall, dome)
+    return torch.where((e == 1)[:, None], side, ne)
 
 
 def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
-            env: torch.Tensor, use_c: bool = False):
-    """Hit points, world normals and albedo of primary rays.
+            env: torch.Tensor):
+    """Hit points, world normals and albedo of primary rays, grouped by surface class.
 
     o: (S, V, 1, 3) camera centres; d: (S, V, M, 3) unit directions; t: (S, V, M) hit
     distance; slot: (S, V, M) primitive slot or -1; env: (S, V, M) environment surface or -1.
-    Returns p, n: (S, V*M, 3) world points and unit normals facing the ray (zeros on sky),
-    albedo: (S, V*M, 3), tex: (S, V*M) long texture / material entry, hit: (S, V*M) bool.
+    Returns p, n: (N, 3) (N = S*V*M) world points and unit normals facing the ray (zeros on
+    sky), albedo: (N, 3), entry: (N,) long flat index into the (S, NUM_SLOTS + NUM_ENV)
+    texture / material tables, hit: (N,) bool, sky: (K,) long indices of the sky pixels.
+    Pixels are sorted once by class (primitive type, environment, sky; one host sync) and each
+    class computes only its own normal formula; textures are grouped by kind the same way.
     """
     S, V, M = t.shape
-    oo = o.expand(S, V, M, 3).reshape(S, V * M, 3)
-    f = lambda x: x.reshape(S, V * M, *x.shape[3:])  # noqa: E731
-    return maybe_compile(_surface, use_c)(
-        oo, f(d), f(t), f(slot), f(env), slot_types(t.device), scene.kind, scene.room, scene.center, scene.rot,
-        scene.prm, scene.bound, scene.tex_kind, scene.tex_freq, scene.tex_seed, scene.palette, scene.tex_dir)
+    N, P, T = S * V * M, NUM_SLOTS, scene.tex_kind.shape[1]
+    dev = t.device
+    df, tf, sl, ev = d.reshape(N, 3), t.reshape(N), slot.reshape(N), env.reshape(N)
+    si = torch.arange(S, device=dev).repeat_interleave(V * M)
+    prim = sl >= 0
+    hit = prim | (ev >= 0)
+    p = torch.addcmul(o.expand(S, V, M, 3).reshape(N, 3), df, torch.where(hit, tf, 0.0)[:, None])
+    cls = torch.where(prim, slot_types(dev)[sl.clamp_min(0)], torch.where(hit, _ENV, _SKY))
+    order, start = group_by(cls, _SKY + 1)
+    n = torch.zeros_like(p)
+    tp = p.clone()  # texture frame: primitive local, world for the environment
+    for k0, k1 in ((SPHERE, SPHERE), (BOX, BOX), (CYLINDER, CYLINDER), (QUAD, QUAD), (TORUS, BLEND)):
+        a, b = start[k0], start[k1 + 1]
+        if a == b:
+            continue
+        idx = order[a:b]
+        e = si[idx] * P + sl[idx]
+        R = scene.rot.reshape(-1, 3, 3)[e]
+        pr = scene.prm.reshape(-1, NUM_PRM)[e]
+        pl = ((p[idx] - scene.center.reshape(-1, 3)[e])[:, None] @ R)[:, 0]  # R^T (p - c)
+        if k0 == TORUS:
+            op = torch.where(slot_types(dev)[sl[idx]] == TORUS, 4, pr[:, 8].round().long())
+            nl = sdf_normal(pl, pr, op, 1e-3 * scene.bound.reshape(-1)[e])
+        else:
+            nl = analytic_normal(k0, pl, pr)
+        n[idx] = (R @ nl[:, :, None])[..., 0]  # R n
+        tp[idx] = pl
+    idx = order[start[_ENV]:start[_SKY]]
+    if idx.numel():
+        s_e = si[idx]
+        n[idx] = _env_normal(p[idx], ev[idx], scene.kind[s_e], scene.room[s_e])
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = torch.where(((n * df).sum(-1) > 0)[:, None], -n, n)
+    entry = si * T + torch.where(prim, sl, P + ev.clamp_min(0))
+    albedo = torch.zeros_like(p)
+    idx = order[:start[_SKY]]
+    if idx.numel():
+        albedo[idx] = evaluate_texture(scene.tex_kind.reshape(-1), tp[idx], scene.tex_freq.reshape(-1),
+                                       scene.tex_seed.reshape(-1), scene.palette.reshape(-1, 3, 3),
+                                       scene.tex_dir.reshape(-1, 3), entry=entry[idx])
+    return p, n, albedo, entry, hit, order[start[_SKY]:]
 
 
 def _light_rays(p, n, t, hit, light_vec, light_point, light_col, scale):
@@ -100,27 +116,23 @@ def _light_rays(p, n, t, hit, light_vec, light_point, light_col, scale):
     return ldir, dist, ndl, test, origin, torch.where(test, dist, 0.0)
 
 
-def _combine(d, n, albedo, tex, hit, ldir, dist, ndl, test, vis, light_point, light_col, room, ks, shin,
-             ambient, sky_zenith, sky_horizon, cloud, sky_seed):
-    """Lambert + Phong with shadows, sky elsewhere. Returns linear rgb (S, R, 3) in [0, 1]."""
-    S = d.shape[0]
+def _combine(d, n, albedo, entry, hit, ldir, dist, ndl, test, vis, light_point, light_col, room, ks, shin,
+             ambient):
+    """Lambert + Phong with shadows. Shapes (S, R, ...); entry: (S, R) flat material index.
+    Returns linear rgb (S, R, 3) in [0, 1] (the caller writes the sky)."""
     point = light_point[:, None, None]
     atten = torch.where(point, 1.5 / (1 + (dist / room[:, 2][:, None, None]) ** 2), 1.0)
     lit = (vis & test).float() * atten  # (S, 2, R)
     col = light_col[:, :, None, :]  # (S, 2, 1, 3)
-    diffuse = (lit[..., None] * ndl.clamp_min(0)[..., None] * col).sum(1)
+    diffuse = (lit * ndl.clamp_min(0))[..., None].mul(col).sum(1)
     refl = 2 * ndl[..., None] * n[:, None] - ldir
     rv = (refl * -d[:, None]).sum(-1).clamp_min(0)
-    si = torch.arange(S, device=d.device)[:, None]
-    k, sh = ks[si, tex], shin[si, tex]
-    spec = (lit[..., None] * (rv ** sh[:, None])[..., None] * col).sum(1) * k[..., None]
+    k, sh = ks.reshape(-1)[entry], shin.reshape(-1)[entry]
+    spec = (lit * rv ** sh[:, None])[..., None].mul(col).sum(1) * k[..., None]
     # albedo and sky colours are display-referred: shade in linear light (exponent 2.2); the
     # generator encodes the result back with the per-view gamma
     rgb = albedo.clamp_min(0) ** 2.2 * (ambient[:, None, None] + diffuse) + spec
-    R = d.shape[1]
-    ex = lambda x: x[:, None].expand(S, R, *x.shape[1:]).reshape(S * R, *x.shape[1:])  # noqa: E731
-    sky = sky_color(d.reshape(-1, 3), ex(sky_zenith), ex(sky_horizon), ex(cloud), ex(sky_seed)) ** 2.2
-    return torch.where(hit[..., None], rgb, sky.reshape(S, R, 3)).clamp(0, 1)
+    return torch.where(hit[..., None], rgb, 0.0).clamp(0, 1)
 
 
 def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
@@ -131,15 +143,19 @@ def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, 
     normals (zeros on sky), hit: (S, V, M) bool.
     """
     S, V, M = t.shape
-    uc = use_compile(cfg, t)
+    R = V * M
     with record_function("procedural.surface"):
-        p, n, albedo, tex, hit = surface(scene, o, d, t, slot, env, uc)
-    df = d.reshape(S, V * M, 3)
-    ldir, dist, ndl, test, origin, tmax = maybe_compile(_light_rays, uc)(
-        p, n, t.reshape(S, V * M), hit, scene.light_vec, scene.light_point, scene.light_col, scene.scale)
+        p, n, albedo, entry, hit, sky = surface(scene, o, d, t, slot, env)
+    p, n, albedo, entry, hit = p.view(S, R, 3), n.view(S, R, 3), albedo.view(S, R, 3), entry.view(S, R), hit.view(S, R)
+    df = d.reshape(S, R, 3)
+    ldir, dist, ndl, test, origin, tmax = _light_rays(
+        p, n, t.reshape(S, R), hit, scene.light_vec, scene.light_point, scene.light_col, scene.scale)
     with record_function("procedural.shadows"):
-        vis = ~any_hit(scene, origin, ldir, tmax, cfg)
-    rgb = maybe_compile(_combine, uc)(
-        df, n, albedo, tex, hit, ldir, dist, ndl, test, vis, scene.light_point, scene.light_col, scene.room,
-        scene.ks, scene.shin, scene.ambient, scene.sky_zenith, scene.sky_horizon, scene.cloud, scene.sky_seed)
+        vis = ~any_hit(scene, origin, ldir, tmax, cfg)  # untested rays have tmax = 0: culled
+    rgb = _combine(df, n, albedo, entry, hit, ldir, dist, ndl, test, vis, scene.light_point, scene.light_col,
+                   scene.room, scene.ks, scene.shin, scene.ambient).reshape(S * R, 3)
+    if sky.numel():
+        s_k = sky // R
+        rgb[sky] = sky_color(df.reshape(-1, 3)[sky], scene.sky_zenith[s_k], scene.sky_horizon[s_k],
+                             scene.cloud[s_k], scene.sky_seed[s_k]) ** 2.2
     return rgb.reshape(S, V, M, 3), n.reshape(S, V, M, 3), hit.reshape(S, V, M)

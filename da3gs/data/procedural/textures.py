@@ -3,8 +3,8 @@
 Textures are functions of the hit point in the primitive's local frame (environment surfaces:
 the world point), never of the pixel, so every view sees the same appearance on a surface.
 Randomness comes from an integer hash of lattice coordinates and a per-surface seed: there is
-no texture memory, and evaluation is dense over points (every kind evaluated for every point and selected,
-so there is no host sync and ``torch.compile`` fuses it).
+no texture memory. Evaluation is grouped by kind (one sort, one host sync for the group sizes):
+each point pays only for its own kind, since the generator is bound by GPU elementwise work.
 
 Kinds (``TEXTURE_KINDS`` order): 0 fBm value noise (4 octaves); 1 dead leaves (layers of random
 balls at several scales occluding each other, over a cell-coloured base); 2 stripes along a
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .primitives import group_by
 
 __all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
@@ -124,24 +126,39 @@ def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal
 
 
 def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor,
-                     palette: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+                     palette: torch.Tensor, direction: torch.Tensor, entry: torch.Tensor | None = None) -> torch.Tensor:
     """Albedo of surface points.
 
     kind: (...) long texture kind; p: (..., 3) points in the surface's texture frame; freq: (...)
     spatial frequency (cycles per unit); seed: (...) int32; palette: (..., 3, 3) three RGB
-    colours; direction: (..., 3) unit stripe direction. Returns (..., 3) albedo in [0, 1].
-    Dense: every kind is evaluated for every point and selected (no host sync; fused by
-    ``torch.compile`` into few kernels).
+    colours; direction: (..., 3) unit stripe direction. With ``entry`` ((...) long), kind, freq,
+    seed, palette and direction are instead tables (E,), (E,), (E,), (E, 3, 3), (E, 3) indexed
+    by ``entry`` (gathered per kind, only for the points of that kind). Returns (..., 3) albedo
+    in [0, 1]. Grouped: the points are sorted by kind once (one host sync for the group sizes)
+    and each kind is evaluated on its own points only.
     """
     sh = p.shape
-    kind, p, freq, seed = kind.reshape(-1), p.reshape(-1, 3), freq.reshape(-1), seed.reshape(-1)
-    palette, direction = palette.reshape(-1, 3, 3), direction.reshape(-1, 3)
-    out = torch.zeros_like(p)
+    p = p.reshape(-1, 3)
+    if entry is None:
+        entry = torch.arange(p.shape[0], device=p.device)
+        kind, freq, seed = kind.reshape(-1), freq.reshape(-1), seed.reshape(-1)
+        palette, direction = palette.reshape(-1, 3, 3), direction.reshape(-1, 3)
+    else:
+        entry = entry.reshape(-1)
+    kp = kind[entry]
+    order, st = group_by(kp, 5)
+    out = torch.empty_like(p)
     for k in range(5):
-        out = torch.where((kind == k)[:, None], _tex(k, p, freq, seed, palette, direction), out)
-    # faint high-frequency detail so that no surface is textureless
-    detail = value_noise(p * freq[:, None] * 6.0 + 0.37, seed + 977)
-    return (out * (0.85 + 0.3 * detail)[:, None]).clamp(0, 1).reshape(sh)
+        if st[k] == st[k + 1]:
+            continue
+        idx = order[st[k]:st[k + 1]]
+        e, pk = entry[idx], p[idx]
+        f, sd = freq[e], seed[e]
+        col = _tex(k, pk, f, sd, palette[e], direction[e] if k == 2 else None)
+        # faint high-frequency detail so that no surface is textureless
+        detail = value_noise(pk * (f * 6.0)[:, None] + 0.37, sd + 977)
+        out[idx] = (col * (0.85 + 0.3 * detail)[:, None]).clamp_(0, 1)
+    return out.reshape(sh)
 
 
 def sky_color(d: torch.Tensor, zenith: torch.Tensor, horizon: torch.Tensor, cloud: torch.Tensor,

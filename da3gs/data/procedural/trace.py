@@ -2,12 +2,16 @@
 
 Rays come as broadcastable ``o, d: (S, X, Y, 3)`` world origins and unit directions (for
 primary rays ``o: (S, V, 1, 3)`` and ``d: (S, V, H*W, 3)``; for shadow rays ``(S, 1, R, 3)``
-and ``(S, lights, R, 3)``). :func:`_analytic` (one pure function, fused by ``torch.compile``
-on CUDA) moves the rays into each type's local frames, intersects every analytic slot densely,
-reduces to the nearest (or any) hit, and flags the (ray, slot) pairs of tori and blends whose
-bounding sphere is entered before that hit. Those pairs are compacted with one ``nonzero``
-(the only host sync of a trace) and sphere-traced (:func:`.sdf.march`, fixed steps, no sync);
-the results are merged back with scatter reductions.
+and ``(S, lights, R, 3)``).
+
+Cull, then intersect pairs (the generator is bound by GPU elementwise work, so no pair is
+intersected that cannot hit): :func:`_cull` tests every (ray, slot) pair against the slot's
+bounding sphere with two small matmuls and a few elementwise ops per pair; the surviving pairs
+are compacted with one ``nonzero`` in slot-major order, so they come grouped by primitive type
+(the group sizes are read in a second, cheap sync). Each analytic type then intersects only its
+own pairs in their local frames (:func:`_intersect_pairs`); tori and blends are sphere-traced
+(:func:`.sdf.march`, grouped by op) only on the pairs whose bounding sphere is entered before
+the nearest analytic hit. Results are merged per ray with scatter reductions.
 """
 
 from __future__ import annotations
@@ -15,99 +19,131 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from .primitives import (BIG, BOX, CYLINDER, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
+from .primitives import (BIG, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
                          intersect_box, intersect_cylinder, intersect_quad, intersect_sphere, maybe_compile,
                          slot_types, use_compile)
 from .scene import Scene
 from .sdf import march
 
-__all__ = ["to_local", "closest_hit", "any_hit", "environment_hit"]
+__all__ = ["closest_hit", "any_hit", "environment_hit"]
 
-_ANALYTIC = ((SPHERE, intersect_sphere), (BOX, intersect_box), (CYLINDER, intersect_cylinder), (QUAD, intersect_quad))
-_SDF = slice(SLOT_START[TORUS], NUM_SLOTS)
+_INTERSECT = {SPHERE: intersect_sphere, BOX: intersect_box, CYLINDER: intersect_cylinder, QUAD: intersect_quad}
+_REL = 1e-6  # float32 cancellation margin of the expanded squared distances (keeps the cull conservative)
 
 
-def to_local(center: torch.Tensor, rot: torch.Tensor, o: torch.Tensor, d: torch.Tensor, fused: bool = False):
-    """World rays in the local frames of P primitives.
+def _cull(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, tmin: float) -> torch.Tensor:
+    """(S, X, Y, P) bool: active slots whose bounding sphere the ray segment (tmin, tmax) enters.
 
-    center: (S, P, 3); rot: (S, P, 3, 3); o, d: (S, X, Y, 3) broadcastable. Returns o_l, d_l:
-    (S, X, Y, P, 3) (broadcast shapes). ``fused``: elementwise form (fuses under torch.compile)
-    instead of one matmul (fewer kernels eagerly).
+    Test per pair: with nb = d.(c - o) and cc = |o - c|^2 - r^2, the segment point nearest to the
+    centre is at t* = clamp(nb, tmin, tmax), inside the sphere iff cc + t* (t* - 2 nb) < 0. nb
+    and cc come from matmuls of augmented vectors (inactive slots get cc + BIG; shadow rays with
+    tmax <= tmin get nb - BIG, so t* = tmin and the test fails), leaving four elementwise passes
+    over the pairs. Conservative: the exact tests follow.
     """
-    S, P = center.shape[:2]
-    R = rot[:, None, None]  # (S, 1, 1, P, 3, 3)
-    if fused:
-        c = center[:, None, None]
-        o_l = ((o[..., None, :] - c)[..., None] * R).sum(-2)
-        d_l = (d[..., None, None, :].transpose(-1, -2) * R).sum(-2)
-        return o_l, d_l
-    rcat = rot.permute(0, 2, 1, 3).reshape(S, 1, 3, 3 * P)  # [s, i, p*3+j] = R[s, p, i, j]
-    cR = torch.einsum("spi,spij->spj", center, rot)[:, None, None]
-    return (o @ rcat).unflatten(-1, (P, 3)) - cR, (d @ rcat).unflatten(-1, (P, 3))
-
-
-def _analytic(o, d, tmax, center, rot, prm, active, bound, tmin: float, mode: str, fused: bool):
-    """Dense analytic pass. mode: "closest", "approx" (tori and blends as their bounding
-    spheres) or "any". Shapes: o, d (S, X, Y, 3); tmax (S, X, Y); scene tensors (S, P, ...).
-
-    Returns (t (S, X, Y), slot (S, X, Y) long, cand (S, X, Y, 7) bool) for closest / approx, or
-    (hit (S, X, Y) bool, cand) for any; ``cand`` flags the sphere-traced pairs to march.
-    """
-    ex = lambda x: x[:, None, None]  # noqa: E731
-    best_t, best_id = tmax, torch.full_like(tmax, -1, dtype=torch.long)
-    hit = torch.zeros_like(tmax, dtype=torch.bool)
-    types = list(_ANALYTIC) + ([(TORUS, None)] if mode == "approx" else [])
-    for typ, fn in types:
-        sl = slice(SLOT_START[typ], SLOT_START[typ + 1] if fn is not None else NUM_SLOTS)
-        o_l, d_l = to_local(center[:, sl], rot[:, sl], o, d, fused)
-        if fn is None:
-            t = intersect_sphere(o_l, d_l, ex(bound[:, sl, None]), tmin)
-        else:
-            t = fn(o_l, d_l, ex(prm[:, sl]), tmin)
-        t = torch.where(ex(active[:, sl]), t, BIG)
-        if mode == "any":
-            hit = hit | (t < tmax[..., None]).any(-1)
-            continue
-        tm, am = t.min(-1)
-        better = tm < best_t
-        best_t = torch.where(better, tm, best_t)
-        best_id = torch.where(better, am + SLOT_START[typ], best_id)
-    lim = torch.where(hit, 0.0, tmax) if mode == "any" else best_t
-    if mode == "approx":
-        cand = torch.zeros(lim.shape + (NUM_SLOTS - SLOT_START[TORUS],), dtype=torch.bool, device=lim.device)
+    c, r = scene.center, scene.bound
+    off = torch.where(scene.active, 0.0, BIG)
+    tm = tmax.clamp_min(tmin)[..., None]
+    if o.shape[2] == 1:  # one origin per (S, X): primary rays
+        oc = c[:, None] - o  # (S, X, P, 3)
+        nb = d @ oc.transpose(-1, -2)  # (S, X, Y, P)
+        cc = ((oc * oc).sum(-1) * (1 - _REL) - r[:, None] ** 2 + off[:, None])[:, :, None]
     else:
-        o_l, d_l = to_local(center[:, _SDF], rot[:, _SDF], o, d, fused)
-        t0, _, h = bound_interval(o_l, d_l, ex(bound[:, _SDF]), tmin)
-        cand = h & ex(active[:, _SDF]) & (t0 < lim[..., None])
-    return (hit, cand) if mode == "any" else (best_t, best_id, cand)
+        one = torch.ones_like(c[..., :1])
+        c4 = torch.cat([c, one], -1).transpose(1, 2)[:, None]  # (S, 1, 4, P)
+        dod = (d * o).sum(-1, keepdim=True) + torch.where(tmax <= tmin, BIG, 0.0)[..., None]
+        nb = torch.cat([d, -dod], -1) @ c4
+        oo = (o * o).sum(-1, keepdim=True) * (1 - _REL)
+        c5 = torch.cat([-2 * c, one, ((c * c).sum(-1) * (1 - _REL) - r * r + off)[..., None]], -1)
+        cc = torch.cat([o, oo, torch.ones_like(oo)], -1) @ c5.transpose(1, 2)[:, None]
+    ts = torch.clamp(nb, min=torch.tensor(tmin, device=nb.device), max=tm)
+    return torch.addcmul(cc, ts, torch.sub(ts, nb, alpha=2)) < 0
 
 
-def _march_pairs(scene: Scene, o, d, cand, lim, cfg, tmin: float):
-    """Sphere-trace the flagged pairs. cand: (S, X, Y, J) bool; lim: (S, X, Y) far limit.
+def _take(v: torch.Tensor, s, x, y) -> torch.Tensor:
+    """Rows of a broadcastable (S, X|1, Y|1, C) tensor at ray indices (s, x, y) -> (M, C)."""
+    _, Xv, Yv, C = v.shape
+    return v.reshape(-1, C)[(s * Xv + (x if Xv > 1 else 0)) * Yv + (y if Yv > 1 else 0)]
 
-    Returns ray (M,) flat ray index, slot (M,) long, t (M,) hit distance or BIG; None if M = 0.
-    """
-    S, X, Y, J = cand.shape
-    idx = cand.reshape(-1).nonzero().squeeze(1)  # the trace's one host sync
-    if idx.numel() == 0:
-        return None
-    ray, j = idx // J, idx % J
+
+def _pairs(scene: Scene, o, d, tmax, tmin):
+    """Culled pairs, slot-major. Returns (ray (M,) flat ray index, slot (M,), o (M, 3), d (M, 3),
+    s (M,) scene, starts: list of the first pair of each type and the end)."""
+    cand = _cull(scene, o, d, tmax, tmin)
+    S, X, Y, P = cand.shape
+    idx = cand.movedim(-1, 0).reshape(-1).nonzero().squeeze(1)  # sync: the pair count
+    slot, ray = idx // (S * X * Y), idx % (S * X * Y)
+    bounds = torch.tensor(SLOT_START, device=idx.device)
+    starts = torch.searchsorted(slot, bounds).tolist()  # cheap sync: the queue is drained
     s, x, y = ray // (X * Y), (ray // Y) % X, ray % Y
-    sh = (S, X, Y, 3)
-    slot = j + SLOT_START[TORUS]
-    R, prm = scene.rot[s, slot], scene.prm[s, slot]
-    o_l = ((o.expand(sh)[s, x, y] - scene.center[s, slot])[:, None] @ R)[:, 0]
-    d_l = (d.expand(sh)[s, x, y][:, None] @ R)[:, 0]
-    t0, t1, _ = bound_interval(o_l, d_l, scene.bound[s, slot], tmin)
-    t1 = torch.minimum(t1, lim.reshape(-1)[ray])
-    op = torch.where(slot_types(prm.device)[slot] == TORUS, 4, prm[:, 8].round().long())
-    with record_function("procedural.march"):
-        tp = march(o_l, d_l, t0, t1, prm, op, cfg.max_march_steps, cfg.march_eps, use_compile(cfg, o_l))
-    return ray, slot, tp
+    return ray, slot, _take(o, s, x, y), _take(d, s, x, y), s, starts
 
 
-def _scene_args(scene: Scene):
-    return scene.center, scene.rot, scene.prm, scene.active, scene.bound
+def _local(scene: Scene, s, slot, o, d):
+    """Pairs' rays in their primitives' local frames: o_l, d_l (M, 3) and prm (M, NUM_PRM)."""
+    e = s * NUM_SLOTS + slot
+    R = scene.rot.reshape(-1, 3, 3)[e]
+    od = torch.stack([o - scene.center.reshape(-1, 3)[e], d], 1) @ R  # (M, 2, 3): R^T (o - c), R^T d
+    return od[:, 0], od[:, 1], scene.prm.reshape(-1, NUM_PRM)[e]
+
+
+def _intersect_pairs(scene: Scene, typ: int, s, slot, o, d, tmin: float, use_c: bool):
+    """Exact hits of the pairs of one analytic type: (M,) t or BIG."""
+    if typ == SPHERE:  # rotation-invariant
+        e = s * NUM_SLOTS + slot
+        return intersect_sphere(o - scene.center.reshape(-1, 3)[e], d, scene.prm.reshape(-1, NUM_PRM)[e], tmin)
+    o_l, d_l, prm = _local(scene, s, slot, o, d)
+    return maybe_compile(_INTERSECT[typ], use_c)(o_l, d_l, prm, tmin)
+
+
+def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
+    """Shared pass. mode: "closest", "approx" (tori and blends as their bounding spheres) or
+    "any". Returns (t, slot) flat per ray (t = tmax, slot -1 where nothing is hit) or, for any,
+    hit flat bool."""
+    uc = use_compile(cfg, tmax)
+    ray, slot, op_, dp, s, st = _pairs(scene, o, d, tmax, tmin)
+    tm = tmax.reshape(-1)
+    N = tm.numel()
+    a_end = st[TORUS] if mode != "approx" else st[-1]
+    ta = torch.full((st[-1],), BIG, device=tm.device)
+    for typ in range(TORUS + (mode == "approx")):
+        a, b = st[typ], (st[typ + 1] if typ < TORUS else st[-1])
+        if a < b:
+            if typ == TORUS:  # approx: bounding spheres of tori and blends
+                e = s[a:b] * NUM_SLOTS + slot[a:b]
+                oc = op_[a:b] - scene.center.reshape(-1, 3)[e]
+                ta[a:b] = intersect_sphere(oc, dp[a:b], scene.bound.reshape(-1)[e][:, None], tmin)
+            else:
+                ta[a:b] = _intersect_pairs(scene, typ, s[a:b], slot[a:b], op_[a:b], dp[a:b], tmin, uc)
+    ra, sa, ta = ray[:a_end], slot[:a_end], ta[:a_end]
+    if mode == "any":
+        hit = torch.zeros(N, dtype=torch.int32, device=tm.device).index_add_(0, ra, (ta < tm[ra]).int()) > 0
+        lim = torch.where(hit, 0.0, tm)
+    else:
+        best = tm.clone().scatter_reduce_(0, ra, ta, "amin")
+        lim = best
+    if mode != "approx" and a_end < st[-1]:
+        # tori and blends: pairs whose bounding sphere is entered before the far limit
+        rs, ss = ray[a_end:], slot[a_end:]
+        e = s[a_end:] * NUM_SLOTS + ss
+        oc, dd = op_[a_end:] - scene.center.reshape(-1, 3)[e], dp[a_end:]
+        t0, t1, h = bound_interval(oc, dd, scene.bound.reshape(-1)[e], tmin)
+        t1 = torch.minimum(t1, lim[rs])
+        keep = (h & (t0 < t1)).nonzero().squeeze(1)  # sync
+        if keep.numel():
+            rs, ss, sk = rs[keep], ss[keep], s[a_end:][keep]
+            o_l, d_l, prm = _local(scene, sk, ss, op_[a_end:][keep], dd[keep])
+            op = torch.where(slot_types(tm.device)[ss] == TORUS, 4, prm[:, 8].round().long())
+            with record_function("procedural.march"):
+                tp = march(o_l, d_l, t0[keep], t1[keep], prm, op, cfg.max_march_steps, cfg.march_eps, uc)
+            if mode == "any":
+                return hit.index_fill_(0, rs[tp < BIG], True)
+            ra, sa, ta = torch.cat([ra, rs]), torch.cat([sa, ss]), torch.cat([ta, tp])
+            best = best.scatter_reduce_(0, rs, tp, "amin")
+    if mode == "any":
+        return hit
+    win = torch.where(ta <= best[ra], sa, -1)
+    sl = torch.full((N,), -1, dtype=torch.long, device=tm.device).scatter_reduce_(0, ra, win, "amax")
+    return best, sl
 
 
 def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, cfg,
@@ -119,36 +155,18 @@ def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tens
     Returns t: (S, X, Y) (tmax where nothing is hit) and slot: (S, X, Y) long, -1 where
     nothing is hit.
     """
-    uc = use_compile(cfg, tmax)
-    fn = maybe_compile(_analytic, uc)
-    best_t, best_id, cand = fn(o, d, tmax, *_scene_args(scene), tmin, "approx" if approx else "closest", uc)
-    if approx:
-        return best_t, best_id
-    res = _march_pairs(scene, o, d, cand, best_t, cfg, tmin)
-    if res is None:
-        return best_t, best_id
-    ray, slot, tp = res
-    bt, bi = best_t.reshape(-1), best_id.reshape(-1)
-    sdf_t = torch.full_like(bt, BIG).scatter_reduce(0, ray, tp, "amin")
-    sdf_id = torch.full_like(bi, -1).scatter_reduce(0, ray, torch.where(tp <= sdf_t[ray], slot, -1), "amax")
-    win = sdf_t < bt
-    return torch.where(win, sdf_t, bt).view_as(best_t), torch.where(win, sdf_id, bi).view_as(best_id)
+    t, sl = _trace(scene, o, d, tmax, cfg, tmin, "approx" if approx else "closest")
+    return t.view_as(tmax), sl.view_as(tmax)
 
 
 def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, cfg,
             tmin: float = 1e-4) -> torch.Tensor:
     """Whether any primitive is hit in (tmin, tmax) (shadow rays; the environment casts none).
 
-    o, d: (S, X, Y, 3) broadcastable; tmax: (S, X, Y) (0 for rays not to test). Returns (S, X, Y) bool.
+    o, d: (S, X, Y, 3) broadcastable; tmax: (S, X, Y) (0 for rays not to test: they cost the
+    cull only). Returns (S, X, Y) bool.
     """
-    uc = use_compile(cfg, tmax)
-    hit, cand = maybe_compile(_analytic, uc)(o, d, tmax, *_scene_args(scene), tmin, "any", uc)
-    res = _march_pairs(scene, o, d, cand, torch.where(hit, 0.0, tmax), cfg, tmin)
-    if res is None:
-        return hit
-    ray, _, tp = res
-    n = torch.zeros(hit.numel(), dtype=torch.int32, device=hit.device).index_add_(0, ray, (tp < BIG).int())
-    return hit | (n > 0).view_as(hit)
+    return _trace(scene, o, d, tmax, cfg, tmin, "any").view_as(tmax)
 
 
 def _environment(o, d, kind, room, ground_r, dome_r):
