@@ -135,6 +135,42 @@ def _combine(d, n, albedo, entry, hit, ldir, dist, ndl, test, vis, light_point, 
     return torch.where(hit[..., None], rgb, 0.0).clamp(0, 1)
 
 
+def _shadow_visible(scene: Scene, cfg, origin, ldir, test, tmax, block: int = 4096):
+    """Shadow rays of the tested (pixel, light) pairs only (lit side of a surface, light
+    present, not sky). origin: (S, 1, R, 3); ldir: (S, L, R, 3); test, tmax: (S, L, R).
+
+    Each (scene, light) row's tested rays are packed to its front and cut into blocks of
+    ``block`` rays; the blocks are traced as a batch of their own (each with its scene; one host
+    sync for the block counts), so the work follows the tested rays, wasting less than one
+    block per row. Returns vis: (S, L, R) bool (True where not tested).
+    """
+    S, L, R = test.shape
+    dev = test.device
+    block = min(block, R)
+    tf = test.reshape(S * L, R)
+    cnt = tf.sum(1)
+    nblk = (cnt + block - 1) // block
+    K = int(sum(nblk.tolist()))  # sync
+    vis = torch.ones(S * L, R + 1, dtype=torch.bool, device=dev)
+    if K == 0:
+        return vis[:, :R].reshape(S, L, R)
+    row = torch.repeat_interleave(torch.arange(S * L, device=dev), nblk, output_size=K)
+    j = torch.arange(K, device=dev) - (nblk.cumsum(0) - nblk)[row]
+    dest = torch.where(tf, tf.cumsum(1) - 1, R)
+    comp = torch.zeros(S * L, R + 1, dtype=torch.long, device=dev).scatter_(
+        1, dest, torch.arange(R, device=dev).expand(S * L, R))  # comp[row, k]: the k-th tested ray
+    pos = j[:, None] * block + torch.arange(block, device=dev)
+    valid = pos < cnt[row][:, None]
+    ridx = comp[row[:, None], pos.clamp_max(R)]
+    sk = row // L
+    o = origin[:, 0][sk[:, None], ridx]
+    d = ldir.reshape(S * L, R, 3)[row[:, None], ridx]
+    tm = torch.where(valid, tmax.reshape(S * L, R)[row[:, None], ridx], 0.0)
+    blocked = any_hit(scene.select(sk), o[:, None], d[:, None], tm[:, None], cfg)[:, 0]
+    vis[row[:, None], torch.where(valid, ridx, R)] = ~blocked
+    return vis[:, :R].reshape(S, L, R)
+
+
 def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
           env: torch.Tensor):
     """Shaded linear colour of primary rays (before exposure, noise and gamma encoding).
@@ -151,7 +187,7 @@ def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, 
     ldir, dist, ndl, test, origin, tmax = _light_rays(
         p, n, t.reshape(S, R), hit, scene.light_vec, scene.light_point, scene.light_col, scene.scale)
     with record_function("procedural.shadows"):
-        vis = ~any_hit(scene, origin, ldir, tmax, cfg)  # untested rays have tmax = 0: culled
+        vis = _shadow_visible(scene, cfg, origin, ldir, test, tmax)
     rgb = _combine(df, n, albedo, entry, hit, ldir, dist, ndl, test, vis, scene.light_point, scene.light_col,
                    scene.room, scene.ks, scene.shin, scene.ambient).reshape(S * R, 3)
     if sky.numel():

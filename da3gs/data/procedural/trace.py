@@ -7,7 +7,7 @@ and ``(S, lights, R, 3)``).
 Cull, then intersect pairs (the generator is bound by GPU elementwise work, so no pair is
 intersected that cannot hit): :func:`_cull` tests every (ray, slot) pair against the slot's
 bounding sphere with two small matmuls and a few elementwise ops per pair; the surviving pairs
-are compacted with one ``nonzero`` in slot-major order, so they come grouped by primitive type
+are compacted with one ``nonzero`` and sorted by slot, so they come grouped by primitive type
 (the group sizes are read in a second, cheap sync). Each analytic type then intersects only its
 own pairs in their local frames (:func:`_intersect_pairs`); tori and blends are sphere-traced
 (:func:`.sdf.march`, grouped by op) only on the pairs whose bounding sphere is entered before
@@ -70,8 +70,9 @@ def _pairs(scene: Scene, o, d, tmax, tmin):
     s (M,) scene, starts: list of the first pair of each type and the end)."""
     cand = _cull(scene, o, d, tmax, tmin)
     S, X, Y, P = cand.shape
-    idx = cand.movedim(-1, 0).reshape(-1).nonzero().squeeze(1)  # sync: the pair count
-    slot, ray = idx // (S * X * Y), idx % (S * X * Y)
+    idx = cand.reshape(-1).nonzero().squeeze(1)  # sync: the pair count
+    slot, order = torch.sort(idx % P, stable=True)  # slot-major, so grouped by type
+    ray = idx[order] // P
     bounds = torch.tensor(SLOT_START, device=idx.device)
     starts = torch.searchsorted(slot, bounds).tolist()  # cheap sync: the queue is drained
     s, x, y = ray // (X * Y), (ray // Y) % X, ray % Y
