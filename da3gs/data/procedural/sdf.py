@@ -15,8 +15,8 @@ concave); 3 two thin capsules in smooth union (thin rods); 4 the torus. Blend pa
 major radius ``prm[0]``, minor ``prm[1]`` (axis local z).
 
 Speed (the generator is bound by GPU elementwise work, not by the host): the pairs are grouped
-by op once per trace (one sort, one host sync for the group sizes) and every group evaluates
-only its own op (:func:`sdf_op`, on per-group constants derived once, :func:`derive`);
+by op once per trace (one sort, one host sync for the group sizes; ops 0 and 1 form one group,
+differing by a sign) and every group evaluates only its own op (:func:`sdf_op`, on per-group constants derived once, :func:`derive`);
 :func:`march` compacts each group to its still-active pairs at a few fixed step counts
 (``_COMPACT_AT``; one host sync per compaction for all groups together), so converged pairs and
 pairs that left their interval stop costing work. Within a chunk finished pairs are frozen by
@@ -44,18 +44,24 @@ def _len3(x, y, z):
 
 def _smin(a, b, k, ik):
     """Polynomial smooth min; ik = 0.5 / k."""
-    h = torch.addcmul(torch.full_like(a, 0.5), b - a, ik).clamp_(0, 1)
-    return torch.lerp(b, a, h) - k * h * (1 - h)
+    h = ((b - a) * ik).add_(0.5).clamp_(0, 1)
+    return torch.addcmul(torch.lerp(b, a, h), k, torch.addcmul(h, h, h, value=-1), value=-1)
+
+
+def _group_key(op: torch.Tensor) -> torch.Tensor:
+    """Ops 0 and 1 share one group (they differ by a sign, :func:`derive`): (M,) key in [0, NUM_OPS)."""
+    return torch.where(op == 1, 0, op)
 
 
 def derive(op: int, prm: torch.Tensor) -> torch.Tensor:
-    """Per-pair constants of op ``op``: prm (M, NUM_PRM) -> (C, M) rows used by :func:`sdf_op`."""
+    """Per-pair constants of op ``op``: prm (M, NUM_PRM) -> (C, M) rows used by :func:`sdf_op`.
+    Ops 0 and 1 give the same rows (with the sign of the smooth blend from ``prm[:, 8]``)."""
     c = prm.T
     if op == 4:
         return c[0:2].contiguous()
-    ax, ay, az, ox, oy, oz, rs, k, _, th = c.unbind(0)
+    ax, ay, az, ox, oy, oz, rs, k, opf, th = c.unbind(0)
     if op in (0, 1):
-        return torch.stack([ax, ay, az, ox, oy, oz, rs, k, 0.5 / k, th])
+        return torch.stack([ax, ay, az, ox, oy, oz, rs, k, 0.5 / k, th, torch.where(opf > 0.5, -1.0, 1.0)])
     if op == 2:
         return torch.stack([rs, th, oz])
     bz = oz + az  # capsule 2 runs from (0, 0, -az) to (ox, oy, oz)
@@ -67,13 +73,13 @@ def sdf_op(op: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, c: torch.
     """SDF of op ``op`` at local points (x, y, z), each (M,); c: (C, M) from :func:`derive`."""
     if op == 4:  # torus (major c[0], minor c[1])
         return torch.hypot(torch.hypot(x, y) - c[0], z) - c[1]
-    if op in (0, 1):  # rounded box with a sphere smoothly added / subtracted
-        ax, ay, az, ox, oy, oz, rs, k, ik, th = c.unbind(0)
+    if op in (0, 1):  # rounded box with a sphere smoothly added (sg = 1) / subtracted (sg = -1)
+        ax, ay, az, ox, oy, oz, rs, k, ik, th, sg = c.unbind(0)
         bx, by, bz = x.abs() - ax, y.abs() - ay, z.abs() - az
         rb = (_len3(bx.clamp_min(0), by.clamp_min(0), bz.clamp_min(0))
               + torch.maximum(torch.maximum(bx, by), bz).clamp_max_(0) - th)
         sph = _len3(x - ox, y - oy, z - oz) - rs
-        return _smin(rb, sph, k, ik) if op == 0 else -_smin(-rb, sph, k, ik)  # smooth max(box, -sphere)
+        return _smin(rb * sg, sph, k, ik) * sg  # op 1: -smin(-box, sphere) = smooth max(box, -sphere)
     if op == 2:  # bowl: spherical shell of radius rs cut by the plane z = oz
         rs, th, oz = c.unbind(0)
         return torch.maximum((_len3(x, y, z) - rs).abs_() - th, z - oz)
@@ -86,20 +92,22 @@ def sdf_op(op: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, c: torch.
     return _smin(c1, c2, k, ik)
 
 
+def _at(o, d, t):
+    return torch.addcmul(o[0], d[0], t), torch.addcmul(o[1], d[1], t), torch.addcmul(o[2], d[2], t)
+
+
 @functools.lru_cache(maxsize=None)
 def _chunk_fn(op: int, n: int, eps: float):
-    """A pure function doing ``n`` masked sphere-tracing steps of op ``op``."""
+    """A pure function doing ``n`` masked sphere-tracing steps of op ``op``. A pair stays live
+    while it is inside its interval and has not hit; a finished pair is frozen, and it hit iff
+    ``t < t1`` (so no separate hit state)."""
 
-    def chunk(o, d, t, t1, c, live, hit):
+    def chunk(o, d, t, t1, c, live):
         for _ in range(n):
-            dist = sdf_op(op, torch.addcmul(o[0], d[0], t), torch.addcmul(o[1], d[1], t),
-                          torch.addcmul(o[2], d[2], t), c)
-            now = live & (dist < eps * t.clamp_min(1.0))
-            hit = hit | now
-            live = live & ~now
+            dist = sdf_op(op, *_at(o, d, t), c)
+            live = live & (t < t1) & (dist >= eps * t.clamp_min(1.0))
             t = torch.where(live, t + dist, t)
-            live = live & (t < t1)
-        return t, live, hit
+        return t, live
 
     chunk.__name__ = f"march_op{op}_chunk{n}"
     return chunk
@@ -113,33 +121,30 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     op: (M,) long in [0, NUM_OPS). Returns t: (M,) the first hit, or BIG. At most ``steps``
     steps per pair (a pair stops once it hits or leaves [t0, t1]); pairs that ran out of steps
     but are nearly converged (distance below 20 eps) are accepted. Host syncs: one for the
-    group sizes, one per compaction.
+    group sizes, two per compaction.
     """
     M = o.shape[0]
     out = torch.full_like(t0, BIG)
     if M == 0:
         return out
-    order, st = group_by(op, NUM_OPS)
-    groups = []
+    order, st = group_by(_group_key(op), NUM_OPS)
+    groups = []  # [op, pair index, o (3, n), d (3, n), t, t1, constants, live]
     for k in range(NUM_OPS):
-        a, n = st[k], st[k + 1] - st[k]
-        if n:
-            idx = order[a:a + n]
+        if st[k + 1] > st[k]:
+            idx = order[st[k]:st[k + 1]]
             groups.append([k, idx, o[idx].T.contiguous(), d[idx].T.contiguous(), t0[idx], t1[idx],
-                           derive(k, prm[idx]), torch.ones(n, dtype=torch.bool, device=o.device),
-                           torch.zeros(n, dtype=torch.bool, device=o.device)])
+                           derive(k, prm[idx]), torch.ones_like(idx, dtype=torch.bool)])
     done = 0
     for stop in [s for s in _COMPACT_AT if s < steps] + [steps]:
         for g in groups:
-            k, _, go, gd, t, t1g, c, live, hit = g
-            fn = maybe_compile(_chunk_fn(k, stop - done, float(eps)), use_compile)
-            g[4], g[7], g[8] = fn(go, gd, t, t1g, c, live, hit)
+            fn = maybe_compile(_chunk_fn(g[0], stop - done, float(eps)), use_compile)
+            g[4], g[7] = fn(g[2], g[3], g[4], g[5], g[6], g[7])
         done = stop
-        # write back what finished; keep the still-active pairs (one sync for every group)
-        for g in groups:
-            out.index_copy_(0, g[1], torch.where(g[8], g[4], BIG))
         if done >= steps:
             break
+        # write back the finished pairs; keep the still-live ones (two syncs for every group)
+        for g in groups:
+            out.index_copy_(0, g[1], torch.where(~g[7] & (g[4] < g[5]), g[4], BIG))
         sizes = [g[7].numel() for g in groups]
         offs = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         keep_all = torch.cat([g[7] for g in groups]).nonzero().squeeze(1)  # sync
@@ -151,19 +156,16 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
                 continue
             if n < sizes[i]:
                 keep = keep_all[cut[i]:cut[i + 1]] - offs[i]
-                g = [g[0], g[1][keep], g[2][:, keep], g[3][:, keep], g[4][keep], g[5][keep], g[6][:, keep],
-                     g[7][keep], g[8][keep]]
+                g = [g[0], g[1][keep], g[2][:, keep], g[3][:, keep], g[4][keep], g[5][keep], g[6][:, keep], g[7][keep]]
             nxt.append(g)
         groups = nxt
         if not groups:
             break
-    # pairs that ran out of steps: accept the nearly-converged ones
-    for g in groups:
-        k, idx, go, gd, t, t1g, c, live, hit = g
-        dist = sdf_op(k, torch.addcmul(go[0], gd[0], t), torch.addcmul(go[1], gd[1], t),
-                      torch.addcmul(go[2], gd[2], t), c)
-        ok = live & (dist < 20 * eps * t.clamp_min(1.0))
-        out.index_copy_(0, idx, torch.where(hit | ok, t, BIG))
+    # the last pairs; those that ran out of steps are accepted if nearly converged
+    for k, idx, go, gd, t, t1g, c, live in groups:
+        inside = t < t1g
+        ok = live & inside & (sdf_op(k, *_at(go, gd, t), c) < 20 * eps * t.clamp_min(1.0))
+        out.index_copy_(0, idx, torch.where((~live & inside) | ok, t, BIG))
     return out
 
 
@@ -179,7 +181,7 @@ def sdf_normal(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Te
     out = torch.zeros_like(p)
     if p.shape[0] == 0:
         return out
-    order, st = group_by(op, NUM_OPS)
+    order, st = group_by(_group_key(op), NUM_OPS)
     for k in range(NUM_OPS):
         n = st[k + 1] - st[k]
         if not n:
