@@ -83,11 +83,15 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
         else:
             nl = analytic_normal(k0, pl, pr)
         n[idx] = (R @ nl[:, :, None])[..., 0]  # R n
+        if k0 == QUAD:  # on the plane: exactly z = 0, else floor(z) flips with float noise (cell textures)
+            pl[:, 2] = 0.0
         tp[idx] = pl
     idx = order[start[_ENV]:start[_SKY]]
     if idx.numel():
         s_e = si[idx]
         n[idx] = _env_normal(p[idx], ev[idx], scene.kind[s_e], scene.room[s_e])
+        # the floor / ground is the plane z = 0: make it exact (as for quads)
+        tp[idx, 2] = torch.where(ev[idx] == 0, 0.0, p[idx, 2])
     n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     n = torch.where(((n * df).sum(-1) > 0)[:, None], -n, n)
     entry = si * T + torch.where(prim, sl, P + ev.clamp_min(0))

@@ -142,7 +142,7 @@ def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
             best = best.scatter_reduce_(0, rs, tp, "amin")
     if mode == "any":
         return hit
-    win = torch.where(ta <= best[ra], sa, -1)
+    win = torch.where((ta <= best[ra]) & (ta < tm[ra]), sa, -1)  # a miss (BIG) never wins, even under tmax = BIG
     sl = torch.full((N,), -1, dtype=torch.long, device=tm.device).scatter_reduce_(0, ra, win, "amax")
     return best, sl
 
