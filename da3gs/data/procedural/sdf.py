@@ -97,20 +97,18 @@ def _at(o, d, t):
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_fn(op: int, n: int, eps: float):
-    """A pure function doing ``n`` masked sphere-tracing steps of op ``op``. A pair stays live
-    while it is inside its interval and has not hit; a finished pair is frozen, and it hit iff
-    ``t < t1`` (so no separate hit state)."""
+def _step_fn(op: int, eps: float):
+    """A pure function doing one masked sphere-tracing step of op ``op`` (one compiled graph per
+    op under ``torch.compile``). A pair stays live while it is inside its interval and has not
+    hit; a finished pair is frozen, and it hit iff ``t < t1`` (so no separate hit state)."""
 
-    def chunk(o, d, t, t1, c, live):
-        for _ in range(n):
-            dist = sdf_op(op, *_at(o, d, t), c)
-            live = live & (t < t1) & (dist >= eps * t.clamp_min(1.0))
-            t = torch.where(live, t + dist, t)
-        return t, live
+    def step(o, d, t, t1, c, live):
+        dist = sdf_op(op, *_at(o, d, t), c)
+        live = live & (t < t1) & (dist >= eps * t.clamp_min(1.0))
+        return torch.where(live, t + dist, t), live
 
-    chunk.__name__ = f"march_op{op}_chunk{n}"
-    return chunk
+    step.__name__ = f"march_step_op{op}"
+    return step
 
 
 def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, prm: torch.Tensor,
@@ -137,8 +135,9 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     done = 0
     for stop in [s for s in _COMPACT_AT if s < steps] + [steps]:
         for g in groups:
-            fn = maybe_compile(_chunk_fn(g[0], stop - done, float(eps)), use_compile)
-            g[4], g[7] = fn(g[2], g[3], g[4], g[5], g[6], g[7])
+            fn = maybe_compile(_step_fn(g[0], float(eps)), use_compile)
+            for _ in range(stop - done):
+                g[4], g[7] = fn(g[2], g[3], g[4], g[5], g[6], g[7])
         done = stop
         if done >= steps:
             break

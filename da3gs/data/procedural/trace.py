@@ -55,8 +55,9 @@ def _cull(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, tm
         oo = (o * o).sum(-1, keepdim=True) * (1 - _REL)
         c5 = torch.cat([-2 * c, one, ((c * c).sum(-1) * (1 - _REL) - r * r + off)[..., None]], -1)
         cc = torch.cat([o, oo, torch.ones_like(oo)], -1) @ c5.transpose(1, 2)[:, None]
-    ts = torch.clamp(nb, min=torch.tensor(tmin, device=nb.device), max=tm)
-    return torch.addcmul(cc, ts, torch.sub(ts, nb, alpha=2)) < 0
+    ts = torch.clamp(nb, min=torch.full((), tmin, device=nb.device), max=tm)
+    u = torch.sub(ts, nb, alpha=2)
+    return torch.addcmul(cc, ts, u, out=nb) < 0  # reuses nb's memory (the largest temporaries)
 
 
 def _take(v: torch.Tensor, s, x, y) -> torch.Tensor:
