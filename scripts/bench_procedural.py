@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/bench_procedural.py [--device cuda] [--modes eager compiled] [--sizes 32x8 64x4]
-        [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]] [--grid grid.png]
+        [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]] [--grid grid.png] [--threads N]
 
 Default: for each mode (``eager``: ``ProceduralConfig(compile=False)``; ``compiled``: the default
 config, ``compile=True``) and each batch shape B x V at 256 x 256, the median time of a whole
@@ -172,7 +172,11 @@ def main(argv=None):
     ap.add_argument("--grid-views", type=int, default=4)
     ap.add_argument("--grid-res", type=int, nargs=2, default=[160, 224], metavar=("H", "W"))
     ap.add_argument("--compile-cpu", action="store_true", help="compiled mode compiles on the CPU too (op counts only)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (the CPU proxy of docs/procedural.md uses 2)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.compile_cpu:
         procedural_primitives.COMPILE_ON_CPU = True
     if a.compile:

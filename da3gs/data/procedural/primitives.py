@@ -12,8 +12,10 @@ axis-aligned:
 * quad: the local xy-plane rectangle ``|x| <= prm[0], |y| <= prm[1]`` (double-sided, thin);
 * torus and SDF blends: sphere-traced (:mod:`.sdf`), bounded by their bounding sphere.
 
-All functions are dense over broadcast batch dims and the slot dim, with no data-dependent
-control flow, so they run unchanged on the CPU and the GPU (and fuse under ``torch.compile``).
+The intersection functions are elementwise over broadcast batch dims (the tracer calls them on
+the culled pairs of one type), with no data-dependent control flow, so they run unchanged on
+the CPU and the GPU (and fuse under ``torch.compile``); :func:`analytic_normal` takes one type
+(the caller groups points by type) and :func:`group_by` gives the grouping (one host sync).
 A miss is ``BIG`` (a large finite number, never inf, so that products stay NaN-free).
 """
 

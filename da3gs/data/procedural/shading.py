@@ -3,14 +3,16 @@
 After the closest hit is known for every primary ray, each pixel gathers its primitive's (or
 environment surface's) frame and parameters, computes the exact normal (analytic, or the SDF
 gradient for tori and blends), evaluates the solid texture at the hit point in that surface's
-frame, and is lit by 1-2 lights. Each light casts one shadow ray per pixel against the
-primitives (the environment casts no shadows, so a closed room can have sun-like light).
+frame, and is lit by 1-2 lights. Each light casts one shadow ray per pixel that faces it
+against the primitives (the environment casts no shadows, so a closed room can have sun-like
+light).
 
-Everything is dense over pixels (every normal / texture kind computed, then selected; sky
-pixels masked), with no host sync: :func:`_surface`, :func:`_light_rays` and :func:`_combine`
-are pure functions that ``torch.compile`` fuses on CUDA. The shadow rays of both lights go
-through :func:`.trace.any_hit` at once (a missing second light has ``tmax = 0``: its rays cost
-the dense analytic pass only and never reach the sphere tracer).
+Grouped, not dense (the generator is bound by GPU elementwise work, so no pixel pays for a
+formula it does not use; a few host syncs read the group sizes): pixels are sorted once by
+class (each primitive type, environment, sky) and each class computes only its own normal;
+textures are grouped by kind (:func:`.textures.evaluate_texture`); the sky is evaluated on sky
+pixels only; shadow rays are traced only for (pixel, light) pairs with the light present and
+the pixel facing it, packed into blocks per (scene, light) (:func:`_shadow_visible`).
 """
 
 from __future__ import annotations
