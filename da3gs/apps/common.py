@@ -17,11 +17,12 @@ import torch
 
 from da3gs.errors import Da3gsError, ModelUnavailableError
 from da3gs.models.reference_view import STRATEGIES
+from da3gs.nn.sparse_attention import CrossViewPattern
 from da3gs import __version__
 
 __all__ = ["DEFAULT_MODEL", "FALLBACK_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
            "add_run_flags", "check_number", "Timer", "Progress", "resolve_device", "versions",
-           "load_job_model"]
+           "load_job_model", "sparse_attention_pattern"]
 
 log = logging.getLogger("da3gs")
 
@@ -54,6 +55,53 @@ def add_model_flags(p, process_res_help: str | None = None) -> None:
                    f"of 14 (default {DEFAULT_PROCESS_RES})")
     p.add_argument("--ref-view", default="saddle_balanced", choices=list(REF_VIEWS),
                    help="reference-view strategy for pose-free input (default saddle_balanced)")
+    add_sparse_attention_flags(p)
+    p.add_argument("--exact", action="store_true",
+                   help="the official numerics on CUDA (bf16 backbone, fp32 heads) instead of the "
+                   "faster default with bf16 heads (docs/performance.md); no effect on the CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks and heads: faster forwards after a "
+                   "one-time warm-up of tens of seconds (cached on disk); pays off for many "
+                   "views or repeated runs, not for one small render")
+
+
+SPARSE_DEFAULTS = CrossViewPattern()  # --keyframe-every / --window defaults
+
+
+def add_sparse_attention_flags(p) -> None:
+    """``--sparse-attention`` with ``--keyframe-every K | --num-keyframes M`` and ``--window W``
+    (part of :func:`add_model_flags`)."""
+    p.add_argument("--sparse-attention", action="store_true",
+                   help="sparse cross-view attention for long sequences: each view attends to "
+                   "the keyframe views and its temporal neighbours in the input order, not to "
+                   "all views (default: full attention; docs/performance.md)")
+    p.add_argument("--keyframe-every", type=int, default=None, metavar="K",
+                   help="with --sparse-attention: every K-th view is a keyframe (0: only the "
+                   f"reference view; default {SPARSE_DEFAULTS.keyframe_every})")
+    p.add_argument("--num-keyframes", type=int, default=None, metavar="M",
+                   help="with --sparse-attention: M keyframes evenly spaced over the views, "
+                   "instead of --keyframe-every")
+    p.add_argument("--window", type=int, default=None, metavar="W",
+                   help="with --sparse-attention: temporal neighbours attended on each side "
+                   f"(default {SPARSE_DEFAULTS.window})")
+
+
+def sparse_attention_pattern(args) -> CrossViewPattern | None:
+    """The :class:`CrossViewPattern` of the sparse-attention flags (None: full attention),
+    checked; errors name the flag. Call it before reading files (and where the model loads)."""
+    kf, nk, w = (getattr(args, n, None) for n in ("keyframe_every", "num_keyframes", "window"))
+    if not getattr(args, "sparse_attention", False):
+        for flag, v in (("--keyframe-every", kf), ("--num-keyframes", nk), ("--window", w)):
+            if v is not None:
+                raise Da3gsError(f"{flag}: only applies with --sparse-attention")
+        return None
+    if kf is not None and nk is not None:
+        raise Da3gsError("--num-keyframes: give either --keyframe-every or --num-keyframes")
+    check_number(kf, "--keyframe-every", 0, what="an integer >= 0 (0: only the reference view)")
+    check_number(nk, "--num-keyframes", 1, what="a positive number of keyframes")
+    check_number(w, "--window", 0, what="a number of neighbours >= 0")
+    return CrossViewPattern(keyframe_every=SPARSE_DEFAULTS.keyframe_every if kf is None else kf,
+                            window=SPARSE_DEFAULTS.window if w is None else w, num_keyframes=nk)
 
 
 def add_run_flags(p, out_default: str, seed_help: str = "random seed (random: models)") -> None:
@@ -194,4 +242,12 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
         raise Da3gsError(f"model {source}: preset {model.preset.name} has no Gaussian head; {job} "
                          f"renders predicted Gaussians, so it needs a model with a GS head (e.g. "
                          f"{DEFAULT_MODEL}, or random:tiny-gs for tests)")
+    pattern = sparse_attention_pattern(args)
+    if pattern is not None:
+        model.set_cross_view_attention(pattern)
+        log.info("sparse cross-view attention: %s", pattern.describe())
+    if getattr(args, "exact", False):
+        model.auto_precision = "exact"
+    if getattr(args, "compile", False):
+        model.enable_compile()
     return model, str(source)

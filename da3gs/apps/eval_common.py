@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import add_model_flags, add_run_flags, check_number, versions
+from da3gs.apps.common import (add_model_flags, add_run_flags, check_number,
+                               sparse_attention_pattern, versions)
 from da3gs.apps.outputs import check_output_dir, write_output_dir
 from da3gs.errors import Da3gsError
 
@@ -34,6 +35,7 @@ def add_eval_flags(p) -> None:
 def check_eval_args(args) -> None:
     """Flag values shared by the eval tasks, before anything is read (errors name the flag)."""
     check_number(args.process_res, "--process-res", 14, what="an integer >= 14")
+    sparse_attention_pattern(args)
 
 
 def scene_opts(items: list[str]) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from da3gs.apps.common import (Progress, Timer, add_model_flags, add_run_flags, check_number,
-                               load_job_model, resolve_device, versions)
+                               load_job_model, resolve_device, sparse_attention_pattern, versions)
 from da3gs.apps.view import add_view_flags, check_view_flags
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
@@ -132,6 +132,7 @@ def check_render_args(args) -> None:
                  what="a positive number of pixel footprints (--no-merge turns merging off)")
     check_number(getattr(args, "refine_steps", 0), "--refine-steps", 0,
                  what="a non-negative number of steps")
+    sparse_attention_pattern(args)
 
 
 def check_exports(args) -> dict[str, str]:

@@ -7,6 +7,12 @@ parameter's storage and version counter (so an optimizer step or any in-place ed
 it) and is bypassed while the parameter takes gradients; every cache is dropped on
 ``load_state_dict``, ``train()``/``eval()`` and device or dtype moves. Outputs are bit-identical
 with the caches off (``Backbone.use_cache = False``; tested).
+
+Sparse cross-view attention (long sequences): ``Backbone.cross_view_attention`` (a
+:class:`~da3gs.nn.sparse_attention.CrossViewPattern`, default None = full attention) restricts
+the cross-view blocks to keyframes plus temporal neighbours; the window counts in the input
+order of the views, the pattern follows the reference-view reordering. With a pattern that
+covers every view pair (few views) the dense path runs, bit-identical to None (tested).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from da3gs.models.presets import Preset
 from da3gs.models.reference_view import (MIN_VIEWS, gather_views, inverse_order,
                                          reference_first_order, select_reference_view)
 from da3gs.nn.rope import RoPE2D, RotaryTable, constant_positions, patch_positions
+from da3gs.nn.sparse_attention import CrossViewPattern, cross_view_attention_fn
 from da3gs.nn.transformer import Block
 
 
@@ -62,6 +69,8 @@ class Backbone(nn.Module):
         self.rope = rope
         self.use_cache = True
         self._cache: dict = {}
+        #: sparse cross-view attention pattern (None: full attention); see the module docstring
+        self.cross_view_attention: CrossViewPattern | None = None
 
     _CACHE_SIZE = 16  # entries kept (sizes x devices x modes); oldest dropped first
 
@@ -141,10 +150,25 @@ class Backbone(nn.Module):
         t = t + self._pos_embed(H // self.patch_size, W // self.patch_size)
         return t.reshape(B, V, *t.shape[1:])
 
-    def _run_block(self, blk: Block, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    def _run_block(self, blk: Block, x: torch.Tensor, pos: torch.Tensor | None,
+                   attn_fn=None) -> torch.Tensor:
+        if attn_fn is not None:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                return checkpoint(blk, x, pos, attn_fn, use_reentrant=False)
+            return blk(x, pos, attn_fn)
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(blk, x, pos, use_reentrant=False)
         return blk(x, pos)
+
+    def _sparse_attention(self, blk: Block, V: int, N: int, order: torch.Tensor | None,
+                          ref: torch.Tensor | None, device: torch.device):
+        """The cross-view attention callable of :attr:`cross_view_attention` for this input
+        (None: full attention). ``order: (B, V)`` is the reference-first permutation (the input
+        index of the view at each position), None when the input order is kept."""
+        key = None if ref is None else tuple(ref.tolist())
+        return cross_view_attention_fn(self.cross_view_attention, V, N, blk.attn.num_heads,
+                                       device, view_time=order, order_key=key,
+                                       need_grad=torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, cam_token: torch.Tensor | None = None,
                 ref_view_strategy: str = "saddle_balanced") -> BackboneOutput:
@@ -164,6 +188,7 @@ class Backbone(nn.Module):
         ref = None
         local_x = x
         feats, cams = [], []
+        sparse, sparse_ready = None, self.cross_view_attention is None
         for i, blk in enumerate(self.blocks):
             if (self.alt_start >= 0 and i == self.alt_start - 1 and cam_token is None
                     and V >= MIN_VIEWS):
@@ -176,7 +201,11 @@ class Backbone(nn.Module):
                                            self.camera_token[:, 1:].expand(B, V - 1, -1)], dim=1)
                 x = torch.cat([cam_token[:, :, None].to(x.dtype), x[:, :, 1:]], dim=2)
             if self.is_cross_view(i):
-                x = self._run_block(blk, x.reshape(B, V * N, -1), global_pos).reshape(B, V, N, -1)
+                if not sparse_ready:  # the view order is final from here on
+                    sparse = self._sparse_attention(blk, V, N, order, ref, x.device)
+                    sparse_ready = True
+                x = self._run_block(blk, x.reshape(B, V * N, -1), global_pos,
+                                    sparse).reshape(B, V, N, -1)
             else:
                 x = self._run_block(blk, x.reshape(B * V, N, -1), local_pos).reshape(B, V, N, -1)
                 local_x = x

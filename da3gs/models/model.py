@@ -182,6 +182,21 @@ class DA3Model(nn.Module):
         sh = getattr(self.preset, "sh_degree", None)  # 0 is a valid degree: test for None
         return sh if sh is not None else get_preset(self.preset.anyview).sh_degree
 
+    def set_cross_view_attention(self, pattern=None) -> None:
+        """Sparse cross-view attention for long sequences: ``pattern`` a
+        :class:`~da3gs.nn.sparse_attention.CrossViewPattern` (each view attends to the keyframe
+        views plus its temporal neighbours, in the input order), or None for full attention
+        (the default). Applies to every backbone of the network (both of a nested model)."""
+        from da3gs.models.backbone import Backbone
+        from da3gs.nn.sparse_attention import CrossViewPattern
+
+        if pattern is not None and not isinstance(pattern, CrossViewPattern):
+            raise Da3gsError(f"cross-view attention: expected a CrossViewPattern or None, got "
+                             f"{type(pattern).__name__}")
+        for m in self.modules():
+            if isinstance(m, Backbone):
+                m.cross_view_attention = pattern
+
 
 def _check_poses(c2w, V: int) -> torch.Tensor:
     c2w = torch.as_tensor(c2w)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,14 +68,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
+                attn_fn: Callable | None = None) -> torch.Tensor:
+        """``attn_fn(q, k, v)``: replaces scaled dot-product attention on the ``(B, heads, N,
+        head_dim)`` queries, keys and values (after QK-norm and RoPE), e.g. a sparse pattern
+        (:mod:`da3gs.nn.sparse_attention`); None (default): full attention."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and pos is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = F.scaled_dot_product_attention(q, k, v) if attn_fn is None else attn_fn(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -92,6 +98,10 @@ class Block(nn.Module):
         self.mlp = ffn_cls(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
+                attn_fn: Callable | None = None) -> torch.Tensor:
+        if attn_fn is None:
+            x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+        else:  # see Attention.forward
+            x = x + self.ls1(self.attn(self.norm1(x), pos=pos, attn_fn=attn_fn))
         return x + self.ls2(self.mlp(self.norm2(x)))
