@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--video", action="store_true", help="include a 120-frame video")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--extra", nargs="*", default=[],
+                    help="more render flags, e.g. --extra=--exact (default: every output, as a user gets)")
     args = ap.parse_args()
     from da3gs.cli import build_parser
     from da3gs.apps.render import run_render
@@ -43,7 +45,7 @@ def main() -> None:
         rows = []
         for r in range(args.repeats):
             cli = ["render", "--views", str(work / "v"), "--out", str(work / f"o{r}"), "--model",
-                   args.model, "--device", args.device, "-q", "--no-colmap"]
+                   args.model, "--device", args.device, "-q", *args.extra]
             if not args.video:
                 cli.append("--no-video")
             rows.append(run_render(build_parser().parse_args(cli)))

@@ -86,7 +86,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def accuracy(out: dict, ref: dict) -> dict:
     """Errors of ``out`` against ``ref`` (network output dicts): depth/conf relative error,
     largest camera rotation difference and translation direction difference in degrees."""
-    err = {k: _rel(out[k], ref[k]) for k in ("depth", "depth_conf") if k in ref}
+    err = {k: _rel(out[k], ref[k]) for k in ("depth", "depth_conf", "raw_gs", "raw_gs_conf")
+           if k in ref}
     if "extrinsics" in ref:
         a, b = out["extrinsics"][0].double(), ref["extrinsics"][0].double()  # (V, 3, 4) w2c
         Ra, Rb = a[:, :, :3], b[:, :, :3]
@@ -106,6 +107,18 @@ def accuracy(out: dict, ref: dict) -> dict:
 def _passes(err: dict) -> bool:
     return all(err.get(k, 0.0) <= bound for k, bound in BOUNDS.items()
                if not (isinstance(err.get(k), float) and math.isnan(err[k])))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(model):
+    """A compiled copy of ``model`` (``enable_compile``), made once per preset."""
+    import copy
+
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = copy.deepcopy(model).enable_compile()
+    return _COMPILED[id(model)]
 
 
 def _official_autocast(dev: torch.device, precision: str):
@@ -140,8 +153,12 @@ def run(args) -> list[dict]:
                     return off(x, None, None, export_feat_layers=[], infer_gs=gs)
 
             def ours_fwd(precision):
-                with torch.no_grad(), ours._autocast(precision):
-                    return ours.net(x, infer_gs=gs)
+                base, compiled = precision.split("+")[0], precision.endswith("+compile")
+                model = _compiled(ours) if compiled else ours
+                model.net.set_output_device("cpu" if V > args.offload_views else None)
+                autocast, fast = model._precision(base)
+                with torch.no_grad(), autocast:
+                    return model.net(x, infer_gs=gs, fast=fast)
 
             row = {"preset": name + (" + GS" if gs else ""), "views": V, "device": str(dev)}
             check = V <= args.accuracy_max_views
@@ -153,14 +170,27 @@ def run(args) -> list[dict]:
                     row["official_err"] = accuracy(same, ref)
                 row["official_s"], row["official_peak_gib"] = _time(
                     lambda: off_fwd(args.official_precision), dev, args.repeats, args.warmup)
+            exact_out = None
             for p in args.precisions:
+                if p.endswith("+compile"):  # the first call compiles: timed on its own
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    out = ours_fwd(p)
+                    _sync(dev)
+                    row[f"da3gs_{p}_first_call_s"] = time.perf_counter() - t0
+                    del out
                 if check:
                     out = ours_fwd(p)
+                    if p == "exact":
+                        exact_out = out
+                    elif exact_out is not None:
+                        row[f"da3gs_{p}_vs_exact"] = accuracy(out, exact_out)
                     row[f"da3gs_{p}_err"] = accuracy(out, ref)
                     row[f"da3gs_{p}_ok"] = _passes(row[f"da3gs_{p}_err"])
-                    if same is not None and p == args.official_precision:
+                    if same is not None and p in ("exact", args.official_precision):
                         row[f"da3gs_{p}_vs_official_same_precision"] = accuracy(out, same)
-                    del out
+                    if p != "exact":
+                        del out
                 row[f"da3gs_{p}_s"], row[f"da3gs_{p}_peak_gib"] = _time(
                     lambda: ours_fwd(p), dev, args.repeats, args.warmup)
                 bb = getattr(ours.net, "backbone", None)
@@ -170,10 +200,11 @@ def run(args) -> list[dict]:
                         row[f"da3gs_{p}_nocache_s"], _ = _time(lambda: ours_fwd(p), dev, args.repeats, args.warmup)
                     finally:
                         bb.use_cache = True
-            del ref, same
+            del ref, same, exact_out
             rows.append(row)
             print(_row_md(row, args.precisions), flush=True)
         del off, ours
+        _COMPILED.clear()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -210,6 +241,14 @@ def _row_md(row: dict, precisions) -> str:
         e = row.get(f"da3gs_{p}_err")
         cells.append(_fmt_err(e) + (", ok" if row.get(f"da3gs_{p}_ok") else (", FAIL" if e else "")))
     cells.append(" ".join(_fmt_err(row[k]) for k in row if k.endswith("_vs_official_same_precision")) or "-")
+    vs_exact = [f"{p}: {_fmt_err(row[f'da3gs_{p}_vs_exact'])}" for p in precisions
+                if f"da3gs_{p}_vs_exact" in row]
+    if vs_exact:
+        cells.append("vs exact " + "; ".join(vs_exact))
+    first = [f"{p} {row[f'da3gs_{p}_first_call_s']:.1f}" for p in precisions
+             if f"da3gs_{p}_first_call_s" in row]
+    if first:
+        cells.append("first call (compiles): " + ", ".join(first) + " s")
     nocache = [f"{p} {row[f'da3gs_{p}_nocache_s']:.4f}" for p in precisions if f"da3gs_{p}_nocache_s" in row]
     if nocache:
         cells.append("caches off: " + ", ".join(nocache) + " s")
@@ -223,13 +262,16 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int, default=336)
     ap.add_argument("--width", type=int, default=504)
     ap.add_argument("--precisions", nargs="+", default=["bf16"],
-                    help="da3gs precision modes timed (the model's precision option; bf16 = the "
-                    "official numerics, the exact path)")
+                    help="da3gs precision modes timed (the model's precision option: exact (= bf16) "
+                    "is the official numerics, fast the default bf16 heads; a '+compile' suffix "
+                    "times a torch.compiled copy, its first call reported apart)")
     ap.add_argument("--official-precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--official-max-views", type=int, default=128,
                     help="skip the official timing above this many views")
     ap.add_argument("--accuracy-max-views", type=int, default=128,
                     help="skip the fp32 reference (and accuracy) above this many views")
+    ap.add_argument("--offload-views", type=int, default=256,
+                    help="above this many views da3gs keeps its outputs in host memory (as infer)")
     ap.add_argument("--gs", action="store_true", help="run the GS head too (presets that have one)")
     ap.add_argument("--cache-ablation", action="store_true",
                     help="also time da3gs with the backbone's position-embedding / RoPE caches off")

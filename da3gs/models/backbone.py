@@ -171,8 +171,10 @@ class Backbone(nn.Module):
                                        need_grad=torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, cam_token: torch.Tensor | None = None,
-                ref_view_strategy: str = "saddle_balanced") -> BackboneOutput:
-        """``x: (B, V, 3, H, W)``; ``cam_token: (B, V, C)`` from the camera encoder or None."""
+                ref_view_strategy: str = "saddle_balanced",
+                feat_dtype: torch.dtype | None = None) -> BackboneOutput:
+        """``x: (B, V, 3, H, W)``; ``cam_token: (B, V, C)`` from the camera encoder or None;
+        ``feat_dtype``: the dtype of ``feats`` (default: as computed; the camera tokens stay)."""
         B, V, _, H, W = x.shape
         h, w = H // self.patch_size, W // self.patch_size
         x = self.embed(x)
@@ -211,10 +213,15 @@ class Backbone(nn.Module):
                 local_x = x
             if i in self.out_layers:
                 if self.cat_token:
-                    out = torch.cat([local_x, self.norm(x)], dim=-1)
+                    parts = [local_x, self.norm(x)]
+                    if feat_dtype is not None:  # cast before the concatenation: less memory
+                        parts = [t.to(feat_dtype) for t in parts]
+                    out = torch.cat(parts, dim=-1)
                     cam = torch.cat([local_x[:, :, 0], x[:, :, 0]], dim=-1)
                 else:
                     out, cam = self.norm(x), x[:, :, 0]
+                    if feat_dtype is not None:
+                        out = out.to(feat_dtype)
                 if order is not None:
                     inv = inverse_order(order)
                     out, cam = gather_views(out, inv), gather_views(cam, inv)

@@ -10,6 +10,8 @@ any-view models also return the camera head's raw encoding ``pose_enc (B, V, 9)`
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -28,6 +30,18 @@ from da3gs.models.presets import NestedPreset, Preset, get_preset
 
 def _no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _head_context(device_type: str, fast: bool):
+    """Precision of the DPT heads: fp32 (the official numerics) unless ``fast``, where they run
+    in the caller's autocast dtype (bf16) with only their last 1x1 convolutions in fp32."""
+    return nullcontext() if fast else _no_autocast(device_type)
+
+
+def _head_dtype(device_type: str, fast: bool) -> torch.dtype:
+    if fast and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.float32
 
 
 class DA3Net(nn.Module):
@@ -52,27 +66,40 @@ class DA3Net(nn.Module):
     def has_cameras(self) -> bool:
         return self.preset.kind == "anyview"
 
+    output_device: torch.device | None = None
+
+    def set_output_device(self, device: torch.device | str | None) -> None:
+        """Keep the outputs on ``device`` (e.g. the host, for thousands of views: each head
+        chunk's outputs move there as they are made); None: where the network runs."""
+        self.output_device = None if device is None else torch.device(device)
+        for head in (self.depth_head, self.gs_head):
+            if head is not None:
+                head.output_device = self.output_device
+
     def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                 intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
-                infer_gs: bool = False) -> dict[str, torch.Tensor]:
+                infer_gs: bool = False, fast: bool = False) -> dict[str, torch.Tensor]:
         """``x: (B, V, 3, H, W)`` normalised; optional ``extrinsics`` (w2c) ``(B, V, 4, 4)`` and
-        ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only)."""
-        out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy)
+        ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only).
+        ``fast``: under autocast, the heads run in the autocast dtype on features kept in that
+        dtype (the default is the official numerics: heads in fp32); a no-op without autocast."""
+        out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy, fast)
         if infer_gs and self.gs_head is not None:
             ref = out.pop("ref_view", None)
-            with _no_autocast(x.device.type):
-                out.update(self.gs_from_features(feats, x))
+            with _head_context(x.device.type, fast):
+                out.update(self.gs_from_features(feats, x, fast))
             if ref is not None:
                 out["ref_view"] = ref
         return out
 
     def forward_features(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                          intrinsics: torch.Tensor | None = None,
-                         ref_view_strategy: str = "saddle_balanced"
+                         ref_view_strategy: str = "saddle_balanced", fast: bool = False
                          ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Everything but the GS head: ``(out, feats)`` with ``out`` as :meth:`forward`
-        without ``raw_gs*`` and ``feats[i]: (B, V, h*w, 2C)`` the fp32 features handed to the
-        heads (feed them to :meth:`gs_from_features`; stage 2 runs this part frozen)."""
+        without ``raw_gs*`` and ``feats[i]: (B, V, h*w, 2C)`` the features handed to the
+        heads, fp32 (bf16 with ``fast`` under bf16 autocast); feed them to
+        :meth:`gs_from_features` (stage 2 runs this part frozen)."""
         B, V, _, H, W = x.shape
         dev = x.device.type
         cam_token = None
@@ -81,10 +108,13 @@ class DA3Net(nn.Module):
                 raise Da3gsError("intrinsics are required together with extrinsics")
             with _no_autocast(dev):
                 cam_token = self.camera_encoder(extrinsics.float(), intrinsics.float(), (H, W))
-        bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy)
-        with _no_autocast(dev):
-            feats = [f.float() for f in bb.feats]
+        head_dtype = _head_dtype(dev, fast)
+        bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
+                           feat_dtype=head_dtype)
+        feats = bb.feats
+        with _head_context(dev, fast):
             out = dict(self.depth_head(feats, H, W))
+        with _no_autocast(dev):
             if self.has_cameras:
                 pose_enc = self.camera_decoder(bb.cam_tokens[-1].float())
                 out["pose_enc"] = pose_enc  # raw 9-D [t, q xyzw, fov_h, fov_w] (c2w), for L_C
@@ -92,20 +122,29 @@ class DA3Net(nn.Module):
                 # no value check (a device sync per forward); non-finite outputs show in the loss
                 out["extrinsics"] = c2w_to_w2c(c2w, check=False)[..., :3, :]
                 out["intrinsics"] = K
+        if self.output_device is not None:
+            out = {k: v.to(self.output_device) for k, v in out.items()}
         if "sky" in out:
             out["depth"], _ = fill_sky(out["depth"], out["sky"])
         if bb.ref_view is not None:
             out["ref_view"] = bb.ref_view
         return out, feats
 
-    def gs_from_features(self, feats: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def gs_from_features(self, feats: list[torch.Tensor], x: torch.Tensor,
+                         fast: bool = False) -> dict[str, torch.Tensor]:
         """GS head on ``feats`` from :meth:`forward_features` and the normalised ``x: (B, V, 3,
         H, W)``: ``raw_gs (B, V, H, W, C)``, ``raw_gs_conf (B, V, H, W)``. Runs in the caller's
-        autocast state (:meth:`forward` runs it in fp32)."""
+        autocast state (:meth:`forward` runs it in fp32 unless ``fast``); ``fast`` also feeds
+        the image channels-last, the layout of the feature maps."""
         if self.gs_head is None:
             raise Da3gsError(f"preset {self.preset.name} has no GS head")
         H, W = x.shape[-2:]
-        return self.gs_head(feats, x.float(), H, W)
+        images = x.float()
+        if fast:
+            B, V = images.shape[:2]
+            images = images.reshape(B * V, 3, H, W).contiguous(
+                memory_format=torch.channels_last).reshape(B, V, 3, H, W)
+        return self.gs_head(feats, images, H, W)
 
 
 class NestedDA3Net(nn.Module):
@@ -120,11 +159,16 @@ class NestedDA3Net(nn.Module):
 
     has_cameras = True
 
+    def set_output_device(self, device: torch.device | str | None) -> None:
+        """See :meth:`DA3Net.set_output_device` (both networks)."""
+        self.anyview.set_output_device(device)
+        self.metric.set_output_device(device)
+
     def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                 intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
-                infer_gs: bool = False) -> dict[str, torch.Tensor]:
-        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, infer_gs)
-        metric = self.metric(x)
+                infer_gs: bool = False, fast: bool = False) -> dict[str, torch.Tensor]:
+        out = self.anyview(x, extrinsics, intrinsics, ref_view_strategy, infer_gs, fast)
+        metric = self.metric(x, fast=fast)
         with _no_autocast(x.device.type):
             scale = metric_scale(out["depth"], out["depth_conf"], metric["depth"], metric["sky"],
                                  out["intrinsics"])

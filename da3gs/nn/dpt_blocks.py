@@ -45,8 +45,9 @@ def uv_embedding(channels: int, h: int, w: int, aspect: float, dtype, device,
 
 
 def add_uv_embedding(x: torch.Tensor, W: int, H: int, ratio: float = 0.1) -> torch.Tensor:
-    """``x: (B, C, h, w)`` plus ``ratio`` times the UV embedding for an image of size H x W."""
-    pe = uv_embedding(x.shape[1], x.shape[-2], x.shape[-1], W / H, x.dtype, x.device)
+    """``x: (B, C, h, w)`` plus ``ratio`` times the UV embedding for an image of size H x W
+    (computed in fp32 whatever the dtype of ``x``, then cast)."""
+    pe = uv_embedding(x.shape[1], x.shape[-2], x.shape[-1], W / H, torch.float32, x.device)
     return x + (pe * ratio)[None].to(x.dtype)
 
 
@@ -156,27 +157,44 @@ class ChannelsLastLayerNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def output_conv2(in_ch: int, out_ch: int, layer_norm: bool = False) -> nn.Sequential:
-    """conv3x3 (-> 32) [-> LayerNorm] -> ReLU -> conv1x1 (-> out_ch)."""
+class OutputConv(nn.Sequential):
+    """conv3x3 (-> 32) [-> LayerNorm] -> ReLU -> conv1x1 (-> out_ch); the last 1x1 convolution
+    always runs in fp32 (autocast off, input upcast), since the heads' outputs go through
+    ``exp``: a bf16 logit would cost up to 0.4 % of relative depth error. In fp32 (the
+    official numerics) it is the plain sequence."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self[-1](x.float())
+
+
+def output_conv2(in_ch: int, out_ch: int, layer_norm: bool = False) -> OutputConv:
+    """conv3x3 (-> 32) [-> LayerNorm] -> ReLU -> conv1x1 (-> out_ch), see :class:`OutputConv`."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, 32, 3, 1, 1)]
     if layer_norm:
         layers.append(ChannelsLastLayerNorm(32))
     layers += [nn.ReLU(inplace=True), nn.Conv2d(32, out_ch, 1, 1, 0)]
-    return nn.Sequential(*layers)
+    return OutputConv(*layers)
 
 
-def chunked_views(fn, feats, chunk_size: int | None, *per_view: torch.Tensor) -> dict:
+def chunked_views(fn, feats, chunk_size: int | None, *per_view: torch.Tensor,
+                  out_device: torch.device | None = None) -> dict:
     """Run a head ``fn(feats_chunk, *per_view_chunk) -> dict`` over views in chunks.
 
     ``feats[i]: (B, V, N, C)`` and ``per_view`` tensors ``(B, V, ...)`` are flattened to B*V
     items, processed ``chunk_size`` at a time (all at once when None/0), and the outputs
-    reshaped back to ``(B, V, ...)``.
+    reshaped back to ``(B, V, ...)``. ``out_device``: move each chunk's outputs there as they
+    are made (host memory for thousands of views), instead of keeping them on the device.
     """
     B, V, N, C = feats[0].shape
     flat = [f.reshape(B * V, N, C) for f in feats]
     extra = [t.reshape(B * V, *t.shape[2:]) for t in per_view]
     step = chunk_size or B * V
-    outs = [fn([f[s:s + step] for f in flat], *[t[s:s + step] for t in extra])
-            for s in range(0, B * V, step)]
+    outs = []
+    for s in range(0, B * V, step):
+        o = fn([f[s:s + step] for f in flat], *[t[s:s + step] for t in extra])
+        outs.append(o if out_device is None else {k: v.to(out_device) for k, v in o.items()})
     return {k: torch.cat([o[k] for o in outs]).reshape(B, V, *outs[0][k].shape[1:])
             for k in outs[0]}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from da3gs.errors import ConfigError
-from da3gs.nn.rope import RoPE2D
+from da3gs.nn.rope import RoPE2D, RotaryTable
 
 
 class LayerScale(nn.Module):
@@ -84,7 +84,16 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with LayerScale: x + ls1(attn(norm1 x)); x + ls2(mlp(norm2 x))."""
+    """Pre-norm transformer block with LayerScale: x + ls1(attn(norm1 x)); x + ls2(mlp(norm2 x)).
+
+    Without autograd, inputs of more than :attr:`chunk_rows` token rows run in pieces of at
+    most that many rows (:meth:`_forward_chunked`): only the attention core sees every token
+    at once, so the transient memory of a block is the queries, keys and values plus the
+    output, not the MLP's 4x hidden width over all tokens (thousands of views in one forward).
+    """
+
+    #: token rows (batch x tokens) above which an inference forward runs in row pieces
+    chunk_rows: int = 1 << 18
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, ffn: str = "mlp",
                  init_values: float | None = 1.0, qk_norm: bool = False,
@@ -100,8 +109,59 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
                 attn_fn: Callable | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.shape[0] * x.shape[1] > self.chunk_rows:
+            return self._forward_chunked(x, pos, attn_fn)
         if attn_fn is None:
             x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
         else:  # see Attention.forward
             x = x + self.ls1(self.attn(self.norm1(x), pos=pos, attn_fn=attn_fn))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def _pieces(self, B: int, N: int, pos) -> list[tuple[int, int, int, int]]:
+        """``(b0, b1, s0, s1)`` pieces of ``(B, N)`` rows, at most :attr:`chunk_rows` each (at
+        least one sample, or one group of a RoPE table's positions): whole samples when a
+        sample fits, else slices of one sample cut at multiples of the table's positions."""
+        step = self.chunk_rows
+        if N <= step:
+            per = max(1, step // N)
+            return [(b, min(B, b + per), 0, N) for b in range(0, B, per)]
+        g = pos.num_positions if isinstance(pos, RotaryTable) else 1
+        s_step = max(g, step // g * g)
+        return [(b, b + 1, s, min(N, s + s_step)) for b in range(B) for s in range(0, N, s_step)]
+
+    @torch.compiler.disable  # a Python loop over pieces: never unrolled by torch.compile
+    def _forward_chunked(self, x: torch.Tensor, pos, attn_fn: Callable | None) -> torch.Tensor:
+        """:meth:`forward` (same operations, same dtypes) piece by piece (see the class)."""
+        a = self.attn
+        B, N, C = x.shape
+        H, d = a.num_heads, C // a.num_heads
+        pieces = self._pieces(B, N, pos)
+        q = k = v = None
+        for b0, b1, s0, s1 in pieces:
+            qkv = a.qkv(self.norm1(x[b0:b1, s0:s1])).reshape(b1 - b0, s1 - s0, 3, H, d)
+            qc, kc, vc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            qc, kc = a.q_norm(qc), a.k_norm(kc)
+            if a.rope is not None and pos is not None:
+                p = pos if isinstance(pos, RotaryTable) else pos[b0:b1, s0:s1]
+                qc, kc = a.rope(qc, p), a.rope(kc, p)
+            if q is None:  # the dtypes attention computes in (autocast casts its inputs)
+                dev = x.device.type
+                cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+                q, k, v = (torch.empty(B, H, N, d, dtype=cast or t.dtype, device=x.device)
+                           for t in (qc, kc, vc))
+            q[b0:b1, :, s0:s1], k[b0:b1, :, s0:s1], v[b0:b1, :, s0:s1] = qc, kc, vc
+            del qkv, qc, kc, vc
+        o = F.scaled_dot_product_attention(q, k, v) if attn_fn is None else attn_fn(q, k, v)
+        del q, k, v
+        y = None
+        for b0, b1, s0, s1 in pieces:
+            oc = o[b0:b1, :, s0:s1].transpose(1, 2).reshape(b1 - b0, s1 - s0, C)
+            yc = x[b0:b1, s0:s1] + self.ls1(a.proj(oc))
+            if y is None:
+                y = torch.empty(B, N, C, dtype=yc.dtype, device=x.device)
+            y[b0:b1, s0:s1] = yc
+        del o
+        for b0, b1, s0, s1 in pieces:
+            yc = y[b0:b1, s0:s1]
+            y[b0:b1, s0:s1] = yc + self.ls2(self.mlp(self.norm2(yc)))
+        return y

@@ -22,6 +22,7 @@ class DPT(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.chunk_size = chunk_size
+        self.output_device: torch.device | None = None  # see chunked_views
         self.reassemble = Reassemble(dim_in, out_channels, norm=False, pos_embed=False)
         self.adapters = LayerAdapters(out_channels, features)
         self.fusion = FusionChain(features)
@@ -30,7 +31,8 @@ class DPT(nn.Module):
         self.sky_out2 = output_conv2(features // 2, 1)
 
     def forward(self, feats: Sequence[torch.Tensor], H: int, W: int) -> dict[str, torch.Tensor]:
-        return chunked_views(lambda f: self._forward_chunk(f, H, W), feats, self.chunk_size)
+        return chunked_views(lambda f: self._forward_chunk(f, H, W), feats, self.chunk_size,
+                             out_device=self.output_device)
 
     def _forward_chunk(self, feats, H: int, W: int) -> dict[str, torch.Tensor]:
         ph, pw = H // self.patch_size, W // self.patch_size

@@ -26,6 +26,7 @@ class GSDPT(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.chunk_size = chunk_size
+        self.output_device: torch.device | None = None  # see chunked_views
         self.out_dim = out_dim
         self.reassemble = Reassemble(dim_in, out_channels, norm=False, pos_embed=True)
         self.adapters = LayerAdapters(out_channels, features)
@@ -39,7 +40,7 @@ class GSDPT(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], images: torch.Tensor, H: int, W: int):
         return chunked_views(lambda f, im: self._forward_chunk(f, im, H, W), feats,
-                             self.chunk_size, images)
+                             self.chunk_size, images, out_device=self.output_device)
 
     def _forward_chunk(self, feats, images, H: int, W: int) -> dict[str, torch.Tensor]:
         ph, pw = H // self.patch_size, W // self.patch_size
