@@ -203,7 +203,7 @@ def run(args) -> list[dict]:
             del ref, same, exact_out
             rows.append(row)
             print(_row_md(row, args.precisions), flush=True)
-        del off, ours
+        off = ours = None  # free the networks (not del: the closures above read them)
         _COMPILED.clear()
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -77,7 +77,7 @@ def main() -> None:
             print(f"| {name}{' + GS' if args.gs else ''} | {V} | {t_off:.4f} | {t_ours:.4f} | "
                   f"{t_ours / t_off:.3f} | {V / t_ours:.1f} | {m_off:.1f} / {m_ours:.1f} |",
                   flush=True)
-        del off, ours
+        off = ours = None  # free the networks (not del: the closures above read them)
         torch.cuda.empty_cache()
 
 
