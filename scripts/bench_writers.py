@@ -10,7 +10,7 @@ imported da3gs has it). Files go to a temporary folder under --tmp, removed afte
 `--compare REV` runs the same measurements against the package as it was at git revision REV
 (extracted with `git archive` into a temporary folder and run in a subprocess) and prints the two
 side by side; `--src DIR` imports da3gs from DIR (what --compare does for the old side). Medians
-of --repeats.
+of --repeats. The sizes of gaussians.ply / gaussians.spz are printed after the table.
 
 Usage: python scripts/bench_writers.py --compare b5cc6f9 [--gaussians 4.5e6] [--repeats 3]
 """
@@ -123,6 +123,8 @@ def measure(args) -> dict:
             for name, fn in tasks:
                 if not name.startswith("view") and name in args.writers:
                     timed(name, fn)
+                    if name in ("ply", "spz"):
+                        res.setdefault("bytes", {})[f"gaussians.{name}"] = (out / f"gaussians.{name}").stat().st_size
             shutil.rmtree(out)
             out.mkdir()
             chosen = [(n, f) for n, f in _tasks(out, scene, colmap_fmt)
@@ -201,6 +203,9 @@ def main() -> None:
             row += f" | {before / vals[1]:.1f}x" if before and vals[1] else " | -"
         print(row + " |")
     print("COLMAP model: " + ", ".join(f"{c}: {results[c]['colmap']}" for c in cols))
+    for c in cols:
+        if results[c].get("bytes"):
+            print(f"bytes ({c}): " + ", ".join(f"{k} {v:,}" for k, v in results[c]["bytes"].items()))
 
 
 if __name__ == "__main__":
