@@ -14,13 +14,19 @@ concave); 3 two thin capsules in smooth union (thin rods); 4 the torus. Blend pa
 ``prm[6]``, smoothing ``k = prm[7]``, op ``prm[8]``, rounding / thickness ``prm[9]``. Torus:
 major radius ``prm[0]``, minor ``prm[1]`` (axis local z).
 
-Speed (the generator is bound by GPU elementwise work, not by the host): the pairs are grouped
-by op once per trace (one sort, one host sync for the group sizes; ops 0 and 1 form one group,
-differing by a sign) and every group evaluates only its own op (:func:`sdf_op`, on per-group constants derived once, :func:`derive`);
-:func:`march` compacts each group to its still-active pairs at a few fixed step counts
-(``_COMPACT_AT``; one host sync per compaction for all groups together), so converged pairs and
-pairs that left their interval stop costing work. Within a chunk finished pairs are frozen by
-masks, as before.
+Speed: the march is written for little GPU work and few dispatched ops (the host's dispatch
+cost bounds the generator as soon as the GPU work is small). The five ops fall
+into two families evaluated by one formula each (:func:`sdf_family`, exact for every op of the
+family: the per-pair constants of :func:`derive` select the op): family 0, ops 0, 1 and 3
+(a rounded box and a capsule segment in smooth union, with a sign; a sphere is a segment of
+length 0, capsule 1 a box of extents (ax, 0, 0)); family 1, ops 2 and 4 (a ring of major radius
+R: the torus, or R = 0 with an absolute value and a cut plane: the bowl). The pairs are grouped
+by family once per trace (one sort, one host sync for the group sizes); the points of a step
+are one (3, n) tensor; :func:`march` compacts each group to its still-active pairs at a few
+fixed step counts (``_COMPACT_AT``; one host sync per compaction for all groups together), so
+converged pairs and pairs that left their interval stop costing work. Within a chunk finished
+pairs are frozen (a frozen pair recomputes the same distance, so it stays finished without a
+separate mask).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import torch
 
 from .primitives import BIG, group_by, maybe_compile
 
-__all__ = ["NUM_OPS", "derive", "sdf_op", "march", "sdf_normal"]
+__all__ = ["NUM_OPS", "NUM_FAMILIES", "family", "derive", "sdf_family", "sdf_op", "march", "sdf_normal"]
 
 NUM_OPS = 5
+NUM_FAMILIES = 2
 #: Step counts after which each group is compacted to its still-active pairs.
 _COMPACT_AT = (3, 6, 10, 15, 22, 30)
 
@@ -48,66 +55,112 @@ def _smin(a, b, k, ik):
     return torch.addcmul(torch.lerp(b, a, h), k, torch.addcmul(h, h, h, value=-1), value=-1)
 
 
-def _group_key(op: torch.Tensor) -> torch.Tensor:
-    """Ops 0 and 1 share one group (they differ by a sign, :func:`derive`): (M,) key in [0, NUM_OPS)."""
-    return torch.where(op == 1, 0, op)
+def family(op: torch.Tensor) -> torch.Tensor:
+    """(M,) family of each op: 0 for ops 0, 1, 3 (box + segment blends), 1 for ops 2, 4 (rings)."""
+    return ((op == 2) | (op == 4)).long()
 
 
-def derive(op: int, prm: torch.Tensor) -> torch.Tensor:
-    """Per-pair constants of op ``op``: prm (M, NUM_PRM) -> (C, M) rows used by :func:`sdf_op`.
-    Ops 0 and 1 give the same rows (with the sign of the smooth blend from ``prm[:, 8]``)."""
-    c = prm.T
+def derive(fam: int, op: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+    """Per-pair constants of family ``fam``: op (M,) long, prm (M, NUM_PRM) -> (C, M) rows used by
+    :func:`sdf_family`.
+
+    Family 0 (C = 16): box half extents a (3), segment start A (3) and direction b (3), rounding
+    th, 1 / |b|^2, segment radius r, smoothing k, 0.5 / k, sign sg. Ops 0 / 1: a = prm[0:3],
+    A = prm[3:6], b = 0 (the segment is the sphere's centre), r = prm[6], sg = +1 / -1 (smooth
+    union / subtraction); op 3: a = (ax, 0, 0) (capsule 1 is a box of zero y and z extent),
+    A = (0, 0, -az), b = prm[3:6] - A, r = th, sg = +1.
+    Family 1 (C = 5): ring radius R, radius rs, fold s, thickness th, cut height oz. Op 4
+    (torus): R, rs = prm[0:2], s = 1, th = 0, oz = BIG (no cut); op 2 (bowl): R = 0, rs =
+    prm[6], s = -1 (|.|), th = prm[9], oz = prm[5].
+    """
+    ax, ay, az, ox, oy, oz, rs, k, _, th = prm.T.unbind(0)
+    zero = torch.zeros_like(ax)
+    if fam == 0:
+        is3 = op == 3
+        bz = oz + az  # capsule 2 runs from (0, 0, -az) to (ox, oy, oz)
+        b = torch.where(is3, torch.stack([ox, oy, bz]), zero)
+        inv = 1.0 / (b[0] * b[0] + b[1] * b[1] + b[2] * b[2]).clamp_min(1e-12)
+        a = torch.where(is3, torch.stack([ax, zero, zero]), torch.stack([ax, ay, az]))
+        A = torch.where(is3, torch.stack([zero, zero, -az]), torch.stack([ox, oy, oz]))
+        r = torch.where(is3, th, rs)
+        sg = torch.where(op == 1, -1.0, 1.0)
+        return torch.cat([a, A, b, torch.stack([th, inv, r, k, 0.5 / k, sg])])
+    tor = op == 4
+    return torch.stack([torch.where(tor, ax, 0.0), torch.where(tor, ay, rs), torch.where(tor, 1.0, -1.0),
+                        torch.where(tor, 0.0, th), torch.where(tor, BIG, oz)])
+
+
+def _split(fam: int, c: torch.Tensor) -> tuple:
+    """The rows of :func:`derive` as the tuple :func:`sdf_family` takes (views)."""
+    if fam == 0:
+        return (*c[:9].view(3, 3, -1).unbind(0), *c[6:].unbind(0))
+    return c.unbind(0)
+
+
+def sdf_family(fam: int, p: torch.Tensor, c: tuple) -> torch.Tensor:
+    """SDF of family ``fam`` at local points p (3, M); c: :func:`_split` of :func:`derive`.
+
+    Family 0: ``sg * smin(sg * roundbox(p), |p - A - b h| - r)`` with h the clamped projection
+    on the segment (op 0: smooth union of the rounded box and the sphere; op 1: its smooth
+    subtraction, -smin(-box, sphere); op 3: two capsules). Family 1: ``max(max(v, s v) - th,
+    z - oz)`` with ``v = |(|(x, y)| - R, z)| - rs`` (op 4: the torus; op 2: the bowl, a spherical
+    shell of radius rs cut by the plane z = oz). Each op gives the same floats as its own
+    formula (:func:`sdf_op`).
+    """
+    if fam == 0:
+        a, A, b, bx, by, bz, th, inv, r, k, ik, sg = c
+        q = p.abs().sub_(a)
+        ex, ey, ez = q.clamp_min(0).unbind(0)
+        rb = _len3(ex, ey, ez).add_(q.amax(0).clamp_max_(0)).sub_(th)
+        q = p - A
+        qx, qy, qz = q.unbind(0)
+        h = (qx * bx).addcmul_(qy, by).addcmul_(qz, bz).mul_(inv).clamp_(0, 1)
+        q.sub_(b * h)  # qx, qy, qz are its rows
+        seg = _len3(qx, qy, qz).sub_(r)
+        return _smin(rb.mul_(sg), seg, k, ik).mul_(sg)
+    R, rs, s, th, oz = c
+    x, y, z = p.unbind(0)
+    v = torch.hypot(torch.hypot(x, y).sub_(R), z).sub_(rs)
+    return torch.maximum(torch.maximum(v, v * s).sub_(th), z - oz)
+
+
+def sdf_op(op: int, p: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+    """SDF of op ``op`` at local points p (3, M) for parameters prm (M, NUM_PRM): the ops'
+    own formulas, written out per op (reference for :func:`sdf_family`)."""
+    x, y, z = p.unbind(0)
+    ax, ay, az, ox, oy, oz, rs, k, _, th = prm.T.unbind(0)
     if op == 4:
-        return c[0:2].contiguous()
-    ax, ay, az, ox, oy, oz, rs, k, opf, th = c.unbind(0)
+        return torch.hypot(torch.hypot(x, y) - ax, z) - ay
     if op in (0, 1):
-        return torch.stack([ax, ay, az, ox, oy, oz, rs, k, 0.5 / k, th, torch.where(opf > 0.5, -1.0, 1.0)])
-    if op == 2:
-        return torch.stack([rs, th, oz])
-    bz = oz + az  # capsule 2 runs from (0, 0, -az) to (ox, oy, oz)
-    inv = 1.0 / (ox * ox + oy * oy + bz * bz).clamp_min(1e-12)
-    return torch.stack([ax, az, ox, oy, bz, inv, k, 0.5 / k, th])
-
-
-def sdf_op(op: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """SDF of op ``op`` at local points (x, y, z), each (M,); c: (C, M) from :func:`derive`."""
-    if op == 4:  # torus (major c[0], minor c[1])
-        return torch.hypot(torch.hypot(x, y) - c[0], z) - c[1]
-    if op in (0, 1):  # rounded box with a sphere smoothly added (sg = 1) / subtracted (sg = -1)
-        ax, ay, az, ox, oy, oz, rs, k, ik, th, sg = c.unbind(0)
+        sg = 1.0 if op == 0 else -1.0
         bx, by, bz = x.abs() - ax, y.abs() - ay, z.abs() - az
         rb = (_len3(bx.clamp_min(0), by.clamp_min(0), bz.clamp_min(0))
-              + torch.maximum(torch.maximum(bx, by), bz).clamp_max_(0) - th)
+              + torch.maximum(torch.maximum(bx, by), bz).clamp_max(0) - th)
         sph = _len3(x - ox, y - oy, z - oz) - rs
-        return _smin(rb * sg, sph, k, ik) * sg  # op 1: -smin(-box, sphere) = smooth max(box, -sphere)
-    if op == 2:  # bowl: spherical shell of radius rs cut by the plane z = oz
-        rs, th, oz = c.unbind(0)
-        return torch.maximum((_len3(x, y, z) - rs).abs_() - th, z - oz)
-    # 3: two capsules, (-ax, 0, 0)-(ax, 0, 0) and (0, 0, -az)-(ox, oy, oz)
-    ax, az, ox, oy, bz, inv, k, ik, th = c.unbind(0)
+        return _smin(rb * sg, sph, k, 0.5 / k) * sg
+    if op == 2:
+        return torch.maximum((_len3(x, y, z) - rs).abs() - th, z - oz)
     c1 = _len3(x - torch.minimum(torch.maximum(x, -ax), ax), y, z) - th
-    pz = z + az
+    pz, bz = z + az, oz + az
+    inv = 1.0 / (ox * ox + oy * oy + bz * bz).clamp_min(1e-12)
     h = (((x * ox).addcmul_(y, oy).addcmul_(pz, bz)) * inv).clamp_(0, 1)
     c2 = _len3(x - ox * h, y - oy * h, pz - bz * h) - th
-    return _smin(c1, c2, k, ik)
-
-
-def _at(o, d, t):
-    return torch.addcmul(o[0], d[0], t), torch.addcmul(o[1], d[1], t), torch.addcmul(o[2], d[2], t)
+    return _smin(c1, c2, k, 0.5 / k)
 
 
 @functools.lru_cache(maxsize=None)
-def _step_fn(op: int, eps: float):
-    """A pure function doing one masked sphere-tracing step of op ``op`` (one compiled graph per
-    op under ``torch.compile``). A pair stays live while it is inside its interval and has not
-    hit; a finished pair is frozen, and it hit iff ``t < t1`` (so no separate hit state)."""
+def _step_fn(fam: int, eps: float):
+    """A pure function doing one masked sphere-tracing step of family ``fam`` (one compiled
+    graph per family under ``torch.compile``). A pair is live while it is inside its interval
+    and has not hit; a finished pair is frozen (it recomputes the same distance, so it stays
+    finished), and it hit iff ``t < t1``."""
 
-    def step(o, d, t, t1, c, live):
-        dist = sdf_op(op, *_at(o, d, t), c)
-        live = live & (t < t1) & (dist >= eps * t.clamp_min(1.0))
+    def step(o, d, t, t1, *c):
+        dist = sdf_family(fam, torch.addcmul(o, d, t), c)
+        live = (t < t1) & (dist >= eps * t.clamp_min(1.0))
         return torch.where(live, t + dist, t), live
 
-    step.__name__ = f"march_step_op{op}"
+    step.__name__ = f"march_step_family{fam}"
     return step
 
 
@@ -125,75 +178,88 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     out = torch.full_like(t0, BIG)
     if M == 0:
         return out
-    order, st = group_by(_group_key(op), NUM_OPS)
-    groups = []  # [op, pair index, o (3, n), d (3, n), t, t1, constants, live]
-    for k in range(NUM_OPS):
-        if st[k + 1] > st[k]:
-            idx = order[st[k]:st[k + 1]]
-            groups.append([k, idx, o[idx].T.contiguous(), d[idx].T.contiguous(), t0[idx], t1[idx],
-                           derive(k, prm[idx]), torch.ones_like(idx, dtype=torch.bool)])
-    done = 0
+    fam = family(op)
+    order, st = group_by(fam, NUM_FAMILIES)
+    groups = []  # [family, pair index, o (3, n), d (3, n), t, t1, constants (C, n), their rows]
+    for f in range(NUM_FAMILIES):
+        if st[f + 1] > st[f]:
+            idx = order[st[f]:st[f + 1]]
+            c = derive(f, op[idx], prm[idx])
+            groups.append([f, idx, o[idx].T.contiguous(), d[idx].T.contiguous(), t0[idx], t1[idx], c, _split(f, c)])
+    done, live = 0, [None] * len(groups)
     for stop in [s for s in _COMPACT_AT if s < steps] + [steps]:
-        for g in groups:
+        for i, g in enumerate(groups):
             fn = maybe_compile(_step_fn(g[0], float(eps)), use_compile)
             for _ in range(stop - done):
-                g[4], g[7] = fn(g[2], g[3], g[4], g[5], g[6], g[7])
+                g[4], live[i] = fn(g[2], g[3], g[4], g[5], *g[7])
         done = stop
         if done >= steps:
             break
         # write back the finished pairs; keep the still-live ones (two syncs for every group)
-        for g in groups:
-            out.index_copy_(0, g[1], torch.where(~g[7] & (g[4] < g[5]), g[4], BIG))
-        sizes = [g[7].numel() for g in groups]
+        for g, lv in zip(groups, live):
+            out.index_copy_(0, g[1], torch.where(~lv & (g[4] < g[5]), g[4], BIG))
+        sizes = [lv.numel() for lv in live]
         offs = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        keep_all = torch.cat([g[7] for g in groups]).nonzero().squeeze(1)  # sync
+        keep_all = torch.cat(live).nonzero().squeeze(1)  # sync
         cut = torch.searchsorted(keep_all, torch.tensor(offs, device=keep_all.device)).tolist()  # drained: cheap
-        nxt = []
-        for i, g in enumerate(groups):
+        nxt, nlive = [], []
+        for i, (g, lv) in enumerate(zip(groups, live)):
             n = cut[i + 1] - cut[i]
             if n == 0:
                 continue
             if n < sizes[i]:
                 keep = keep_all[cut[i]:cut[i + 1]] - offs[i]
-                g = [g[0], g[1][keep], g[2][:, keep], g[3][:, keep], g[4][keep], g[5][keep], g[6][:, keep], g[7][keep]]
+                c = g[6][:, keep]
+                g, lv = [g[0], g[1][keep], g[2][:, keep], g[3][:, keep], g[4][keep], g[5][keep], c,
+                         _split(g[0], c)], lv[keep]
             nxt.append(g)
-        groups = nxt
+            nlive.append(lv)
+        groups, live = nxt, nlive
         if not groups:
             break
     # the last pairs; those that ran out of steps are accepted if nearly converged
-    for k, idx, go, gd, t, t1g, c, live in groups:
+    for (f, idx, go, gd, t, t1g, _, c), lv in zip(groups, live):
         inside = t < t1g
-        ok = live & inside & (sdf_op(k, *_at(go, gd, t), c) < 20 * eps * t.clamp_min(1.0))
-        out.index_copy_(0, idx, torch.where((~live & inside) | ok, t, BIG))
+        ok = lv & inside & (sdf_family(f, torch.addcmul(go, gd, t), c) < 20 * eps * t.clamp_min(1.0))
+        out.index_copy_(0, idx, torch.where((~lv & inside) | ok, t, BIG))
     return out
 
 
-_TETRA = ((1, -1, -1), (-1, -1, 1), (-1, 1, -1), (1, 1, 1))
+_TETRA: dict = {}
+
+
+def _tetra(device) -> torch.Tensor:
+    """(3, 4) the tetrahedral difference directions as columns (cached per device)."""
+    key = str(device)
+    if key not in _TETRA:
+        _TETRA[key] = torch.tensor([[1.0, -1, -1, 1], [-1, -1, 1, 1], [-1, 1, -1, 1]], device=device)
+    return _TETRA[key]
 
 
 def sdf_normal(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Unit outward normals from the SDF gradient (tetrahedral differences), grouped by op.
+    """Unit outward normals from the SDF gradient (tetrahedral differences), grouped by family.
 
     p: (M, 3) local hit points; prm: (M, NUM_PRM); op: (M,) long; h: (M,) step.
-    Returns (M, 3). One host sync (the group sizes).
+    Returns (M, 3). One host sync (the group sizes); the four differences of a group are one
+    evaluation on (3, 4 n) points.
     """
     out = torch.zeros_like(p)
     if p.shape[0] == 0:
         return out
-    order, st = group_by(_group_key(op), NUM_OPS)
-    for k in range(NUM_OPS):
-        n = st[k + 1] - st[k]
+    T = _tetra(p.device)
+    order, st = group_by(family(op), NUM_FAMILIES)
+    for f in range(NUM_FAMILIES):
+        n = st[f + 1] - st[f]
         if not n:
             continue
-        idx = order[st[k]:st[k + 1]]
-        x, y, z = p[idx].T.contiguous()
-        hh, c = h[idx], derive(k, prm[idx])
-        g = torch.zeros(3, n, device=p.device)
-        for kx, ky, kz in _TETRA:
-            v = sdf_op(k, x + kx * hh, y + ky * hh, z + kz * hh, c)
-            g[0].add_(v, alpha=kx)
-            g[1].add_(v, alpha=ky)
-            g[2].add_(v, alpha=kz)
+        idx = order[st[f]:st[f + 1]]
+        c = derive(f, op[idx], prm[idx])
+        pts = (p[idx].T[:, None, :] + T[:, :, None] * h[idx]).reshape(3, 4 * n)  # x + kx h, ...
+        c4 = c[:, None, :].expand(-1, 4, -1).reshape(c.shape[0], 4 * n)
+        v = sdf_family(f, pts, _split(f, c4)).view(4, n)
+        g = T[:, :1] * v[0]
+        for j in range(1, 4):
+            g.addcmul_(T[:, j:j + 1], v[j])
         g = g.T
         out[idx] = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return out

@@ -23,12 +23,25 @@ from .primitives import group_by
 
 __all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
+_A = (1597334677, 812365231, 1664525)
+_CONST: dict = {}
+
+
+def _const(key: str, values, dtype, shape, device) -> torch.Tensor:
+    """A small constant tensor, created once per device (no per-call host-to-device copies)."""
+    k = (key, str(device), shape)
+    if k not in _CONST:
+        _CONST[k] = torch.tensor(values, dtype=dtype, device=device).view(shape)
+    return _CONST[k]
+
+
 def hash_int(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """32-bit integer hash of lattice points (int32 arithmetic, wrapping).
 
     ix: (..., 3) int32; seed: int32 broadcastable to ix[..., 0]. Returns (...,) int32.
     """
-    h = (ix[..., 0] * 1597334677) ^ (ix[..., 1] * 812365231) ^ (ix[..., 2] * 1664525) ^ (seed * 1013904223)
+    a, b, c = (ix * _const("A", _A, torch.int32, (3,), ix.device)).unbind(-1)
+    h = a ^ b ^ c ^ (seed * 1013904223)
     h = (h ^ (h >> 15)) * 739198763  # arithmetic shifts on negatives are fine for hashing
     h = (h ^ (h >> 13)) * 1274126177
     return h ^ (h >> 16)
@@ -41,75 +54,103 @@ def hash01(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
 
 def _bytes01(h: torch.Tensor, n: int) -> torch.Tensor:
     """n (<= 4) values in [0, 1) from the bytes of an int32 hash: (...,) -> (..., n)."""
-    return torch.stack([((h >> (8 * i)) & 255).float() * (1.0 / 255.0) for i in range(n)], -1)
-
-
-_A = (1597334677, 812365231, 1664525)
+    sh = _const("shifts", (0, 8, 16, 24), torch.int32, (4,), h.device)[:n]
+    return ((h[..., None] >> sh) & 255).float() * (1.0 / 255.0)
 
 
 def value_noise(p: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Trilinear value noise with smoothstep weights. p: (N, 3); seed: (N,) int32 -> (N,) in [0, 1].
 
-    Same lattice hash as :func:`hash_int`, with the per-axis products formed once and combined
-    into the 8 corners by broadcasting (no (N, 8, 3) integer tensor).
+    Same lattice hash as :func:`hash_int`, with the per-axis products formed once, as (3, 2, N)
+    rows, and combined into the 8 corners (2, 2, 2, N) by broadcasting (no (N, 8, 3) integer
+    tensor; the points stay the innermost dim).
     """
     fl = torch.floor(p)
     f = p - fl
-    u = f * f * (3 - 2 * f)
-    i = fl.int()
-    hx, hy, hz = (torch.stack([i[:, a] * _A[a], (i[:, a] + 1) * _A[a]], -1) for a in range(3))  # (N, 2) each
-    h = hx[:, :, None, None] ^ hy[:, None, :, None] ^ hz[:, None, None, :] ^ (seed * 1013904223)[:, None, None, None]
+    ux, uy, uz = (f * f * (3 - 2 * f)).unbind(-1)
+    i = fl.int().T
+    A = _const("A", _A, torch.int32, (3, 1), p.device)
+    hx, hy, hz = torch.stack([i * A, (i + 1) * A], 1).unbind(0)  # (2, N) each: low, high corner
+    h = hx.view(2, 1, 1, -1) ^ hy.view(1, 2, 1, -1) ^ hz.view(1, 1, 2, -1) ^ (seed * 1013904223)
     h = (h ^ (h >> 15)) * 739198763
     h = (h ^ (h >> 13)) * 1274126177
-    v = ((h ^ (h >> 16)) & 0xFFFFFF).float() * (1.0 / 16777216.0)  # (N, 2, 2, 2)
-    ux, uy, uz = u.unbind(-1)
-    v = v[:, 0] + (v[:, 1] - v[:, 0]) * ux[:, None, None]
-    v = v[:, 0] + (v[:, 1] - v[:, 0]) * uy[:, None]
-    return v[:, 0] + (v[:, 1] - v[:, 0]) * uz
+    v0, v1 = (((h ^ (h >> 16)) & 0xFFFFFF).float() * (1.0 / 16777216.0)).unbind(0)  # (2, 2, N) each
+    v0, v1 = (v0 + (v1 - v0) * ux).unbind(0)
+    v0, v1 = (v0 + (v1 - v0) * uy).unbind(0)
+    return v0 + (v1 - v0) * uz
 
 
-def fbm(p: torch.Tensor, seed: torch.Tensor, octaves: int = 4) -> torch.Tensor:
-    """Fractal sum of value noise, normalised to about [0, 1]. p: (N, 3); seed: (N,) -> (N,)."""
-    total, amp, norm = torch.zeros_like(p[:, 0]), 1.0, 0.0
-    for o in range(octaves):
-        total = total + amp * value_noise(p * (2.0 ** o) + 17.3 * o, seed + 101 * o)
-        norm += amp
-        amp *= 0.5
-    v = total / norm
+def _fields(p: torch.Tensor, seed: torch.Tensor, scale, offset, seed_off) -> torch.Tensor:
+    """Value noise of K fields in one evaluation: field j at ``p * scale[j] + offset[j]`` with
+    seed ``seed + seed_off[j]`` (tuples of K Python numbers). p: (N, 3); seed: (N,) -> (K, N)."""
+    K, dev = len(scale), p.device
+    if any(x != 1.0 for x in scale):
+        p = p * _const(f"s{scale}", scale, torch.float32, (K, 1, 1), dev)
+    pts = p + _const(f"o{offset}", offset, torch.float32, (K, 1, 1), dev)
+    sd = seed + _const("d" + str(seed_off), seed_off, torch.int32, (K, 1), dev)
+    return value_noise(pts.reshape(-1, 3), sd.reshape(-1)).view(K, -1)
+
+
+def _fbm_sum(v: torch.Tensor) -> torch.Tensor:
+    """Octaves (K, N) of value noise -> the normalised, stretched fractal sum (N,)."""
+    amp = _const("amp", (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125), torch.float32, (6, 1), v.device)
+    w = (v * amp[:v.shape[0]]).unbind(0)
+    total = w[0]
+    for x in w[1:]:
+        total = total + x
+    v = total / sum(0.5 ** o for o in range(len(w)))
     return ((v - 0.5) * 1.8 + 0.5).clamp(0, 1)  # stretch: sums of noise concentrate near 0.5
 
 
+def _octaves(octaves: int):
+    return tuple(2.0 ** o for o in range(octaves)), tuple(17.3 * o for o in range(octaves)), \
+        tuple(101 * o for o in range(octaves))
+
+
+def fbm(p: torch.Tensor, seed: torch.Tensor, octaves: int = 4) -> torch.Tensor:
+    """Fractal sum of value noise, normalised to about [0, 1]. p: (N, 3); seed: (N,) -> (N,).
+    The octaves are evaluated together (:func:`_fields`)."""
+    return _fbm_sum(_fields(p, seed, *_octaves(octaves)))
+
+
 def _mix(pal: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """pal: (N, 3 colours, 3 rgb); w: (N, 3) weights -> (N, 3)."""
-    return (w[:, :, None] * pal).sum(1)
+    """pal: (N, 3 colours, 3 rgb); w: (..., N, 3) weights -> (..., N, 3)."""
+    return (w[..., None] * pal).sum(-2)
 
 
 def _lerp(a, b, t):
     return a + (b - a) * t[:, None]
 
 
+_LEAVES = 4  # dead-leaves layers
+
+
 def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal: torch.Tensor,
          direc: torch.Tensor) -> torch.Tensor:
     q = p * freq[:, None]
-    c0, c1, c2 = pal[:, 0], pal[:, 1], pal[:, 2]
-    if kind == 0:  # fBm
-        v = fbm(q, seed)
-        v2 = value_noise(q * 0.5 + 5.1, seed + 7)
+    c0, c1, c2 = pal.unbind(1)
+    if kind == 0:  # fBm (4 octaves) and a second, coarser field, evaluated together
+        sc, of, so = _octaves(4)
+        v = _fields(q, seed, sc + (0.5,), of + (5.1,), so + (7,))
+        v, v2 = _fbm_sum(v[:4]), v[4]
         return _lerp(_lerp(c0, c1, v), c2, (v2 - 0.55).clamp(0, 1) * 2.0)
     if kind == 1:  # dead leaves: base cell colour, then layers of balls of shrinking size
         cell = torch.floor(q * 0.5).int()
         h = _bytes01(hash_int(cell, seed), 3) + 0.05
         col = _mix(pal, h / h.sum(-1, keepdim=True))
-        for layer in range(4):
-            ql = q * (1.0 + 0.8 * layer) + 3.7 * layer
-            fl = torch.floor(ql)
-            ci, f = fl.int(), ql - fl
-            sd = seed + 1000 * (layer + 1)
-            g = _bytes01(hash_int(ci, sd), 4)  # centre (3), radius
-            inside = (f - (0.3 + 0.4 * g[:, :3])).norm(dim=-1) < 0.12 + 0.18 * g[:, 3]
-            w = _bytes01(hash_int(ci, sd + 1), 3) ** 2 + 0.01
-            leaf = _mix(pal, w / w.sum(-1, keepdim=True))
-            col = torch.where(inside[:, None], leaf, col)
+        # all layers at once: (layers, N, ...)
+        dev = p.device
+        ql = (q * _const("leaf_s", tuple(1.0 + 0.8 * j for j in range(_LEAVES)), torch.float32, (_LEAVES, 1, 1), dev)
+              + _const("leaf_o", tuple(3.7 * j for j in range(_LEAVES)), torch.float32, (_LEAVES, 1, 1), dev))
+        fl = torch.floor(ql)
+        ci, f = fl.int(), ql - fl
+        sd = seed + _const("leaf_d", tuple(1000 * (j + 1) for j in range(_LEAVES)), torch.int32, (_LEAVES, 1), dev)
+        g = _bytes01(hash_int(ci, sd), 4)  # centre (3), radius
+        inside = (f - (0.3 + 0.4 * g[..., :3])).norm(dim=-1) < 0.12 + 0.18 * g[..., 3]
+        w = _bytes01(hash_int(ci, sd + 1), 3) ** 2 + 0.01
+        leaf = _mix(pal, w / w.sum(-1, keepdim=True))
+        for j in range(_LEAVES):
+            col = torch.where(inside[j, :, None], leaf[j], col)
         return col
     if kind == 2:  # stripes
         x = (q * direc).sum(-1)
@@ -120,8 +161,8 @@ def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal
     if kind == 3:  # checkers
         par = (torch.floor(q).int().sum(-1) & 1).float()
         return _lerp(c0, c1, par)
-    # colour field
-    w = torch.stack([value_noise(q * 0.6 + 11.0 * j, seed + 31 * j) for j in range(3)], -1) ** 3
+    # colour field: three fields evaluated together
+    w = _fields(q * 0.6, seed, (1.0, 1.0, 1.0), (0.0, 11.0, 22.0), (0, 31, 62)).T.contiguous() ** 3
     return _mix(pal, w / w.sum(-1, keepdim=True).clamp_min(1e-6))
 
 
@@ -133,31 +174,34 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
     spatial frequency (cycles per unit); seed: (...) int32; palette: (..., 3, 3) three RGB
     colours; direction: (..., 3) unit stripe direction. With ``entry`` ((...) long), kind, freq,
     seed, palette and direction are instead tables (E,), (E,), (E,), (E, 3, 3), (E, 3) indexed
-    by ``entry`` (gathered per kind, only for the points of that kind). Returns (..., 3) albedo
-    in [0, 1]. Grouped: the points are sorted by kind once (one host sync for the group sizes)
-    and each kind is evaluated on its own points only.
+    by ``entry``. Returns (..., 3) albedo in [0, 1]. Grouped: the points are sorted by kind once
+    (one host sync for the group sizes), their parameters gathered once in that order, and each
+    kind is evaluated on its own (contiguous) points only; the faint detail noise is one
+    evaluation for all points.
     """
     sh = p.shape
     p = p.reshape(-1, 3)
+    if p.shape[0] == 0:
+        return torch.zeros(sh, device=p.device)
     if entry is None:
         entry = torch.arange(p.shape[0], device=p.device)
         kind, freq, seed = kind.reshape(-1), freq.reshape(-1), seed.reshape(-1)
         palette, direction = palette.reshape(-1, 3, 3), direction.reshape(-1, 3)
     else:
         entry = entry.reshape(-1)
-    kp = kind[entry]
-    order, st = group_by(kp, 5)
-    out = torch.empty_like(p)
+    order, st = group_by(kind[entry], 5)
+    e = entry[order]
+    ps, f, sd, pal = p[order], freq[e], seed[e], palette[e]
+    cols = []
     for k in range(5):
-        if st[k] == st[k + 1]:
-            continue
-        idx = order[st[k]:st[k + 1]]
-        e, pk = entry[idx], p[idx]
-        f, sd = freq[e], seed[e]
-        col = _tex(k, pk, f, sd, palette[e], direction[e] if k == 2 else None)
-        # faint high-frequency detail so that no surface is textureless
-        detail = value_noise(pk * (f * 6.0)[:, None] + 0.37, sd + 977)
-        out[idx] = (col * (0.85 + 0.3 * detail)[:, None]).clamp_(0, 1)
+        a, b = st[k], st[k + 1]
+        if a < b:
+            cols.append(_tex(k, ps[a:b], f[a:b], sd[a:b], pal[a:b], direction[e[a:b]] if k == 2 else None))
+    col = torch.cat(cols) if len(cols) > 1 else cols[0]
+    # faint high-frequency detail so that no surface is textureless
+    detail = value_noise(ps * (f * 6.0)[:, None] + 0.37, sd + 977)
+    out = torch.empty_like(p)
+    out[order] = (col * (0.85 + 0.3 * detail)[:, None]).clamp_(0, 1)
     return out.reshape(sh)
 
 
