@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         print(json.dumps(_child(json.loads(args.child))))
         return 0
     rows = []
-    print(f"| preset | views | config | seconds | peak GiB | above start GiB | outputs on |")
+    print("| preset | views | config | seconds | peak GiB | above start GiB | outputs on |")
     print("|---|---|---|---|---|---|---|")
     for V in args.views:
         for name in args.configs:
