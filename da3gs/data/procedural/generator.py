@@ -19,11 +19,14 @@ from .config import CAMERA_MODES, SCENE_KINDS, ProceduralConfig
 from .primitives import maybe_compile, use_compile
 from da3gs.geometry.rays import ray_directions
 
-from .scene import Scene, _Rng, sample_scenes
+from .scene import PRIMITIVE_FIELDS, Scene, _Rng, sample_scenes
 from .shading import shade
 from .trace import closest_hit, environment_hit
 
 __all__ = ["ProceduralGenerator", "render"]
+
+#: Scene fields read by the cameras and the unshaded overlap render (besides the primitives').
+_CAMERA_FIELDS = ("kind", "scale", "focus", "room", "ground_r", "dome_r")
 
 
 def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
@@ -116,7 +119,8 @@ class ProceduralGenerator:
         s = cfg.overlap_res / max(H, W)
         h, w = max(2, round(H * s)), max(2, round(W * s))
         scale = torch.tensor([w / W, h / H, 1.0], device=self.device)[:, None]
-        rep = scene.select(torch.arange(S, device=self.device).repeat(T)) if T > 1 else scene
+        rep = (scene.select(torch.arange(S, device=self.device).repeat(T), _CAMERA_FIELDS + PRIMITIVE_FIELDS)
+               if T > 1 else scene)
         mode_r = mode.repeat(T)
         c2w_f = sample_cameras(rep, cfg, mode_r, V, gen)  # (T * S, V, 4, 4), try-major
         K_f = sample_intrinsics(cfg, T * S, V, H, W, mode_r, gen)
@@ -166,8 +170,9 @@ class ProceduralGenerator:
         sigma = r.u((B, V, 1, 1, 1), *cfg.noise_std)
         noise = torch.randn((B, V, H, W, 3), generator=gen, device=dev)
         per = max(1, cfg.max_chunk_rays // (V * H * W))
-        parts = [render(scene.select(slice(i, i + per)), cfg, c2w[i:i + per], K[i:i + per], H, W)
-                 for i in range(0, B, per)]
+        parts = ([render(scene, cfg, c2w, K, H, W)] if per >= B else
+                 [render(scene.select(slice(i, i + per)), cfg, c2w[i:i + per], K[i:i + per], H, W)
+                  for i in range(0, B, per)])
         cat = lambda k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]  # noqa: E731
         rgb, depth, hit, normals = cat("rgb"), cat("depth"), cat("hit"), cat("normals")
         img = maybe_compile(_photometric, use_compile(cfg, rgb))(rgb, expo, wb, gamma, sigma, noise)

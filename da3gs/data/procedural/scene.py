@@ -24,9 +24,11 @@ from .config import ProceduralConfig
 from .primitives import (BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bounding_radius,
                          slot_types)
 
-__all__ = ["Scene", "sample_scenes", "NUM_ENV"]
+__all__ = ["Scene", "sample_scenes", "NUM_ENV", "PRIMITIVE_FIELDS"]
 
 NUM_ENV = 3
+#: The fields the primitive tracer reads (:func:`.trace.closest_hit`, :func:`.trace.any_hit`).
+PRIMITIVE_FIELDS = ("active", "center", "rot", "prm", "bound")
 
 
 @dataclass
@@ -74,9 +76,11 @@ class Scene:
     light_col: torch.Tensor
     ambient: torch.Tensor
 
-    def select(self, idx) -> "Scene":
-        """Scenes ``idx`` (a slice or index tensor over S)."""
-        return Scene(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+    def select(self, idx, only: tuple[str, ...] | None = None) -> "Scene":
+        """Scenes ``idx`` (a slice or index tensor over S). ``only``: index just these fields
+        (one op each) and leave the others None (for callers that read only those)."""
+        return Scene(**{f.name: getattr(self, f.name)[idx] if only is None or f.name in only else None
+                        for f in fields(self)})
 
     @property
     def num(self) -> int:
@@ -90,7 +94,10 @@ class _Rng:
         self.g, self.dev = gen, device
 
     def u(self, shape, lo=0.0, hi=1.0) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(shape, generator=self.g, device=self.dev)
+        x = torch.rand(shape, generator=self.g, device=self.dev)
+        if hi - lo != 1.0:
+            x = (hi - lo) * x
+        return x if lo == 0.0 else lo + x  # the same floats as lo + (hi - lo) * x, fewer ops
 
     def logu(self, shape, lo, hi) -> torch.Tensor:
         return torch.exp(self.u(shape, math.log(lo), math.log(hi)))

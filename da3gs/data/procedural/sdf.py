@@ -158,7 +158,7 @@ def _step_fn(fam: int, eps: float):
     def step(o, d, t, t1, *c):
         dist = sdf_family(fam, torch.addcmul(o, d, t), c)
         live = (t < t1) & (dist >= eps * t.clamp_min(1.0))
-        return torch.where(live, t + dist, t), live
+        return torch.addcmul(t, dist, live), live  # t + dist where live (finite distances), one op
 
     step.__name__ = f"march_step_family{fam}"
     return step

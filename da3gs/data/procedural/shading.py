@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from .primitives import (BIG, BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SPHERE, TORUS, analytic_normal,
                          group_by, slot_types)
-from .scene import Scene
+from .scene import PRIMITIVE_FIELDS, Scene
 from .sdf import sdf_normal
 from .textures import evaluate_texture, sky_color
 from .trace import any_hit
@@ -70,23 +70,27 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
     order, start = group_by(cls, _SKY + 1)
     n = torch.zeros_like(p)
     tp = p.clone()  # texture frame: primitive local, world for the environment
-    for k0, k1 in ((SPHERE, SPHERE), (BOX, BOX), (CYLINDER, CYLINDER), (QUAD, QUAD), (TORUS, BLEND)):
-        a, b = start[k0], start[k1 + 1]
-        if a == b:
-            continue
-        idx = order[a:b]
+    npr = start[_ENV]
+    if npr:  # all primitive pixels (classes 0-5, contiguous in ``order``): frames gathered once
+        idx = order[:npr]
         e = si[idx] * P + sl[idx]
         R = scene.rot.reshape(-1, 3, 3)[e]
         pr = scene.prm.reshape(-1, NUM_PRM)[e]
         pl = ((p[idx] - scene.center.reshape(-1, 3)[e])[:, None] @ R)[:, 0]  # R^T (p - c)
-        if k0 == TORUS:
-            op = torch.where(slot_types(dev)[sl[idx]] == TORUS, 4, pr[:, 8].round().long())
-            nl = sdf_normal(pl, pr, op, 1e-3 * scene.bound.reshape(-1)[e])
-        else:
-            nl = analytic_normal(k0, pl, pr)
+        nl = torch.empty_like(pl)
+        for k0, k1 in ((SPHERE, SPHERE), (BOX, BOX), (CYLINDER, CYLINDER), (QUAD, QUAD), (TORUS, BLEND)):
+            a, b = start[k0], start[k1 + 1]
+            if a == b:
+                continue
+            if k0 == TORUS:
+                op = torch.where(cls[idx[a:b]] == TORUS, 4, pr[a:b, 8].round().long())
+                nl[a:b] = sdf_normal(pl[a:b], pr[a:b], op, 1e-3 * scene.bound.reshape(-1)[e[a:b]])
+            else:
+                nl[a:b] = analytic_normal(k0, pl[a:b], pr[a:b])
         n[idx] = (R @ nl[:, :, None])[..., 0]  # R n
-        if k0 == QUAD:  # on the plane: exactly z = 0, else floor(z) flips with float noise (cell textures)
-            pl[:, 2] = 0.0
+        a, b = start[QUAD], start[QUAD + 1]
+        if a < b:  # on the plane: exactly z = 0, else floor(z) flips with float noise (cell textures)
+            pl[a:b, 2] = 0.0
         tp[idx] = pl
     idx = order[start[_ENV]:start[_SKY]]
     if idx.numel():
@@ -172,7 +176,7 @@ def _shadow_visible(scene: Scene, cfg, origin, ldir, test, tmax, block: int = 40
     o = origin[:, 0][sk[:, None], ridx]
     d = ldir.reshape(S * L, R, 3)[row[:, None], ridx]
     tm = torch.where(valid, tmax.reshape(S * L, R)[row[:, None], ridx], 0.0)
-    blocked = any_hit(scene.select(sk), o[:, None], d[:, None], tm[:, None], cfg)[:, 0]
+    blocked = any_hit(scene.select(sk, PRIMITIVE_FIELDS), o[:, None], d[:, None], tm[:, None], cfg)[:, 0]
     vis[row[:, None], torch.where(valid, ridx, R)] = ~blocked
     return vis[:, :R].reshape(S, L, R)
 

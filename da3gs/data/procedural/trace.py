@@ -9,7 +9,7 @@ intersected that cannot hit): :func:`_cull` tests every (ray, slot) pair against
 bounding sphere with two small matmuls and a few elementwise ops per pair; the surviving pairs
 are compacted with one ``nonzero`` and sorted by slot, so they come grouped by primitive type
 (the group sizes are read in a second, cheap sync). Each analytic type then intersects only its
-own pairs in their local frames (:func:`_intersect_pairs`); tori and blends are sphere-traced
+own pairs in their local frames (gathered once for boxes, cylinders and quads); tori and blends are sphere-traced
 (:func:`.sdf.march`, grouped by op) only on the pairs whose bounding sphere is entered before
 the nearest analytic hit. Results are merged per ray with scatter reductions.
 """
@@ -88,15 +88,6 @@ def _local(scene: Scene, s, slot, o, d):
     return od[:, 0], od[:, 1], scene.prm.reshape(-1, NUM_PRM)[e]
 
 
-def _intersect_pairs(scene: Scene, typ: int, s, slot, o, d, tmin: float, use_c: bool):
-    """Exact hits of the pairs of one analytic type: (M,) t or BIG."""
-    if typ == SPHERE:  # rotation-invariant
-        e = s * NUM_SLOTS + slot
-        return intersect_sphere(o - scene.center.reshape(-1, 3)[e], d, scene.prm.reshape(-1, NUM_PRM)[e], tmin)
-    o_l, d_l, prm = _local(scene, s, slot, o, d)
-    return maybe_compile(_INTERSECT[typ], use_c)(o_l, d_l, prm, tmin)
-
-
 def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
     """Shared pass. mode: "closest", "approx" (tori and blends as their bounding spheres) or
     "any". Returns (t, slot) flat per ray (t = tmax, slot -1 where nothing is hit) or, for any,
@@ -107,6 +98,9 @@ def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
     N = tm.numel()
     a_end = st[TORUS] if mode != "approx" else st[-1]
     ta = torch.full((st[-1],), BIG, device=tm.device)
+    a0, b0 = st[BOX], st[TORUS]
+    if a0 < b0:  # boxes, cylinders and quads: local frames gathered once (pairs are slot-major)
+        o_l, d_l, prm = _local(scene, s[a0:b0], slot[a0:b0], op_[a0:b0], dp[a0:b0])
     for typ in range(TORUS + (mode == "approx")):
         a, b = st[typ], (st[typ + 1] if typ < TORUS else st[-1])
         if a < b:
@@ -114,8 +108,13 @@ def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
                 e = s[a:b] * NUM_SLOTS + slot[a:b]
                 oc = op_[a:b] - scene.center.reshape(-1, 3)[e]
                 ta[a:b] = intersect_sphere(oc, dp[a:b], scene.bound.reshape(-1)[e][:, None], tmin)
+            elif typ == SPHERE:  # rotation-invariant
+                e = s[a:b] * NUM_SLOTS + slot[a:b]
+                ta[a:b] = intersect_sphere(op_[a:b] - scene.center.reshape(-1, 3)[e], dp[a:b],
+                                           scene.prm.reshape(-1, NUM_PRM)[e], tmin)
             else:
-                ta[a:b] = _intersect_pairs(scene, typ, s[a:b], slot[a:b], op_[a:b], dp[a:b], tmin, uc)
+                ta[a:b] = maybe_compile(_INTERSECT[typ], uc)(o_l[a - a0:b - a0], d_l[a - a0:b - a0],
+                                                              prm[a - a0:b - a0], tmin)
     ra, sa, ta = ray[:a_end], slot[:a_end], ta[:a_end]
     if mode == "any":
         hit = torch.zeros(N, dtype=torch.int32, device=tm.device).index_add_(0, ra, (ta < tm[ra]).int()) > 0
@@ -174,14 +173,14 @@ def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, 
 def _environment(o, d, kind, room, ground_r, dome_r):
     ox, oy, oz = o.unbind(-1)
     dx, dy, dz = d.unbind(-1)
-    sgn = lambda v: torch.where(v < 0, -1.0, 1.0)  # noqa: E731
-    safe = lambda v: torch.where(v.abs() < 1e-12, sgn(v) * 1e-12, v)  # noqa: E731
+    sg = torch.where(d < 0, -1.0, 1.0)  # all three components at once (fewer dispatched ops)
+    sd = torch.where(d.abs() < 1e-12, sg * 1e-12, d)  # kept away from 0
+    sz = sd[..., 2]
     rm = room[:, None, None]
-    tx = (sgn(dx) * rm[..., 0] - ox) / safe(dx)
-    ty = (sgn(dy) * rm[..., 1] - oy) / safe(dy)
-    t_floor = torch.where(dz < 0, -oz / safe(dz), BIG)
-    t_ceil = torch.where(dz > 0, (rm[..., 2] - oz) / safe(dz), BIG)
-    t_wall = torch.minimum(tx, ty)
+    txy = (sg[..., :2] * rm[..., :2] - o[..., :2]) / sd[..., :2]
+    t_floor = torch.where(dz < 0, -oz / sz, BIG)
+    t_ceil = torch.where(dz > 0, (rm[..., 2] - oz) / sz, BIG)
+    t_wall = txy.amin(-1)
     t_room = torch.minimum(torch.minimum(t_floor, t_ceil), t_wall)
     e_room = torch.where(t_room == t_floor, 0, torch.where(t_room == t_ceil, 2, 1))
     # ground under a sky
