@@ -323,3 +323,24 @@ def test_floor_texture_view_independent():
         albedo.append(a)
     assert torch.allclose(albedo[0], albedo[1], atol=1e-4) or \
         ((albedo[0] - albedo[1]).abs().amax(-1) < 1e-4).float().mean() > 0.99
+
+
+def test_sdf_families_equal_per_op_formulas():
+    """The two SDF families (one formula each, constants selecting the op) give exactly each
+    op's own floats."""
+    from da3gs.data.procedural.primitives import SLOT_START, TORUS
+    from da3gs.data.procedural.sdf import _split, derive, family, sdf_family, sdf_op
+    sc = sample_scenes(ProceduralConfig(), 32, torch.Generator().manual_seed(0), "cpu")
+    prm = sc.prm[:, SLOT_START[TORUS]:].reshape(-1, sc.prm.shape[-1])
+    typ = slot_types()[SLOT_START[TORUS]:].repeat(32)
+    op = torch.where(typ == TORUS, 4, prm[:, 8].round().long())
+    assert set(op.tolist()) == {0, 1, 2, 3, 4}
+    g = torch.Generator().manual_seed(1)
+    for spread in (0.3, 1.0, 2.0):
+        p = torch.randn(3, len(op), generator=g) * sc.scale.repeat_interleave(len(op) // 32) * spread
+        for f in range(2):
+            m = family(op) == f
+            v = sdf_family(f, p[:, m].contiguous(), _split(f, derive(f, op[m], prm[m])))
+            for k in op[m].unique().tolist():
+                mk = op[m] == k
+                assert torch.equal(v[mk], sdf_op(k, p[:, m][:, mk], prm[m][mk])), (f, k)
