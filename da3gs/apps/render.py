@@ -350,7 +350,7 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
 
         bar, on_step = Progress("render", args.quiet).steps(int(args.refine_steps), "refine")
         with bar:
-            g, rep = refine_gaussians(g.to(pred.depth.device), pred.images, pred.w2c, pred.K,
+            g, rep = refine_gaussians(g.to(summary["device"]), pred.images, pred.w2c, pred.K,
                                       int(args.refine_steps), seed=args.seed, on_step=on_step)
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
@@ -419,7 +419,7 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     H, W = pred.depth.shape[1:]
     write_cameras_json(tmp / "video_cameras.json", path.double(), Ks.double(), [(H, W)] * len(path),
                        [f"frame_{i:04d}" for i in range(len(path))])  # the viewer shows the path
-    dev = pred.depth.device
+    dev = torch.device(summary["device"])  # where the model ran (outputs may be offloaded)
     g = gaussians.to(dev)
     from da3gs.geometry import c2w_to_w2c
 
