@@ -2,8 +2,8 @@
 
 Modes: ``--exact`` (the official numerics: bf16 backbone, fp32 heads) or the fast path (bf16
 heads, the default), optionally with ``--compile blocks`` / ``--compile blocks,heads``
-(``torch.compile`` of the transformer blocks, and of the heads' per-chunk forward, as
-``DA3Model.enable_compile`` does). Prints the first call's time (it compiles), the median of
+(``da3gs.models.net.compile_network``: the transformer blocks, and the heads' per-chunk
+forward, as ``DA3Model.enable_compile`` does). Prints the first call's time (it compiles), the median of
 ``--repeats`` forwards after ``--warmup``, images/s and peak memory, and with ``--profile`` the
 top CUDA kernels of one more forward (``torch.profiler``). CUDA only; bf16 autocast, 504 x 336.
 Against the official package, use ``bench_inference.py`` (same run, accuracy checked).
@@ -38,16 +38,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
-    from da3gs.models.net import build_net
-    from da3gs.nn.transformer import Block
+    from da3gs.models.net import build_net, compile_network
 
     net = build_net(a.preset).cuda().eval()
     t0 = time.perf_counter()
-    for m in net.modules():
-        if "blocks" in a.compile and isinstance(m, Block):
-            m.compile()
-        if "heads" in a.compile and hasattr(m, "_forward_chunk"):
-            m._forward_chunk = torch.compile(m._forward_chunk)
+    if a.compile:
+        compile_network(net, blocks="blocks" in a.compile, heads="heads" in a.compile)
     x = torch.randn(1, a.views, 3, a.height, a.width, device="cuda")
 
     def forward():

@@ -12,7 +12,7 @@ from da3gs.errors import Da3gsError
 from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
 from da3gs.io.images import imagenet_normalize, prepare_images
 from da3gs.models.gaussian_adapter import GEOMETRIES, build_gaussians
-from da3gs.models.net import build_net
+from da3gs.models.net import build_net, compile_network
 from da3gs.models.presets import NestedPreset, Preset, get_preset
 from da3gs.models.reference_view import STRATEGIES
 from da3gs.types import Prediction
@@ -109,24 +109,15 @@ class DA3Model(nn.Module):
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=dev, dtype=dtype), precision == "fast"
 
-    def _autocast(self, precision: str):
-        return self._precision(precision)[0]
-
     def enable_compile(self, backend: str = "inductor") -> "DA3Model":
         """``torch.compile`` the transformer blocks and the heads' per-chunk forward in place
-        (parameters and state dict unchanged) for inference throughput: on an H200 the large
-        preset at 32 views runs 1.5x faster than uncompiled (docs/performance.md), after a
-        first forward that compiles for tens of seconds (Inductor caches kernels on disk, so
-        later processes warm up faster; each new input shape may recompile). ``backend``:
-        any ``torch.compile`` backend (tests use ``"eager"``). Returns ``self``."""
-        from da3gs.nn.transformer import Block
-
-        for m in self.modules():
-            if isinstance(m, Block):
-                m.compile(backend=backend)
-            chunk_fn = getattr(m, "_forward_chunk", None)
-            if chunk_fn is not None and not hasattr(chunk_fn, "_torchdynamo_orig_callable"):
-                m._forward_chunk = torch.compile(chunk_fn, backend=backend)
+        (:func:`~da3gs.models.net.compile_network`; parameters and state dict unchanged) for
+        inference throughput: on an H200 the large preset at 32 views runs 1.5x faster than
+        uncompiled (docs/performance.md), after a first forward that compiles for tens of
+        seconds (Inductor caches kernels on disk, so later processes warm up faster; each new
+        input shape may recompile). ``backend``: any ``torch.compile`` backend (tests use
+        ``"eager"``). Returns ``self``."""
+        compile_network(self.net, backend=backend)
         return self
 
     @torch.no_grad()

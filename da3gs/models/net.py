@@ -207,3 +207,19 @@ def build_net(preset: str | Preset | NestedPreset, head_chunk: int = 8) -> nn.Mo
     """Network for a preset name (ours or official) or preset object, randomly initialised."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     return NestedDA3Net(p, head_chunk) if isinstance(p, NestedPreset) else DA3Net(p, head_chunk)
+
+
+def compile_network(net: nn.Module, blocks: bool = True, heads: bool = True,
+                    backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` in place, for inference: every transformer block of ``net``
+    (``nn.Module.compile``, so the state dict is unchanged) and each head's per-chunk forward
+    (``_forward_chunk``, wrapped once however often this is called). Returns ``net``."""
+    from da3gs.nn.transformer import Block
+
+    for m in net.modules():
+        if blocks and isinstance(m, Block):
+            m.compile(backend=backend)
+        chunk_fn = getattr(m, "_forward_chunk", None) if heads else None
+        if chunk_fn is not None and not hasattr(chunk_fn, "_torchdynamo_orig_callable"):
+            m._forward_chunk = torch.compile(chunk_fn, backend=backend)
+    return net
