@@ -10,6 +10,13 @@ Examples:
     python scripts/bench_render.py --n 1000000 --repeats 20 --backward
     python scripts/bench_render.py --skip-gsplat        # only the CPU torch backend
     python scripts/bench_render.py --scene garden       # gsplat's garden points (if present)
+    python scripts/bench_render.py --skip-gsplat --torch-output out/toy_scene --torch-tiles 4 8
+        # the torch backend on a `da3gs render` output (its gaussians.ply seen from the first
+        # --torch-frames cameras of its video_cameras.json), one row per tile size
+
+``--torch-tiles`` calls the torch rasteriser directly with each tile size (its images do not
+depend on it), so the rows compare tilings in one run; without it the torch row goes through
+``da3gs.render.render`` and the backend's default tiling.
 """
 
 from __future__ import annotations
@@ -75,6 +82,38 @@ def garden_scene(n: int | None, width: int, height: int, device, seed: int = 0):
     return gs, torch.from_numpy(d["viewmats"][0]).float().to(device), K.to(device)
 
 
+def output_scene(folder: Path, frames: int):
+    """A `da3gs render` output: its Gaussians and the first `frames` video cameras."""
+    import json
+
+    from da3gs.io.ply import read_ply
+
+    gs = read_ply(folder / "gaussians.ply")
+    cams = json.loads((folder / "video_cameras.json").read_text())[:frames]
+    w2c = torch.tensor([c["w2c"] for c in cams], dtype=torch.float32)
+    K = torch.tensor([c["K"] for c in cams], dtype=torch.float32)
+    return gs, w2c, K, int(cams[0]["width"]), int(cams[0]["height"])
+
+
+def time_tiles(gs, w2c, K, width, height, tile, repeats, warmup, backward=False):
+    """Like time_render, through the torch rasteriser with one tile size; per frame."""
+    from da3gs.render.torch_rasterizer import rasterize
+
+    args = [gs.means, gs.quats, gs.scales, gs.opacities, gs.sh]
+    if backward:
+        args = [a.detach().requires_grad_(True) for a in args]
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            color, alpha, depth, radii = rasterize(*args, w2c, K, width, height, tile_size=tile)
+            if backward:
+                (color.mean() + depth.mean()).backward()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) / w2c.shape[0])
+    return statistics.median(times), int((radii > 0).all(-1).sum()) // w2c.shape[0]
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -101,7 +140,7 @@ def time_render(gs, w2c, K, width, height, backend, repeats, warmup, backward=Fa
 
 def row(backend, device, scene, n, w, h, sec, out, backward):
     kind = backend + (" fwd+bwd" if backward else "")
-    vis = int(out.num_visible.sum())
+    vis = int(out.num_visible.sum()) // out.color.shape[0]  # per frame
     return (f"| {kind} | {device} | {scene} | {n:,} | {w}x{h} | {1000 * sec:.2f} | "
             f"{n / sec / 1e6:.1f} | {vis:,} |")
 
@@ -121,6 +160,11 @@ def main(argv=None):
     p.add_argument("--torch-n", type=int, default=100_000, help="Gaussians for the CPU torch run")
     p.add_argument("--torch-size", type=int, default=256, help="image side for the CPU torch run")
     p.add_argument("--torch-repeats", type=int, default=3)
+    p.add_argument("--torch-output", type=Path, default=None, metavar="DIR",
+                   help="torch run on a `da3gs render` output folder instead of random Gaussians")
+    p.add_argument("--torch-frames", type=int, default=4, help="video cameras per repeat (--torch-output)")
+    p.add_argument("--torch-tiles", type=int, nargs="+", default=None, metavar="T",
+                   help="torch run: one row per rasteriser tile size (default: the backend's own)")
     p.add_argument("--skip-gsplat", action="store_true")
     p.add_argument("--skip-torch", action="store_true")
     a = p.parse_args(argv)
@@ -145,12 +189,28 @@ def main(argv=None):
                 del gs, out
                 torch.cuda.empty_cache()
     if not a.skip_torch:
-        s = a.torch_size
-        gs, w2c, K = random_scene(a.torch_n, s, s, "cpu", sh_degree=0)
+        if a.torch_output is not None:
+            for f in ("gaussians.ply", "video_cameras.json"):
+                if not (a.torch_output / f).is_file():
+                    p.error(f"--torch-output: {a.torch_output / f} not found (a `da3gs render` output folder)")
+            gs, w2c, K, W, H = output_scene(a.torch_output, a.torch_frames)
+            scene = f"{a.torch_output.name} ({w2c.shape[0]} video cameras)"
+        else:
+            W = H = a.torch_size
+            gs, w2c, K = random_scene(a.torch_n, W, H, "cpu", sh_degree=0)
+            w2c, K, scene = w2c[None], K[None], "random"
         name = f"cpu ({torch.get_num_threads()} threads)"
         for bwd in ([False, True] if a.backward else [False]):
-            sec, out = time_render(gs, w2c, K, s, s, "torch", a.torch_repeats, 1, bwd)
-            print(row("torch", name, "random", a.torch_n, s, s, sec, out, bwd), flush=True)
+            if a.torch_tiles:
+                for tile in a.torch_tiles:
+                    sec, vis = time_tiles(gs, w2c, K, W, H, tile, a.torch_repeats, 1, bwd)
+                    kind = f"torch tile {tile}" + (" fwd+bwd" if bwd else "")
+                    print(f"| {kind} | {name} | {scene} | {len(gs):,} | {W}x{H} | {1000 * sec:.2f} | "
+                          f"{len(gs) / sec / 1e6:.1f} | {vis:,} |", flush=True)
+            else:
+                sec, out = time_render(gs, w2c, K, W, H, "torch", a.torch_repeats, 1, bwd)
+                sec /= w2c.shape[0]
+                print(row("torch", name, scene, len(gs), W, H, sec, out, bwd), flush=True)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def _tile_intersections(means2d, radii, depths, tile_size, tiles_x, tiles_y):
 
 def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: int,
               sh_degree: int | None = None, background=None, near: float = 0.01,
-              far: float = 1e10, eps2d: float = 0.3, tile_size: int = 8,
+              far: float = 1e10, eps2d: float = 0.3, tile_size: int = 4,
               max_elems: int = 1 << 18):
     """Render N Gaussians into C cameras on any device with plain autograd ops.
 
@@ -220,7 +220,9 @@ def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: i
       means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,), sh (N, K, 3);
       w2c (C, 4, 4), K (C, 3, 3); sh_degree (default: all of sh);
       background: None or (C, 3) colour added as ``T * background``;
-      tile_size: tile edge in pixels; the images do not depend on it (8 is fastest on CPU);
+      tile_size: tile edge in pixels; the images do not depend on it. 4 is fastest on the
+        CPU for pixel-aligned splats of a few pixels (docs/benchmarks.md, "Rendering"): each
+        pixel then evaluates about half the (pixel, Gaussian) pairs of 8 x 8 tiles;
       max_elems: (pixel x Gaussian) pairs evaluated per step; peak memory is about
         ``30 * max_elems * itemsize`` bytes on top of O(N + intersections) buffers.
     Returns:
@@ -273,9 +275,10 @@ def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: i
             for l0 in range(0, L, Lc):
                 ar = torch.arange(l0, min(L, l0 + Lc), device=dev)
                 idx = starts[tid, None] + ar
-                idx = torch.where(ar < counts[tid, None], gids[idx.clamp_max(gids.numel() - 1)],
-                                  torch.full_like(idx, pad))
-                f = feats[idx]                                              # (G, Lc, 10)
+                # index_select gathers whole rows, several times faster than advanced indexing
+                pick = gids.index_select(0, idx.clamp_max(gids.numel() - 1).view(-1)).view(idx.shape)
+                idx = torch.where(ar < counts[tid, None], pick, pad)
+                f = feats.index_select(0, idx.view(-1)).view(*idx.shape, _NF)  # (G, Lc, 10)
                 if use_ckpt:
                     rgbd, T, done = _CompositeCheckpoint.apply(f, pix, T, done)
                 else:
