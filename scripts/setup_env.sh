@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
+    # A new .venv takes about 9 GiB (pip's torch 2.14.1 on x86_64 is the CUDA build); say so up
+    # front rather than failing half-way with "No space left on device".
+    avail_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+    if [ "${avail_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
+        echo "setup_env: warning: $((${avail_kb:-0} / 1024 / 1024)) GiB free on this disk; a new .venv needs about 9 GiB" >&2
+    fi
     "$PY" -m venv .venv
 fi
 . .venv/bin/activate
