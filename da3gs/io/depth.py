@@ -44,13 +44,22 @@ _TURBO_B2 = (-89.90310912, 27.34824973)
 
 
 def turbo_colormap(x) -> np.ndarray:
-    """Map values in [0, 1] (clipped) to turbo RGB; ``(...)`` -> ``(..., 3)`` uint8."""
+    """Map values in [0, 1] (clipped) to turbo RGB; ``(...)`` -> ``(..., 3)`` uint8.
+
+    The degree-5 polynomials are evaluated elementwise (Horner), never as a matrix product:
+    render's writer threads call this concurrently, and two threads inside numpy's bundled
+    OpenBLAS 0.3.23 at once can spin forever (seen: a depth preview's ``sgemv`` stuck in
+    OpenBLAS's thread server while the other writer waited).
+    """
     x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    v4 = np.stack([np.ones_like(x), x, x * x, x * x * x], -1)
-    v2 = np.stack([x ** 4, x ** 5], -1)
-    rgb = np.stack([v4 @ np.array(c4) + v2 @ np.array(c2)
-                    for c4, c2 in ((_TURBO_R4, _TURBO_R2), (_TURBO_G4, _TURBO_G2), (_TURBO_B4, _TURBO_B2))], -1)
-    return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    channels = []
+    for c4, c2 in ((_TURBO_R4, _TURBO_R2), (_TURBO_G4, _TURBO_G2), (_TURBO_B4, _TURBO_B2)):
+        acc = np.full_like(x, c2[1])
+        for c in (c2[0], c4[3], c4[2], c4[1], c4[0]):
+            acc *= x
+            acc += c
+        channels.append(acc)
+    return np.round(np.clip(np.stack(channels, -1), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _as_depth(depth, name: str = "depth") -> np.ndarray:

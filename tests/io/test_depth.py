@@ -79,3 +79,17 @@ def test_png_level_changes_size_not_content(tmp_path):
         assert fast[kind].stat().st_size > small[kind].stat().st_size
         np.testing.assert_array_equal(np.array(Image.open(fast[kind])), np.array(Image.open(small[kind])))
     np.testing.assert_array_equal(load_depth_png(fast["png"]), load_depth_png(small["png"]))
+
+
+def test_turbo_colormap_is_the_polynomial_fit():
+    """The elementwise (Horner) evaluation equals the fit's power sum, 0 and 1 clipped."""
+    from da3gs.io import depth as dm
+
+    x = np.linspace(-0.2, 1.2, 100_001)
+    xc = np.clip(x, 0, 1)
+    ref = np.stack([sum(c * xc ** i for i, c in enumerate(c4 + c2))
+                    for c4, c2 in ((dm._TURBO_R4, dm._TURBO_R2), (dm._TURBO_G4, dm._TURBO_G2),
+                                   (dm._TURBO_B4, dm._TURBO_B2))], -1)
+    ref = np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(turbo_colormap(x), ref)
+    assert np.array_equal(turbo_colormap(x[:100_000].reshape(1000, 100)), ref[:100_000].reshape(1000, 100, 3))
