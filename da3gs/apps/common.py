@@ -171,6 +171,13 @@ class Progress:
         if not self.quiet:
             print(f"da3gs {self.command}: {text} ...", file=sys.stderr, flush=True)
 
+    def note(self, text: str) -> None:
+        """One line of advice, printed above a running bar without breaking it."""
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(f"da3gs {self.command}: {text}", file=sys.stderr)
+
     def bar(self, iterable, desc: str, total: int | None = None, unit: str = "it"):
         from tqdm import tqdm
 

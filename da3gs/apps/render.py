@@ -48,6 +48,9 @@ def add_render_parser(sub) -> None:
     p.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
     p.add_argument("--no-video", action="store_true", help="skip the fly-through video")
     p.add_argument("--video-depth", action="store_true", help="video shows RGB | depth side by side")
+    p.add_argument("--video-scale", type=float, default=1.0,
+                   help="video size relative to the processed images, in (0, 4] (default 1; 0.5 "
+                   "renders a quarter of the pixels, 2 renders the splats at twice the size)")
     p.add_argument("--no-colmap", action="store_true", help="skip the COLMAP model")
     p.add_argument("--colmap-format", default="binary", choices=["binary", "text", "both"],
                    help="COLMAP model files: binary (default; cameras/images/points3D.bin, fast), "
@@ -124,6 +127,8 @@ def check_render_args(args) -> None:
     if not args.no_video:
         check_number(args.frames, "--frames", 1, what="a positive number of frames")
         check_number(args.fps, "--fps", 0, lo_open=True, what="a positive frame rate")
+        check_number(getattr(args, "video_scale", 1.0), "--video-scale", 0, 4, lo_open=True,
+                     what="a scale in (0, 4]")
     check_number(args.prune_opacity, "--prune-opacity", 0, 1)
     check_number(args.prune_conf, "--prune-conf", 0, 100)
     check_number(args.prune_border, "--prune-border", 0, what="a non-negative number of pixels")
@@ -417,6 +422,12 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     path = make[args.trajectory](c2w, args.frames, center_depth=center_depth).float()
     Ks = path_intrinsics(path.double(), pred.K.cpu().double(), c2w).float()
     H, W = pred.depth.shape[1:]
+    scale = float(getattr(args, "video_scale", 1.0))
+    if scale != 1.0:  # the resize rule: row 0 of K times W'/W, row 1 times H'/H
+        h, w = max(1, round(H * scale)), max(1, round(W * scale))
+        Ks[:, 0] *= w / W
+        Ks[:, 1] *= h / H
+        H, W = h, w
     write_cameras_json(tmp / "video_cameras.json", path.double(), Ks.double(), [(H, W)] * len(path),
                        [f"frame_{i:04d}" for i in range(len(path))])  # the viewer shows the path
     dev = torch.device(summary["device"])  # where the model ran (outputs may be offloaded)
@@ -426,10 +437,19 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     w2c = c2w_to_w2c(path).to(dev)
     Ks = Ks.to(dev)
 
+    progress = Progress("render", args.quiet)
+
     def frames():
-        for i in Progress("render", args.quiet).bar(range(len(path)), "video", unit="frame"):
+        t0 = time.perf_counter()
+        for i in progress.bar(range(len(path)), "video", unit="frame"):
             with torch.no_grad():
                 r = render(g, w2c[i], Ks[i], W, H, background=torch.ones(3, device=dev))
+            if i == 0 and dev.type == "cpu" and len(path) > 1:
+                eta = (time.perf_counter() - t0) * (len(path) - 1)
+                if eta > 60:
+                    progress.note(f"the video on the CPU takes about {eta / 60:.0f} min more "
+                                   f"({len(path)} frames of {W}x{H}); --video-scale 0.5, fewer "
+                                   "--frames or --no-video make it shorter")
             rgb = (r.color[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
             if args.video_depth:
                 vis = colorize_depth(r.depth[0, ..., 0].cpu().numpy(),
@@ -439,4 +459,5 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
 
     written = write_video(tmp / "video.mp4", frames(), fps=args.fps, fallback_gif=True)
     summary["video"] = {"file": Path(written).name, "frames": len(path), "fps": args.fps,
+                        "size": [W, H],
                         "trajectory": args.trajectory}

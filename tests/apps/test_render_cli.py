@@ -257,3 +257,31 @@ def test_render_merges_across_views_by_default(tmp_path):
     assert runs["c"]["final"] < runs["a"]["final"] <= runs["b"]["final"]
     assert len(read_ply(tmp_path / "c" / "gaussians.ply")) == runs["c"]["final"]
     assert _run(*common, "--out", tmp_path / "d", "--merge-scale", "0") == 2
+
+
+def test_render_video_scale(tmp_path, capsys):
+    _make_views(tmp_path / "v")
+    out = tmp_path / "out"
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", out,
+                "--frames", 2, "--video-scale", 0.5) == 0
+    s = _check_outputs(out, ["img0", "img1", "img2"], frames=2)
+    H, W = s["processed_size"]
+    h, w = round(H * 0.5), round(W * 0.5)
+    assert s["video"]["size"] == [w, h]
+    with imageio.get_reader(out / "video.mp4") as r:  # the encoder pads odd sizes by one
+        assert r.get_data(0).shape[:2] == (h + h % 2, w + w % 2)
+    cams = json.loads((out / "video_cameras.json").read_text())
+    full = tmp_path / "full"
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", full,
+                "--frames", 2) == 0
+    ref = json.loads((full / "video_cameras.json").read_text())
+    assert (cams[0]["width"], cams[0]["height"]) == (w, h) and (ref[0]["width"], ref[0]["height"]) == (W, H)
+    K, K1 = np.array(cams[1]["K"]), np.array(ref[1]["K"])
+    assert np.allclose(K[0], K1[0] * w / W) and np.allclose(K[1], K1[1] * h / H)
+    assert np.allclose(cams[1]["c2w"], ref[1]["c2w"])
+    for bad in ("0", "-1", "5", "nan"):
+        assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out",
+                    tmp_path / f"o{bad}", "--video-scale", bad) == 2
+        err = capsys.readouterr().err
+        assert "--video-scale: expected a scale in (0, 4]" in err and "Traceback" not in err
+        assert not (tmp_path / f"o{bad}").exists()
