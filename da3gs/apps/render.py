@@ -440,12 +440,14 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     progress = Progress("render", args.quiet)
 
     def frames():
-        t0 = time.perf_counter()
+        t1 = None
         for i in progress.bar(range(len(path)), "video", unit="frame"):
             with torch.no_grad():
                 r = render(g, w2c[i], Ks[i], W, H, background=torch.ones(3, device=dev))
-            if i == 0 and dev.type == "cpu" and len(path) > 1:
-                eta = (time.perf_counter() - t0) * (len(path) - 1)
+            if i == 0:
+                t1 = time.perf_counter()  # the first frame shares the CPU with the writers
+            elif i == 2 and dev.type == "cpu" and len(path) > 3:
+                eta = (time.perf_counter() - t1) / 2 * (len(path) - 3)
                 if eta > 60:
                     progress.note(f"the video on the CPU takes about {eta / 60:.0f} min more "
                                    f"({len(path)} frames of {W}x{H}); --video-scale 0.5, fewer "

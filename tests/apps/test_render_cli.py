@@ -285,3 +285,22 @@ def test_render_video_scale(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--video-scale: expected a scale in (0, 4]" in err and "Traceback" not in err
         assert not (tmp_path / f"o{bad}").exists()
+
+
+def test_render_cpu_video_note(tmp_path, capsys, monkeypatch):
+    """A slow CPU video says how to shorten it once, after its third frame; -q silences it."""
+    import itertools
+
+    import da3gs.apps.render as render_app
+
+    _make_views(tmp_path / "v")
+    clock = itertools.count(0.0, 100.0)  # every clock reading is 100 s later than the last
+    monkeypatch.setattr(render_app.time, "perf_counter", lambda: float(next(clock)))
+    assert main(["render", "--device", "cpu", "--process-res", "70", "--views", str(tmp_path / "v"),
+                 "--model", "random:tiny-gs", "--out", str(tmp_path / "out"), "--frames", "6"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("the video on the CPU takes about") == 1
+    assert "(6 frames of" in err and "--video-scale 0.5, fewer --frames or --no-video" in err
+    assert _run("--views", tmp_path / "v", "--model", "random:tiny-gs", "--out", tmp_path / "q",
+                "--frames", "6") == 0
+    assert "takes about" not in capsys.readouterr().err
