@@ -163,8 +163,11 @@ def main(argv=None):
     p.add_argument("--torch-output", type=Path, default=None, metavar="DIR",
                    help="torch run on a `da3gs render` output folder instead of random Gaussians")
     p.add_argument("--torch-frames", type=int, default=4, help="video cameras per repeat (--torch-output)")
-    p.add_argument("--torch-tiles", type=int, nargs="+", default=None, metavar="T",
-                   help="torch run: one row per rasteriser tile size (default: the backend's own)")
+    p.add_argument("--torch-tiles", nargs="+", default=None, metavar="T",
+                   help="torch run: one row per rasteriser tile size, or 'auto' (its per-camera "
+                   "choice) (default: one row through da3gs.render.render)")
+    p.add_argument("--torch-scale", type=float, default=1.0,
+                   help="--torch-output: render at this multiple of the cameras' size (larger splats)")
     p.add_argument("--skip-gsplat", action="store_true")
     p.add_argument("--skip-torch", action="store_true")
     a = p.parse_args(argv)
@@ -194,6 +197,11 @@ def main(argv=None):
                 if not (a.torch_output / f).is_file():
                     p.error(f"--torch-output: {a.torch_output / f} not found (a `da3gs render` output folder)")
             gs, w2c, K, W, H = output_scene(a.torch_output, a.torch_frames)
+            if a.torch_scale != 1.0:
+                w, h = round(W * a.torch_scale), round(H * a.torch_scale)
+                K[:, 0] *= w / W
+                K[:, 1] *= h / H
+                W, H = w, h
             scene = f"{a.torch_output.name} ({w2c.shape[0]} video cameras)"
         else:
             W = H = a.torch_size
@@ -203,7 +211,10 @@ def main(argv=None):
         for bwd in ([False, True] if a.backward else [False]):
             if a.torch_tiles:
                 for tile in a.torch_tiles:
-                    sec, vis = time_tiles(gs, w2c, K, W, H, tile, a.torch_repeats, 1, bwd)
+                    if tile != "auto" and not tile.isdigit():
+                        p.error(f"--torch-tiles: expected positive integers or 'auto', got {tile!r}")
+                    sec, vis = time_tiles(gs, w2c, K, W, H, None if tile == "auto" else int(tile),
+                                          a.torch_repeats, 1, bwd)
                     kind = f"torch tile {tile}" + (" fwd+bwd" if bwd else "")
                     print(f"| {kind} | {name} | {scene} | {len(gs):,} | {W}x{H} | {1000 * sec:.2f} | "
                           f"{len(gs) / sec / 1e6:.1f} | {vis:,} |", flush=True)

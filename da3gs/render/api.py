@@ -115,7 +115,7 @@ def render(gaussians: Gaussians, w2c: torch.Tensor, K: torch.Tensor, width: int,
       near, far: camera-z clipping of Gaussian centres.
       tile_size: gsplat's tile size in pixels. The torch backend's images do not depend on
         the tiling (every Gaussian's box holds its whole alpha >= 1/255 support), so it
-        always uses its faster default (4 x 4 tiles).
+        chooses its own per camera (4 or 8 px, from the splats' sizes).
     Returns:
       RenderOutput with (C, H, W, ·) color / alpha / depth and (C, N, 2) radii.
       Differentiable w.r.t. every Gaussian parameter, w2c and background (first order; K

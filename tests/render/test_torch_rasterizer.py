@@ -52,6 +52,29 @@ def test_tiling_and_chunking_do_not_change_the_image(W, H, tile, max_elems):
         assert (a - b).abs().max() < 1e-10
 
 
+def test_auto_tile_size_follows_the_splat_size():
+    """4 px tiles for splats of a few pixels, 8 from a mean larger half-extent of 7 px; culled
+    entries (radius 0) do not count; per camera, with the same image as fixed tilings."""
+    def radii(*r):
+        return torch.tensor([[x, max(1, x - 1)] for x in r], dtype=torch.int32)
+
+    assert tr.auto_tile_size(radii(1, 2, 3, 2)) == 4
+    assert tr.auto_tile_size(radii(6, 7, 8)) == 8
+    assert tr.auto_tile_size(torch.cat([radii(9, 9), torch.zeros(50, 2, dtype=torch.int32)])) == 8
+    assert tr.auto_tile_size(torch.zeros(3, 2, dtype=torch.int32)) == 4
+    assert tr.auto_tile_size(torch.zeros(0, 2, dtype=torch.int32)) == 4
+    g, w2c, K = random_scene(40, seed=5, cams=2, width=48, height=40)
+    K = K.clone()
+    K[0, :2, :2] *= 0.2  # the first camera zooms out (focal / 5): mean radius ~4 px, against ~14
+    W, H = 48, 40
+    radii_c = project_gaussians(g.means, g.quats, g.scales, g.opacities, w2c, K, W, H)[3]
+    assert [tr.auto_tile_size(r) for r in radii_c] == [4, 8]
+    ref = dense_reference(g, w2c, K, W, H)
+    out = _raster(g, w2c, K, W, H)
+    for a, b in zip(out[:3], ref):
+        assert (a - b).abs().max() < 1e-10
+
+
 def test_gaussian_straddling_tiles():
     """One Gaussian centred on a 4-tile corner; the image spans a partial tile at the edge."""
     W, H, f = 21, 19, 20.0

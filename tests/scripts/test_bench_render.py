@@ -40,11 +40,13 @@ def test_output_scene_rows_per_tile(tmp_path, capsys):
 
     out = _render_output(tmp_path / "run")
     bench_render.main(["--skip-gsplat", "--torch-output", str(out), "--torch-frames", "2",
-                       "--torch-tiles", "4", "8", "--torch-repeats", "1", "--backward"])
+                       "--torch-tiles", "auto", "4", "8", "--torch-repeats", "1", "--backward",
+                       "--torch-scale", "1.5"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| torch tile")]
-    assert [r.split(" | ")[0] for r in rows] == ["| torch tile 4", "| torch tile 8",
-                                                "| torch tile 4 fwd+bwd", "| torch tile 8 fwd+bwd"]
-    assert all("run (2 video cameras) | 300 | 48x32 |" in r for r in rows)
+    assert [r.split(" | ")[0] for r in rows] == ["| torch tile auto", "| torch tile 4", "| torch tile 8",
+                                                "| torch tile auto fwd+bwd", "| torch tile 4 fwd+bwd",
+                                                "| torch tile 8 fwd+bwd"]
+    assert all("run (2 video cameras) | 300 | 72x48 |" in r for r in rows)
     assert all(int(r.rstrip(" |").rsplit("| ", 1)[1].replace(",", "")) > 0 for r in rows)  # visible
 
 
@@ -60,7 +62,12 @@ def test_output_scene_through_the_api(tmp_path, capsys):
 def test_not_a_render_output(tmp_path, capsys):
     import bench_render
 
+    out = _render_output(tmp_path / "run")
     with pytest.raises(SystemExit) as e:
-        bench_render.main(["--skip-gsplat", "--torch-output", str(tmp_path)])
+        bench_render.main(["--skip-gsplat", "--torch-output", str(out), "--torch-tiles", "four"])
+    assert e.value.code == 2 and "--torch-tiles: expected positive integers or 'auto'" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as e:
+        bench_render.main(["--skip-gsplat", "--torch-output", str(tmp_path / "empty")])
     assert e.value.code == 2
     assert "gaussians.ply not found" in capsys.readouterr().err
