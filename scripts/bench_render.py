@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from da3gs.io.resize import scale_intrinsics  # noqa: E402
 from da3gs.render import render  # noqa: E402
 from da3gs.render.sh import rgb_to_sh0  # noqa: E402
 from da3gs.types import Gaussians  # noqa: E402
@@ -95,23 +96,25 @@ def output_scene(folder: Path, frames: int):
     return gs, w2c, K, int(cams[0]["width"]), int(cams[0]["height"])
 
 
-def time_tiles(gs, w2c, K, width, height, tile, repeats, warmup, backward=False):
-    """Like time_render, through the torch rasteriser with one tile size; per frame."""
+def draw_tiles(tile):
+    """A ``draw(gs, w2c, K, width, height)`` through the torch rasteriser with one tile size."""
     from da3gs.render.torch_rasterizer import rasterize
 
-    args = [gs.means, gs.quats, gs.scales, gs.opacities, gs.sh]
-    if backward:
-        args = [a.detach().requires_grad_(True) for a in args]
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        with torch.set_grad_enabled(backward):
-            color, alpha, depth, radii = rasterize(*args, w2c, K, width, height, tile_size=tile)
-            if backward:
-                (color.mean() + depth.mean()).backward()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) / w2c.shape[0])
-    return statistics.median(times), int((radii > 0).all(-1).sum()) // w2c.shape[0]
+    def draw(gs, w2c, K, width, height):
+        color, _, depth, radii = rasterize(gs.means, gs.quats, gs.scales, gs.opacities, gs.sh,
+                                           w2c, K, width, height, tile_size=tile)
+        return color, depth, radii
+
+    return draw
+
+
+def draw_backend(backend):
+    """A ``draw(gs, w2c, K, width, height)`` through :func:`da3gs.render.render`."""
+    def draw(gs, w2c, K, width, height):
+        out = render(gs, w2c, K, width, height, backend=backend)
+        return out.color, out.depth, out.radii
+
+    return draw
 
 
 def _sync(device):
@@ -119,28 +122,28 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_render(gs, w2c, K, width, height, backend, repeats, warmup, backward=False):
-    """Median seconds per frame (and the last output) of render (+ backward)."""
+def time_render(draw, gs, w2c, K, width, height, repeats, warmup, backward=False):
+    """Median seconds per frame of ``draw`` (+ backward) and the visible Gaussians per frame."""
     if backward:
         for name in ("means", "quats", "scales", "opacities", "sh"):
             getattr(gs, name).requires_grad_(True)
-    times, out = [], None
+    times = []
     for i in range(warmup + repeats):
         _sync(gs.means.device)
         t0 = time.perf_counter()
         with torch.set_grad_enabled(backward):
-            out = render(gs, w2c, K, width, height, backend=backend)
+            color, depth, radii = draw(gs, w2c, K, width, height)
             if backward:
-                (out.color.mean() + out.depth.mean()).backward()
+                (color.mean() + depth.mean()).backward()
         _sync(gs.means.device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    frames = color.shape[0]
+    return statistics.median(times) / frames, int((radii > 0).all(-1).sum()) // frames
 
 
-def row(backend, device, scene, n, w, h, sec, out, backward):
-    kind = backend + (" fwd+bwd" if backward else "")
-    vis = int(out.num_visible.sum()) // out.color.shape[0]  # per frame
+def row(kind, device, scene, n, w, h, sec, vis, backward):
+    kind += " fwd+bwd" if backward else ""
     return (f"| {kind} | {device} | {scene} | {n:,} | {w}x{h} | {1000 * sec:.2f} | "
             f"{n / sec / 1e6:.1f} | {vis:,} |")
 
@@ -185,11 +188,11 @@ def main(argv=None):
                     break
                 gs, w2c, K = make(n, a.width, a.height, a.device)
                 for bwd in ([False, True] if a.backward else [False]):
-                    sec, out = time_render(gs, w2c, K, a.width, a.height, "gsplat", a.repeats,
-                                           a.warmup, bwd)
+                    sec, vis = time_render(draw_backend("gsplat"), gs, w2c, K, a.width, a.height,
+                                           a.repeats, a.warmup, bwd)
                     print(row("gsplat", torch.cuda.get_device_name(a.device), a.scene, len(gs),
-                              a.width, a.height, sec, out, bwd), flush=True)
-                del gs, out
+                              a.width, a.height, sec, vis, bwd), flush=True)
+                del gs
                 torch.cuda.empty_cache()
     if not a.skip_torch:
         if a.torch_output is not None:
@@ -199,8 +202,7 @@ def main(argv=None):
             gs, w2c, K, W, H = output_scene(a.torch_output, a.torch_frames)
             if a.torch_scale != 1.0:
                 w, h = round(W * a.torch_scale), round(H * a.torch_scale)
-                K[:, 0] *= w / W
-                K[:, 1] *= h / H
+                K = scale_intrinsics(K, w / W, h / H)
                 W, H = w, h
             scene = f"{a.torch_output.name} ({w2c.shape[0]} video cameras)"
         else:
@@ -208,20 +210,17 @@ def main(argv=None):
             gs, w2c, K = random_scene(a.torch_n, W, H, "cpu", sh_degree=0)
             w2c, K, scene = w2c[None], K[None], "random"
         name = f"cpu ({torch.get_num_threads()} threads)"
+        draws = [("torch", draw_backend("torch"))]
+        if a.torch_tiles:
+            bad = [t for t in a.torch_tiles if t != "auto" and not t.isdigit()]
+            if bad:
+                p.error(f"--torch-tiles: expected positive integers or 'auto', got {bad[0]!r}")
+            draws = [(f"torch tile {t}", draw_tiles(None if t == "auto" else int(t)))
+                     for t in a.torch_tiles]
         for bwd in ([False, True] if a.backward else [False]):
-            if a.torch_tiles:
-                for tile in a.torch_tiles:
-                    if tile != "auto" and not tile.isdigit():
-                        p.error(f"--torch-tiles: expected positive integers or 'auto', got {tile!r}")
-                    sec, vis = time_tiles(gs, w2c, K, W, H, None if tile == "auto" else int(tile),
-                                          a.torch_repeats, 1, bwd)
-                    kind = f"torch tile {tile}" + (" fwd+bwd" if bwd else "")
-                    print(f"| {kind} | {name} | {scene} | {len(gs):,} | {W}x{H} | {1000 * sec:.2f} | "
-                          f"{len(gs) / sec / 1e6:.1f} | {vis:,} |", flush=True)
-            else:
-                sec, out = time_render(gs, w2c, K, W, H, "torch", a.torch_repeats, 1, bwd)
-                sec /= w2c.shape[0]
-                print(row("torch", name, scene, len(gs), W, H, sec, out, bwd), flush=True)
+            for kind, draw in draws:
+                sec, vis = time_render(draw, gs, w2c, K, W, H, a.torch_repeats, 1, bwd)
+                print(row(kind, name, scene, len(gs), W, H, sec, vis, bwd), flush=True)
 
 
 if __name__ == "__main__":

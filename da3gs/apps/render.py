@@ -410,6 +410,7 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     from da3gs.geometry.trajectory import extend_path, interpolate_path, orbit_path, path_intrinsics
     from da3gs.io.cameras import write_cameras_json
     from da3gs.io.depth import colorize_depth
+    from da3gs.io.resize import scale_intrinsics
     from da3gs.io.video import side_by_side, write_video
     from da3gs.render import render
 
@@ -423,10 +424,9 @@ def _write_video(tmp: Path, pred: Prediction, gaussians, args, summary: dict) ->
     Ks = path_intrinsics(path.double(), pred.K.cpu().double(), c2w).float()
     H, W = pred.depth.shape[1:]
     scale = float(getattr(args, "video_scale", 1.0))
-    if scale != 1.0:  # the resize rule: row 0 of K times W'/W, row 1 times H'/H
+    if scale != 1.0:
         h, w = max(1, round(H * scale)), max(1, round(W * scale))
-        Ks[:, 0] *= w / W
-        Ks[:, 1] *= h / H
+        Ks = scale_intrinsics(Ks, w / W, h / H)
         H, W = h, w
     write_cameras_json(tmp / "video_cameras.json", path.double(), Ks.double(), [(H, W)] * len(path),
                        [f"frame_{i:04d}" for i in range(len(path))])  # the viewer shows the path

@@ -129,13 +129,16 @@ def resize_array(arr: np.ndarray, new_w: int, new_h: int, upscale: bool) -> np.n
     return out.reshape(new_h, new_w, *arr.shape[2:])  # cv2 drops a trailing channel axis of 1
 
 
-def scale_intrinsics(K: np.ndarray | None, sx: float, sy: float) -> np.ndarray | None:
-    """Official resize rule: row 0 of ``K (3, 3)`` times ``sx``, row 1 times ``sy``."""
+def scale_intrinsics(K, sx: float, sy: float):
+    """Official resize rule: row 0 of ``K (..., 3, 3)`` times ``sx``, row 1 times ``sy``.
+
+    ``K`` is a NumPy array or a torch tensor (a copy is returned) or None.
+    """
     if K is None:
         return None
-    K = K.copy()
-    K[0] *= sx
-    K[1] *= sy
+    K = K.clone() if isinstance(K, torch.Tensor) else K.copy()
+    K[..., 0, :] *= sx
+    K[..., 1, :] *= sy
     return K
 
 

@@ -152,13 +152,10 @@ class Backbone(nn.Module):
 
     def _run_block(self, blk: Block, x: torch.Tensor, pos: torch.Tensor | None,
                    attn_fn=None) -> torch.Tensor:
-        if attn_fn is not None:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                return checkpoint(blk, x, pos, attn_fn, use_reentrant=False)
-            return blk(x, pos, attn_fn)
+        args = (x, pos) if attn_fn is None else (x, pos, attn_fn)
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(blk, x, pos, use_reentrant=False)
-        return blk(x, pos)
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
 
     def _sparse_attention(self, blk: Block, V: int, N: int, order: torch.Tensor | None,
                           ref: torch.Tensor | None, device: torch.device):

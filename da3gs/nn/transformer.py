@@ -111,10 +111,7 @@ class Block(nn.Module):
                 attn_fn: Callable | None = None) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.shape[0] * x.shape[1] > self.chunk_rows:
             return self._forward_chunked(x, pos, attn_fn)
-        if attn_fn is None:
-            x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
-        else:  # see Attention.forward
-            x = x + self.ls1(self.attn(self.norm1(x), pos=pos, attn_fn=attn_fn))
+        x = x + self.ls1(self.attn(self.norm1(x), pos=pos, attn_fn=attn_fn))  # see Attention.forward
         return x + self.ls2(self.mlp(self.norm2(x)))
 
     def _pieces(self, B: int, N: int, pos) -> list[tuple[int, int, int, int]]:
