@@ -3,6 +3,20 @@
 Usage:
     python scripts/bench_train.py [--config stage1-compact] [--steps 30] [--warmup 10]
         [--fixed-shape] [--no-compile-data] [--profile] [--device cuda|cpu] [--set KEY=VALUE ...]
+    python scripts/bench_train.py --modes eager graphed [--pool 16] [--passes 3] [--e2e 20]
+        [--all-buckets] [--config ...] [--set ...]
+
+``--modes``: throughput of each step mode in one process, one after the other, from the same
+seed: ``eager`` (today's step: ``train_step``, pose groups split on the host, EMA after) and
+``graphed`` (:class:`~da3gs.train.graphs.GraphedStep`: the whole step replayed from one CUDA
+graph per batch shape). A pool of ``--pool`` batches is drawn from the config's data stream
+(its random view counts and aspect ratios) and kept on the device; one pass over it warms up
+(graphed: captures each new shape; the first step's latency and the capture time are printed),
+then ``--passes`` timed passes, synchronised only at the end of each pass: images/s is the
+median pass. ``--e2e N`` also times N steps that draw each batch from the generator (the
+trainer's loop without logging). ``--all-buckets`` (graphed) first captures one batch of
+every shape the config can draw and reports the total capture time. A final table compares
+the modes.
 
 The network, EMA, :class:`~da3gs.train.step.StepModule`, optimizer and data source come from
 the same functions :func:`da3gs.train.loop.train` uses (``build_network``, ``EMA``,
@@ -100,7 +114,7 @@ class FixedShape:
         return next(self.source)
 
 
-def build(args):
+def build(args, graphed: bool = False):
     over = list(args.set)
     if args.device:
         over.append(f"run.device={args.device}")
@@ -112,8 +126,8 @@ def build(args):
     configure_backends(dev)
     net = build_network(cfg, dev)
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision)
-    opt = build_optimizer(net, cfg.optim)
+    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision, mixed=graphed)
+    opt = build_optimizer(net, cfg.optim, capturable=graphed)
     params = [p for p in net.parameters() if p.requires_grad]
     seed_all(cfg.run.seed + 7919)
     source = iter(external.make_train_source(cfg.data, 0, 1, dev))
@@ -206,6 +220,120 @@ def _compile_stats() -> tuple[int, int]:
             int(sum(counters.get("recompiles", {}).values())))
 
 
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def throughput(mode: str, args) -> dict:
+    """images/s of one step mode (see the module docstring, ``--modes``)."""
+    graphed = mode == "graphed"
+    t_build = time.perf_counter()
+    cfg, dev, net, ema, module, opt, params, source = build(args, graphed=graphed)
+    gstep = None
+    if graphed:
+        from da3gs.train.graphs import GraphedStep
+
+        gstep = GraphedStep(module, params, opt, ema, cfg.optim.grad_clip)
+        gstep.reserve(cfg.data.shape_set())
+    print(f"[{mode}] built in {time.perf_counter() - t_build:.1f} s", flush=True)
+    counter = [0]
+
+    def step(batch):
+        s = counter[0]
+        set_lr(opt, lr_at(s, cfg.optim, cfg.schedule))
+        if gstep is not None:
+            gstep.step(batch, s)
+        else:
+            res = train_step(module, params, opt, batch, cfg.optim.grad_clip)
+            if ema is not None and not res.skipped:
+                ema.update(net, s + 1)
+        counter[0] += 1
+
+    row = {"mode": mode}
+    if graphed and args.all_buckets:
+        shapes = cfg.data.shape_set()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for V, (H, W), B in shapes:
+            b = source.generator.sample(B, V, H, W, seed=counter[0])
+            b.pose_conditioned = torch.rand(B) < cfg.data.pose_cond_prob
+            step(batch_to_device(b, dev))
+        _sync(dev)
+        row["all_buckets_s"] = time.perf_counter() - t0
+        print(f"[{mode}] every shape of the config: {len(shapes)} buckets stepped in "
+              f"{row['all_buckets_s']:.1f} s ({gstep.captures} captures, "
+              f"{gstep.capture_s:.1f} s capturing)", flush=True)
+    t0 = time.perf_counter()
+    pool = [batch_to_device(next(source), dev) for _ in range(args.pool)]
+    _sync(dev)
+    imgs = sum(b.images.shape[0] * b.images.shape[1] for b in pool)
+    shapes = {tuple(b.shape) for b in pool}
+    print(f"[{mode}] pool: {len(pool)} batches, {len(shapes)} shapes, {imgs} images, drawn in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    step(pool[0])
+    _sync(dev)
+    row["first_step_s"] = time.perf_counter() - t0
+    for b in pool[1:]:
+        step(b)
+    _sync(dev)
+    row["warm_pass_s"] = time.perf_counter() - t0
+    if gstep is not None:
+        row["captures"], row["capture_s"] = gstep.captures, gstep.capture_s
+    print(f"[{mode}] first step {row['first_step_s']:.2f} s, warm-up pass "
+          f"{row['warm_pass_s']:.1f} s" + (f" ({gstep.captures} graphs, {gstep.capture_s:.1f} s "
+                                          "capturing)" if gstep else ""), flush=True)
+    times = []
+    for _ in range(args.passes):
+        t0 = time.perf_counter()
+        for b in pool:
+            step(b)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    row["pass_s"] = statistics.median(times)
+    row["images_per_s"] = imgs / row["pass_s"]
+    row["images_per_step"] = imgs / len(pool)
+    print(f"[{mode}] {args.passes} passes: median {row['pass_s']:.3f} s, "
+          f"{row['images_per_s']:.0f} images/s ({row['images_per_step']:.0f} images/step)",
+          flush=True)
+    if args.e2e:
+        n_img = 0
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.e2e):
+            b = batch_to_device(next(source), dev)
+            n_img += b.images.shape[0] * b.images.shape[1]
+            step(b)
+        _sync(dev)
+        row["e2e_images_per_s"] = n_img / (time.perf_counter() - t0)
+        print(f"[{mode}] with the generator: {row['e2e_images_per_s']:.0f} images/s over "
+              f"{args.e2e} steps", flush=True)
+    if dev.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        torch.cuda.reset_peak_memory_stats(dev)
+    del pool, gstep, source, module, net, opt, ema, params
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def compare(args) -> None:
+    rows = [throughput(m, args) for m in args.modes]
+    base = rows[0]["images_per_s"]
+    print(f"\n{'mode':8s} {'images/s':>9s} {'x':>6s} {'img/step':>8s} {'first step s':>12s} "
+          f"{'warm-up s':>9s} {'graphs':>6s} {'e2e img/s':>9s} {'peak GiB':>8s}")
+    for r in rows:
+        print(f"{r['mode']:8s} {r['images_per_s']:9.0f} {r['images_per_s'] / base:6.2f} "
+              f"{r['images_per_step']:8.0f} {r['first_step_s']:12.2f} {r['warm_pass_s']:9.1f} "
+              f"{r.get('captures', 0):6d} {r.get('e2e_images_per_s', float('nan')):9.0f} "
+              f"{r.get('peak_gib', float('nan')):8.2f}")
+    for r in rows:
+        if "all_buckets_s" in r:
+            print(f"{r['mode']}: every bucket of the config captured and stepped in "
+                  f"{r['all_buckets_s']:.1f} s")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="stage1-compact")
@@ -216,7 +344,17 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--device", default=None, help="run.device override (cuda, cpu)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--modes", nargs="+", choices=["eager", "graphed"], default=None,
+                    help="throughput of these step modes in one run (module docstring)")
+    ap.add_argument("--pool", type=int, default=16, help="--modes: batches in the pool")
+    ap.add_argument("--passes", type=int, default=3, help="--modes: timed passes over the pool")
+    ap.add_argument("--e2e", type=int, default=0, help="--modes: steps timed with the generator")
+    ap.add_argument("--all-buckets", action="store_true",
+                    help="--modes graphed: capture every shape of the config first")
     args = ap.parse_args(argv)
+    if args.modes:
+        compare(args)
+        return
 
     t_build = time.perf_counter()
     state = build(args)

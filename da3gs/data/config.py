@@ -38,6 +38,9 @@ class DataConfig:
         counted. Scenes without depth give ``valid = False`` everywhere: their samples
         supervise only cameras and rays.
       views: inclusive range ``(lo, hi)`` of views per sample, uniform (the paper: 2-18).
+      view_set: the view counts drawn (uniformly) instead of every integer of ``views``, e.g.
+        ``[2, 4, 8]``: fewer batch shapes (each is one CUDA graph of the training step);
+        every entry must lie in ``views``. Empty: every integer of ``views``.
       base_resolution: the paper's resolutions (at 504) are scaled to this base.
       resolutions: ``(W, H)`` pairs at base 504 (the paper's list, see
         :data:`da3gs.data.crop.PAPER_RESOLUTIONS`); one is drawn uniformly per batch.
@@ -65,6 +68,7 @@ class DataConfig:
 
     source: str | list = "procedural"
     views: tuple[int, int] = (2, 18)
+    view_set: tuple = ()
     base_resolution: int = 504
     resolutions: tuple = PAPER_RESOLUTIONS
     batch_size: int = 1
@@ -85,6 +89,7 @@ class DataConfig:
         if isinstance(self.aug, dict):
             self.aug = AugConfig(**self.aug)
         self.views = tuple(int(v) for v in self.views)
+        self.view_set = tuple(int(v) for v in self.view_set)
         self.resolutions = tuple(tuple(int(v) for v in wh) for wh in self.resolutions)
         self.zoom = tuple(float(v) for v in self.zoom)
         if isinstance(self.source, tuple):
@@ -93,6 +98,9 @@ class DataConfig:
             self.source = [self.source]  # one scene folder or glob
         if len(self.views) != 2 or not 1 <= self.views[0] <= self.views[1]:
             raise ValueError(f"data.views: expected (lo, hi) with 1 <= lo <= hi, got {self.views}")
+        if any(not self.views[0] <= v <= self.views[1] for v in self.view_set):
+            raise ValueError(f"data.view_set: every entry must lie in data.views {self.views}, "
+                             f"got {list(self.view_set)}")
         if len(self.zoom) != 2 or not 1.0 <= self.zoom[0] <= self.zoom[1]:
             raise ValueError(f"data.zoom: expected (lo, hi) with 1 <= lo <= hi, got {self.zoom}")
         if not 0.0 <= self.pose_cond_prob <= 1.0:
@@ -122,12 +130,24 @@ class DataConfig:
         b = self.tokens_per_step() // (int(num_views) * num_tokens(hw))
         return int(min(max(1, b), self.max_batch_size))
 
+    def view_counts(self) -> list[int]:
+        """The view counts a batch may have (``view_set``, else every integer of ``views``)."""
+        return list(self.view_set) or list(range(self.views[0], self.views[1] + 1))
+
     def draw_shape(self, rng: np.random.Generator) -> tuple[int, tuple[int, int], int]:
         """``(V, (H, W), B)`` of one batch, drawn from ``rng``."""
-        V = int(rng.integers(self.views[0], self.views[1] + 1))
+        if self.view_set:
+            V = self.view_set[int(rng.integers(len(self.view_set)))]
+        else:  # kept apart so that streams drawn before view_set existed stay the same
+            V = int(rng.integers(self.views[0], self.views[1] + 1))
         hws = self.hw_set()
         hw = hws[int(rng.integers(len(hws)))]
         return V, hw, self.samples_for(V, hw)
+
+    def shape_set(self) -> list[tuple[int, tuple[int, int], int]]:
+        """Every ``(V, (H, W), B)`` that :meth:`draw_shape` can return (the batch buckets)."""
+        return [(V, hw, self.samples_for(V, hw)) for V in self.view_counts()
+                for hw in self.hw_set()]
 
 
 @dataclass

@@ -157,6 +157,12 @@ class Backbone(nn.Module):
             return checkpoint(blk, *args, use_reentrant=False)
         return blk(*args)
 
+    def learned_camera_tokens(self, B: int, V: int) -> torch.Tensor:
+        """The learnable camera tokens of pose-free inputs, ``(B, V, C)``: index 0 for the
+        reference view (first), index 1 for the others."""
+        return torch.cat([self.camera_token[:, :1].expand(B, 1, -1),
+                          self.camera_token[:, 1:].expand(B, V - 1, -1)], dim=1)
+
     def _sparse_attention(self, blk: Block, V: int, N: int, order: torch.Tensor | None,
                           ref: torch.Tensor | None, device: torch.device):
         """The cross-view attention callable of :attr:`cross_view_attention` for this input
@@ -196,8 +202,7 @@ class Backbone(nn.Module):
                 x, local_x = gather_views(x, order), gather_views(local_x, order)
             if self.alt_start >= 0 and i == self.alt_start:
                 if cam_token is None:
-                    cam_token = torch.cat([self.camera_token[:, :1].expand(B, 1, -1),
-                                           self.camera_token[:, 1:].expand(B, V - 1, -1)], dim=1)
+                    cam_token = self.learned_camera_tokens(B, V)
                 x = torch.cat([cam_token[:, :, None].to(x.dtype), x[:, :, 1:]], dim=2)
             if self.is_cross_view(i):
                 if not sparse_ready:  # the view order is final from here on

@@ -78,12 +78,19 @@ class DA3Net(nn.Module):
 
     def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                 intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
-                infer_gs: bool = False, fast: bool = False) -> dict[str, torch.Tensor]:
+                infer_gs: bool = False, fast: bool = False,
+                pose_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``x: (B, V, 3, H, W)`` normalised; optional ``extrinsics`` (w2c) ``(B, V, 4, 4)`` and
         ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only).
         ``fast``: under autocast, the heads run in the autocast dtype on features kept in that
-        dtype (the default is the official numerics: heads in fp32); a no-op without autocast."""
-        out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy, fast)
+        dtype (the default is the official numerics: heads in fp32); a no-op without autocast.
+        ``pose_mask: (B,)`` bool (with ``extrinsics``): only the samples where it is True are
+        pose-conditioned, the others get the learnable camera tokens, in one forward with a
+        fixed sequence of kernels whatever the mask (training under CUDA graphs); equal per
+        sample to running the two groups apart (the pose-free ones with view 0 as reference,
+        ``ref_view_strategy="first"``, which the mask implies)."""
+        out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy, fast,
+                                           pose_mask)
         if infer_gs and self.gs_head is not None:
             ref = out.pop("ref_view", None)
             with _head_context(x.device.type, fast):
@@ -94,7 +101,8 @@ class DA3Net(nn.Module):
 
     def forward_features(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                          intrinsics: torch.Tensor | None = None,
-                         ref_view_strategy: str = "saddle_balanced", fast: bool = False
+                         ref_view_strategy: str = "saddle_balanced", fast: bool = False,
+                         pose_mask: torch.Tensor | None = None
                          ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Everything but the GS head: ``(out, feats)`` with ``out`` as :meth:`forward`
         without ``raw_gs*`` and ``feats[i]: (B, V, h*w, 2C)`` the features handed to the
@@ -108,6 +116,9 @@ class DA3Net(nn.Module):
                 raise Da3gsError("intrinsics are required together with extrinsics")
             with _no_autocast(dev):
                 cam_token = self.camera_encoder(extrinsics.float(), intrinsics.float(), (H, W))
+                if pose_mask is not None:
+                    learned = self.backbone.learned_camera_tokens(B, V).to(cam_token.dtype)
+                    cam_token = torch.where(pose_mask.reshape(B, 1, 1), cam_token, learned)
         head_dtype = _head_dtype(dev, fast)
         bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
                            feat_dtype=head_dtype)

@@ -106,6 +106,9 @@ class RunConfig:
     device: auto | cpu | cuda (under torchrun each rank takes cuda:LOCAL_RANK).
     precision: bf16 (autocast; heads stay fp32) | fp32 | auto (bf16 on CUDA, fp32 on CPU).
     parallel: ddp | fsdp (several processes only).
+    graphs: auto | on | off: run each training step as a replayed CUDA graph, one per batch
+      shape (:mod:`da3gs.train.graphs`; stage1 and teacher, one process, CUDA). auto: on
+      where it applies; on: an error where it does not; off: the eager step.
     log_every: scalars every N steps; image_every: image grids every N steps (0: never).
     ckpt_every: checkpoint every N steps (and at the end / the time limit).
     keep_checkpoints: checkpoints kept (oldest deleted first; at least 1).
@@ -121,6 +124,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     parallel: str = "ddp"
+    graphs: str = "auto"
     log_every: int = 20
     image_every: int = 500
     ckpt_every: int = 500
@@ -365,6 +369,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"stage: expected one of {', '.join(STAGES)}, got {cfg.stage!r}")
     if cfg.run.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"run.precision: expected auto, bf16 or fp32, got {cfg.run.precision!r}")
+    if str(cfg.run.graphs).lower() not in ("auto", "on", "off", "true", "false"):
+        raise ConfigError(f"run.graphs: expected auto, on or off, got {cfg.run.graphs!r}")
     if cfg.run.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"run.parallel: expected ddp or fsdp, got {cfg.run.parallel!r}")
     if cfg.schedule.steps < 1 or cfg.schedule.warmup_steps < 0:

@@ -27,14 +27,17 @@ class EMA:
     def effective_decay(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))
 
-    @torch.no_grad()
-    def update(self, net: nn.Module, step: int) -> None:
-        d = self.effective_decay(step)
+    def tensors(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(shadow, current)``: the EMA tensors and ``net``'s matching weights (fp32), in
+        one order, for :meth:`update` or a captured ``_foreach_lerp_``."""
         state = net.state_dict()
         keys = list(self.shadow)
-        ema = [self.shadow[k] for k in keys]
-        cur = [state[k].detach().float() for k in keys]
-        torch._foreach_lerp_(ema, cur, 1.0 - d)
+        return [self.shadow[k] for k in keys], [state[k].detach().float() for k in keys]
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        ema, cur = self.tensors(net)
+        torch._foreach_lerp_(ema, cur, 1.0 - self.effective_decay(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

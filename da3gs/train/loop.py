@@ -26,7 +26,8 @@ from da3gs.train.dist import (DistInfo, all_reduce_, barrier, cleanup, full_stat
                               gather_objects, init_distributed, mean_over_ranks, wrap)
 from da3gs.train.ema import EMA
 from da3gs.train.logging import RunLogger, depth_grid
-from da3gs.train.optim import build_optimizer, freeze_unused, lr_at, set_lr
+from da3gs.train.graphs import STAGE_FIELDS, GraphedStep
+from da3gs.train.optim import build_optimizer, freeze_unused, lr_at, optimizer_state, set_lr
 from da3gs.train.step import StepModule, apply_teacher, batch_to_device, train_step
 
 
@@ -71,6 +72,26 @@ def configure_backends(device: torch.device) -> None:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def graphs_enabled(cfg: TrainConfig, info: DistInfo, device: torch.device) -> bool:
+    """Whether the run's steps are CUDA graphs (``run.graphs``; :mod:`da3gs.train.graphs`).
+    ``on`` where they cannot apply is a :class:`ConfigError` naming why; ``auto`` falls back."""
+    mode = str(cfg.run.graphs).lower()
+    if mode in ("off", "false"):
+        return False
+    why = None
+    if device.type != "cuda":
+        why = "CUDA graphs need a CUDA device"
+    elif info.enabled:
+        why = "several processes (DDP/FSDP) keep the eager step"
+    elif cfg.stage not in STAGE_FIELDS:
+        why = f"stage {cfg.stage!r} renders with gsplat, whose sizes are data-dependent"
+    elif cfg.model.grad_checkpointing:
+        why = "model.grad_checkpointing saves RNG states, which a capture cannot"
+    if why and mode in ("on", "true"):
+        raise ConfigError(f"run.graphs=on: {why}")
+    return why is None
 
 
 def seed_all(seed: int) -> None:
@@ -208,8 +229,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     if fsdp and cfg.optim.ema_decay > 0:
         logger.message("run.parallel=fsdp: EMA is off (sharded weights); resume is not exact")
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 and not fsdp else None
+    graphed = graphs_enabled(cfg, info, dev)
     module = StepModule(net, cfg.stage, cfg.stage2 if cfg.stage == "stage2" else cfg.loss,
-                        cfg.run.precision)
+                        cfg.run.precision, mixed=graphed)
     counters, rank_state = Counters(), None
     opt_state = None
     if ckpt is not None:
@@ -225,10 +247,17 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
                            "each rank re-seeds its RNG (not bit-identical)")
         rank_state = ranks[info.rank] if info.rank < len(ranks) else None
     wrapped = wrap(module, info, cfg.run.parallel)
-    opt = build_optimizer(net, cfg.optim)
+    opt = build_optimizer(net, cfg.optim, capturable=graphed)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     params = [p for p in net.parameters() if p.requires_grad]
+    gstep = None
+    if graphed:
+        gstep = GraphedStep(module, params, opt, ema, cfg.optim.grad_clip)
+        gstep.reserve(cfg.data.shape_set())
+        gstep.set_counters(counters.bad_in_row, counters.bad_total)
+        logger.message("run.graphs: each batch shape's step is captured once as a CUDA graph "
+                       "and replayed")
     seed_all(cfg.run.seed + 7919 * (info.rank + 1))
     source = iter(external.make_train_source(cfg.data, info.rank, info.world_size, dev))
     if ckpt is not None:
@@ -242,13 +271,26 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     last_ckpt, last_metrics, reason = ckpt, {}, "done"
     win_t, win_imgs, step_time = time.time(), 0, 0.0
 
+    def sync_bad() -> None:
+        """The graphed step's non-finite counters into ``counters`` (one host read); stop
+        like the eager loop when too many updates in a row were skipped."""
+        if gstep is None:
+            return
+        counters.bad_in_row, counters.bad_total = gstep.read()
+        if counters.bad_in_row >= cfg.run.max_bad_steps:
+            kept = latest_checkpoint(run_dir)
+            logger.close()
+            raise TrainingDiverged(
+                f"{counters.bad_in_row} non-finite steps in a row by step {counters.step}; "
+                f"stopped; last good checkpoint: {kept or 'none'}")
+
     def checkpoint_now() -> Path | None:
         ranks = gather_objects({"rng": rng_state(), "data": source.state_dict()
                                 if hasattr(source, "state_dict") else None})
         weights = full_state_dict(wrapped, net)
         path = None
         if info.is_main:
-            state = {"optimizer": opt.state_dict(), "counters": vars(counters).copy(),
+            state = {"optimizer": optimizer_state(opt), "counters": vars(counters).copy(),
                      "ranks": ranks, "config": to_dict(cfg)}
             path = save_checkpoint(run_dir, counters.step, net.preset.name, weights,
                                    ema.full_state(net) if ema is not None else None, state,
@@ -284,8 +326,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
         lr = lr_at(counters.step, cfg.optim, cfg.schedule)
         set_lr(opt, lr)
         ts = time.time()
-        res = train_step(wrapped, params, opt, batch, cfg.optim.grad_clip)
-        if res.skipped:
+        if gstep is not None:  # skips are counted on the device, read when logging
+            res = gstep.step(batch, counters.step)
+        else:
+            res = train_step(wrapped, params, opt, batch, cfg.optim.grad_clip)
+        if gstep is None and res.skipped:
             counters.bad_in_row += 1
             counters.bad_total += 1
             logger.scalars(counters.step, {"loss": float(res.loss), "bad_in_row": counters.bad_in_row,
@@ -297,14 +342,16 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
                     f"{counters.bad_in_row} non-finite steps in a row at step {counters.step}; "
                     f"stopped; last good checkpoint: {kept or 'none'}")
             continue
-        counters.bad_in_row = 0
         counters.step += 1
-        if ema is not None:
-            ema.update(net, counters.step)
+        if gstep is None:
+            counters.bad_in_row = 0
+            if ema is not None:
+                ema.update(net, counters.step)
         step_time = 0.9 * step_time + 0.1 * (time.time() - ts) if step_time else time.time() - ts
         win_imgs += batch.images.shape[0] * batch.images.shape[1] * info.world_size
         s = counters.step
         if s % cfg.run.log_every == 0 or s == total:  # the only step that reads the values
+            sync_bad()
             vals = res.floats()
             grad_norm = vals.pop("grad_norm")
             vals = mean_over_ranks(vals, dev)
@@ -326,6 +373,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
                 flag = torch.tensor([float(stop)], device=dev)
                 stop = bool(all_reduce_(flag, "max").item() > 0)
         if s % cfg.run.ckpt_every == 0 or s == total or stop:
+            sync_bad()
             last_ckpt = checkpoint_now()
         if stop:
             reason = "time_limit"

@@ -40,12 +40,16 @@ def param_groups(net: nn.Module, cfg: OptimConfig) -> list[dict]:
     return out
 
 
-def build_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(net: nn.Module, cfg: OptimConfig, capturable: bool = False
+                    ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``net``: the fused kernels on CUDA (no per-tensor
-    launches, no host syncs), the multi-tensor (``foreach``) path on the CPU."""
+    launches, no host syncs), the multi-tensor (``foreach``) path on the CPU. ``capturable``:
+    fused and capturable on any device, the step may be captured in a CUDA graph
+    (:mod:`da3gs.train.graphs`; on the CPU the same kernels run eagerly)."""
     groups = param_groups(net, cfg)
     dev = next(net.parameters()).device
-    kw = {"fused": True} if dev.type == "cuda" else {"foreach": True}
+    kw = ({"fused": True, "capturable": capturable} if dev.type == "cuda" or capturable
+          else {"foreach": True})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kw)
 
 
@@ -62,5 +66,21 @@ def lr_at(step: int, optim: OptimConfig, sched: ScheduleConfig) -> float:
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr = ``lr * lr_scale``; a learning rate held in a device tensor (a
+    CUDA-graphed step reads it there) is filled in place, without a host sync."""
     for g in opt.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        v = lr * g.get("lr_scale", 1.0)
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(v)
+        else:
+            g["lr"] = v
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """``opt.state_dict()`` with learning rates as floats (a graphed step keeps them in device
+    tensors), so checkpoints load in any mode and on any device."""
+    st = opt.state_dict()
+    for g in st["param_groups"]:
+        if isinstance(g.get("lr"), torch.Tensor):
+            g["lr"] = float(g["lr"])
+    return st

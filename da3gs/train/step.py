@@ -64,13 +64,14 @@ def network_inputs(batch: ViewBatch, conditioned: bool):
     return x, w2c, batch.K.float()
 
 
-def autocast_for(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str, cache: bool = True):
     """bf16 autocast on CUDA for ``precision`` bf16/auto; fp32 otherwise (the network keeps
-    its heads in fp32 inside)."""
+    its heads in fp32 inside). ``cache=False`` turns off autocast's cache of cast weights,
+    which CUDA-graph capture requires."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return nullcontext()
 
 
@@ -134,26 +135,45 @@ class StepModule(nn.Module):
 
     stage: ``stage1`` (any-view network, :func:`external.stage1_loss`), ``teacher``
     (monocular network, :func:`external.teacher_loss`) or ``stage2`` (``loss_cfg`` a
-    :class:`~da3gs.train.stage2.Stage2Config`; :class:`~da3gs.train.stage2.Stage2Objective`)."""
+    :class:`~da3gs.train.stage2.Stage2Config`; :class:`~da3gs.train.stage2.Stage2Objective`).
 
-    def __init__(self, net: nn.Module, stage: str, loss_cfg, precision: str = "auto"):
+    ``mixed`` (stage 1): one forward over the whole batch, the pose-conditioned samples
+    selected by a per-sample mask on the device (``DA3Net.forward(pose_mask=...)``) instead of
+    two sub-batches split on the host: the same kernels whatever the split, no host reads,
+    as CUDA-graph capture needs (:mod:`da3gs.train.graphs`). The loss is then one mean over
+    the batch's samples, equal to the group-weighted sum whenever every sample has supervised
+    depth (always so for procedural data)."""
+
+    def __init__(self, net: nn.Module, stage: str, loss_cfg, precision: str = "auto",
+                 mixed: bool = False):
         super().__init__()
         self.net, self.stage, self.loss_cfg, self.precision = net, stage, loss_cfg, precision
+        self.mixed = mixed
+        #: autocast's weight-cast cache (off while a CUDA graph is captured)
+        self.autocast_cache = True
         if stage == "stage2":
             from da3gs.train.stage2 import Stage2Objective
 
             self.stage2 = Stage2Objective(loss_cfg)
 
     def run_net(self, batch: ViewBatch, conditioned: bool) -> dict[str, torch.Tensor]:
-        x, w2c, K = network_inputs(batch, conditioned and self.stage == "stage1")
-        with autocast_for(x.device, self.precision):
-            return self.net(x, w2c, K, ref_view_strategy="first")
+        mixed = self.mixed and self.stage == "stage1" and batch.pose_conditioned is not None
+        x, w2c, K = network_inputs(batch, (conditioned or mixed) and self.stage == "stage1")
+        kw = {"pose_mask": batch.pose_conditioned.to(x.device, non_blocking=True).bool()} \
+            if mixed else {}
+        with autocast_for(x.device, self.precision, self.autocast_cache):
+            return self.net(x, w2c, K, ref_view_strategy="first", **kw)
 
     def forward(self, batch: ViewBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.stage == "stage2":  # GT units kept: rendering and its losses are scale-free
             return self.stage2(self.net, batch)
         batch, _ = external.normalize_batch(batch)
         loss_fn = external.stage1_loss if self.stage == "stage1" else external.teacher_loss
+        if self.mixed:
+            out = self.run_net(batch, False)
+            loss, p = loss_fn(out, batch, self.loss_cfg)
+            return loss, {k: torch.as_tensor(v, dtype=torch.float32).detach().float()
+                          for k, v in p.items()}
         B = batch.images.shape[0]
         total = None
         parts: dict[str, torch.Tensor] = {}
@@ -177,12 +197,14 @@ class StepResult:
     (or floats, as stage 2 logs some);
     grad_norm: 0-d tensor (before clipping); skipped: the update was skipped (non-finite loss
     or gradients on some rank). The tensors stay on the device so that a step costs one host
-    sync (``skipped``); :meth:`floats` converts them (one more sync) when they are logged."""
+    sync (``skipped``); :meth:`floats` converts them (one more sync) when they are logged.
+    A CUDA-graphed step (:mod:`da3gs.train.graphs`) leaves ``skipped`` on the device too (a
+    0-d float tensor, 1.0 when skipped) and costs no sync."""
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     grad_norm: torch.Tensor
-    skipped: bool
+    skipped: bool | torch.Tensor
 
     def floats(self) -> dict[str, float]:
         """``{"loss", **parts, "grad_norm"}`` as Python floats, in one device-to-host copy."""
