@@ -126,7 +126,8 @@ def build(args, graphed: bool = False):
     configure_backends(dev)
     net = build_network(cfg, dev)
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision, mixed=graphed)
+    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision, mixed=graphed,
+                        fast_heads=cfg.model.fast_heads)
     opt = build_optimizer(net, cfg.optim, capturable=graphed)
     params = [p for p in net.parameters() if p.requires_grad]
     seed_all(cfg.run.seed + 7919)
@@ -312,7 +313,8 @@ def throughput(mode: str, args) -> dict:
     if dev.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         torch.cuda.reset_peak_memory_stats(dev)
-    del pool, gstep, source, module, net, opt, ema, params
+    pool = gstep = source = module = net = opt = ema = params = None  # release (not del:
+    # the step closure reads them)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return row

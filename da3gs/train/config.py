@@ -39,7 +39,10 @@ class ModelConfig:
       hub id such as ``depth-anything/DA3-SMALL``, da3gs checkpoint folder/file); None: random.
     grad_checkpointing: recompute backbone blocks in the backward pass (saves memory).
     train_gs_head: also train the GS head (stage 2 only; stages 1 and teacher freeze it).
-    head_chunk: views per head chunk.
+    head_chunk: views per head chunk (0: all views of the batch at once).
+    fast_heads: under bf16 autocast, the DPT heads also run in bf16 (their last 1x1
+      convolutions and the outputs in fp32), as ``da3gs render``'s default fast path; False:
+      the heads in fp32 (the official numerics).
     """
 
     preset: str = "compact"
@@ -47,6 +50,7 @@ class ModelConfig:
     grad_checkpointing: bool = False
     train_gs_head: bool = False
     head_chunk: int = 8
+    fast_heads: bool = False
 
 
 @dataclass

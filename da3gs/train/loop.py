@@ -231,7 +231,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 and not fsdp else None
     graphed = graphs_enabled(cfg, info, dev)
     module = StepModule(net, cfg.stage, cfg.stage2 if cfg.stage == "stage2" else cfg.loss,
-                        cfg.run.precision, mixed=graphed)
+                        cfg.run.precision, mixed=graphed,
+                        fast_heads=cfg.model.fast_heads)
     counters, rank_state = Counters(), None
     opt_state = None
     if ckpt is not None:

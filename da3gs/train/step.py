@@ -137,6 +137,8 @@ class StepModule(nn.Module):
     (monocular network, :func:`external.teacher_loss`) or ``stage2`` (``loss_cfg`` a
     :class:`~da3gs.train.stage2.Stage2Config`; :class:`~da3gs.train.stage2.Stage2Objective`).
 
+    ``fast_heads``: the network's ``fast`` mode (heads in bf16 under bf16 autocast).
+
     ``mixed`` (stage 1): one forward over the whole batch, the pose-conditioned samples
     selected by a per-sample mask on the device (``DA3Net.forward(pose_mask=...)``) instead of
     two sub-batches split on the host: the same kernels whatever the split, no host reads,
@@ -145,10 +147,10 @@ class StepModule(nn.Module):
     depth (always so for procedural data)."""
 
     def __init__(self, net: nn.Module, stage: str, loss_cfg, precision: str = "auto",
-                 mixed: bool = False):
+                 mixed: bool = False, fast_heads: bool = False):
         super().__init__()
         self.net, self.stage, self.loss_cfg, self.precision = net, stage, loss_cfg, precision
-        self.mixed = mixed
+        self.mixed, self.fast_heads = mixed, fast_heads
         #: autocast's weight-cast cache (off while a CUDA graph is captured)
         self.autocast_cache = True
         if stage == "stage2":
@@ -161,6 +163,8 @@ class StepModule(nn.Module):
         x, w2c, K = network_inputs(batch, (conditioned or mixed) and self.stage == "stage1")
         kw = {"pose_mask": batch.pose_conditioned.to(x.device, non_blocking=True).bool()} \
             if mixed else {}
+        if self.fast_heads:
+            kw["fast"] = True
         with autocast_for(x.device, self.precision, self.autocast_cache):
             return self.net(x, w2c, K, ref_view_strategy="first", **kw)
 

@@ -42,9 +42,12 @@ def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     a_raw, a_ema, _ = load_checkpoint(one.checkpoint)
     b_raw, b_ema, _ = load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000002")
+    # atol 2e-5: Adam divides by sqrt(v), so an entry whose gradient is rounding noise (a bias
+    # near a zero gradient; summed in another order over 2 ranks) moves by up to ~lr / 100;
+    # seen 4e-6 on one machine (torch 2.14.1), under 1e-6 on another
     for k in a_raw:
-        torch.testing.assert_close(b_raw[k], a_raw[k], rtol=1e-4, atol=1e-6, msg=k)
-        torch.testing.assert_close(b_ema[k], a_ema[k], rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(b_raw[k], a_raw[k], rtol=1e-4, atol=2e-5, msg=k)
+        torch.testing.assert_close(b_ema[k], a_ema[k], rtol=1e-4, atol=2e-5, msg=k)
     from da3gs.train.loop import build_network
 
     net0 = build_network(load_config("stage1-tiny"), torch.device("cpu")).state_dict()
