@@ -111,7 +111,7 @@ class RunConfig:
     precision: bf16 (autocast; heads stay fp32) | fp32 | auto (bf16 on CUDA, fp32 on CPU).
     parallel: ddp | fsdp (several processes only).
     graphs: auto | on | off: run each training step as a replayed CUDA graph, one per batch
-      shape (:mod:`da3gs.train.graphs`; stage1 and teacher, one process, CUDA). auto: on
+      shape (:mod:`da3gs.train.graphs`; stage 1, one process, CUDA). auto: on
       where it applies; on: an error where it does not; off: the eager step.
     log_every: scalars every N steps; image_every: image grids every N steps (0: never).
     ckpt_every: checkpoint every N steps (and at the end / the time limit).

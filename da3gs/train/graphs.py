@@ -63,11 +63,12 @@ __all__ = ["GraphedStep", "STAGE_FIELDS"]
 #: batch fields each stage's loss reads (others are not copied into the graph's inputs)
 STAGE_FIELDS = {
     "stage1": ("images", "depth", "valid", "c2w", "K", "sky", "pose_conditioned"),
-    "teacher": ("images", "depth", "valid", "c2w", "K", "sky", "normals"),
 }
+# The teacher stage is not here: its loss (MoGe-style global-local alignment) reads device
+# values on the host (nonzero, item), so it keeps the eager step.
 
 # per pixel (B * V * H * W) channels, per view (B * V) elements, per sample (B) elements
-_PER_PIXEL = {"images": 3, "depth": 1, "valid": 1, "sky": 1, "normals": 3}
+_PER_PIXEL = {"images": 3, "depth": 1, "valid": 1, "sky": 1}
 _PER_VIEW = {"c2w": 16, "K": 9}
 _PER_SAMPLE = {"pose_conditioned": 1}
 
@@ -97,7 +98,7 @@ class GraphedStep:
     """Training steps replayed from one CUDA graph per bucket (module docstring).
 
     Args:
-        module: a :class:`StepModule` with ``mixed=True`` (stage1 or teacher); on CUDA the
+        module: a :class:`StepModule` with ``mixed=True`` of stage 1; on CUDA the
             steps are graphs, on the CPU the same body runs eagerly.
         params: its trainable parameters (the optimizer's).
         opt: a fused AdamW built with ``capturable=True`` (:func:`da3gs.train.optim.
@@ -117,7 +118,7 @@ class GraphedStep:
         dev = params[0].device
         self.capture = dev.type == "cuda"
         if not module.mixed or module.stage not in STAGE_FIELDS:
-            raise ValueError("GraphedStep needs a StepModule(mixed=True) of stage1 or teacher")
+            raise ValueError("GraphedStep needs a StepModule(mixed=True) of stage1")
         if not all(g.get("capturable") and g.get("fused") for g in opt.param_groups):
             raise ValueError("GraphedStep needs AdamW(fused=True, capturable=True)")
         self.module, self.params, self.opt, self.ema = module, params, opt, ema

@@ -86,7 +86,9 @@ def graphs_enabled(cfg: TrainConfig, info: DistInfo, device: torch.device) -> bo
     elif info.enabled:
         why = "several processes (DDP/FSDP) keep the eager step"
     elif cfg.stage not in STAGE_FIELDS:
-        why = f"stage {cfg.stage!r} renders with gsplat, whose sizes are data-dependent"
+        why = {"stage2": "stage 2 renders with gsplat, whose sizes are data-dependent",
+               "teacher": "the teacher loss reads device values on the host"}.get(
+                   cfg.stage, f"stage {cfg.stage!r} has no graphed step")
     elif cfg.model.grad_checkpointing:
         why = "model.grad_checkpointing saves RNG states, which a capture cannot"
     if why and mode in ("on", "true"):
