@@ -35,7 +35,7 @@ import functools
 
 import torch
 
-from .primitives import BIG, group_by, maybe_compile
+from .primitives import BIG, const, group_by, maybe_compile
 
 __all__ = ["NUM_OPS", "NUM_FAMILIES", "family", "derive", "sdf_family", "sdf_op", "march", "sdf_normal"]
 
@@ -225,15 +225,9 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     return out
 
 
-_TETRA: dict = {}
-
-
 def _tetra(device) -> torch.Tensor:
     """(3, 4) the tetrahedral difference directions as columns (cached per device)."""
-    key = str(device)
-    if key not in _TETRA:
-        _TETRA[key] = torch.tensor([[1.0, -1, -1, 1], [-1, -1, 1, 1], [-1, 1, -1, 1]], device=device)
-    return _TETRA[key]
+    return const("tetra", ((1.0, -1, -1, 1), (-1, -1, 1, 1), (-1, 1, -1, 1)), torch.float32, (3, 4), device)
 
 
 def sdf_normal(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -19,20 +19,12 @@ import math
 
 import torch
 
+from .primitives import const as _const
 from .primitives import group_by
 
 __all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
 _A = (1597334677, 812365231, 1664525)
-_CONST: dict = {}
-
-
-def _const(key: str, values, dtype, shape, device) -> torch.Tensor:
-    """A small constant tensor, created once per device (no per-call host-to-device copies)."""
-    k = (key, str(device), shape)
-    if k not in _CONST:
-        _CONST[k] = torch.tensor(values, dtype=dtype, device=device).view(shape)
-    return _CONST[k]
 
 
 def hash_int(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
