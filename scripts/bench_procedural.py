@@ -1,14 +1,22 @@
 """Throughput of the procedural multi-view generator, op counts, and a sample grid.
 
 Usage:
-    python scripts/bench_procedural.py [--device cuda] [--modes eager compiled] [--sizes 32x8 64x4]
-        [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]] [--grid grid.png] [--threads N]
+    python scripts/bench_procedural.py [--device cuda] [--modes eager static graphed compiled]
+        [--sizes 32x8 64x4] [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]]
+        [--capacity-stats BxV] [--grid grid.png] [--threads N]
 
-Default: for each mode (``eager``: ``ProceduralConfig(compile=False)``; ``compiled``: the default
-config, ``compile=True``) and each batch shape B x V at 256 x 256, the median time of a whole
-``sample`` call over ``--repeats`` calls after ``--warmup`` warm-up calls (compiled: one more,
-so that compilation is never timed), CUDA-synchronised; then a final table of images/s.
-``--count-ops BxV`` also profiles one call per mode on the CPU side: top-level aten ops
+Default: for each mode (``eager``: the default path, ``ProceduralConfig()``; ``static``: the
+fixed-shape, sync-free path, ``static=True``; ``graphed``: that path captured in CUDA graphs,
+``graphs=True``, eager static on the CPU; ``compiled``: ``compile=True``) and each batch shape
+B x V at 256 x 256, the median time of a whole ``sample`` call over ``--repeats`` calls after
+``--warmup`` warm-up calls (compiled and graphed: one more, so that compilation or capture is
+never timed), CUDA-synchronised; then a final table of images/s. For static and graphed modes
+the items dropped by capacities over all timed calls are reported (``overflow``; 0 means every
+output is what the default path would give), and graphed is checked against eager static on
+the first size and seed 0 (``max |diff|``; 0 expected).
+``--capacity-stats BxV`` prints, for ``--stat-calls`` static calls of that size, the largest
+and mean fraction per ray of every fixed-capacity selection next to its capacity fraction
+(:data:`da3gs.data.procedural.static.CAPACITY`). ``--count-ops BxV`` also profiles one call per mode on the CPU side: top-level aten ops
 dispatched, compiled-graph calls, host syncs (``nonzero``, ``item`` / ``bool`` / ``tolist``)
 and, on CUDA, kernel launches (counts, not GPU time). ``--grid PATH`` writes a PNG (or JPEG
 by extension) with, for a few scenes, rows of images, depth (turbo-like colour map, sky black)
@@ -111,6 +119,26 @@ def count_ops(gen, B: int, V: int, H: int, W: int, dev) -> dict:
             "launches": sum(c for n, c in names.items() if "LaunchKernel" in n) if dev.type == "cuda" else None}
 
 
+_MODES = {"eager": {}, "static": {"static": True}, "graphed": {"graphs": True}, "compiled": {"compile": True}}
+
+
+def capacity_stats(dev, B: int, V: int, H: int, W: int, calls: int):
+    """Largest and mean fraction per ray (pixel) of each static selection over ``calls`` seeded
+    calls (capacities scaled by 8 so that no overflow biases the later counts)."""
+    from da3gs.data.procedural.static import CAPACITY, DEFAULT_FRACTION
+    gen = ProceduralGenerator(ProceduralConfig(static=True, static_capacity=8.0, static_min_capacity=0), device=dev)
+    st: dict = {}
+    for seed in range(calls):
+        gen.sample(B, V, H, W, seed=seed)
+        for name, count, _, per in gen.last_budget.counts:
+            st.setdefault(name, []).append(int(count) / per)
+    print(f"\nstatic selections, {calls} calls of {B}x{V} at {H}x{W} (items per ray; capacity = fraction * rays "
+          f"+ static_min_capacity):\n| selection | mean | max | capacity fraction | max / capacity |\n|---|---|---|---|---|")
+    for name in sorted(st):
+        v, cap = st[name], CAPACITY.get(name, DEFAULT_FRACTION)
+        print(f"| {name} | {statistics.mean(v):.4f} | {max(v):.4f} | {cap:.4f} | {max(v) / cap:.2f} |")
+
+
 def _bv(size: str):
     B, V = (int(x) for x in size.lower().split("x"))
     return B, V
@@ -158,7 +186,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--res", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     ap.add_argument("--sizes", nargs="+", default=["32x8", "64x4"], help="BxV batch shapes")
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--modes", nargs="+", default=["eager", "static", "graphed"], choices=list(_MODES))
     ap.add_argument("--compile", action="store_true", help="same as --modes compiled")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2, help="warm-up calls per size (compiled: one more)")
@@ -166,6 +194,11 @@ def main(argv=None):
                     help="count CPU-side ops / syncs / launches of one call of this size per mode")
     ap.add_argument("--count-res", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="resolution for --count-ops (default --res; the counts barely depend on it)")
+    ap.add_argument("--capacity-stats", default=None, metavar="BxV",
+                    help="fractions of the static path's selections over --stat-calls calls of this size")
+    ap.add_argument("--stat-calls", type=int, default=8)
+    ap.add_argument("--static-capacity", type=float, default=1.0,
+                    help="ProceduralConfig.static_capacity for the static and graphed modes (overflow is reported)")
     ap.add_argument("--profile", default=None, metavar="BxV", help="profile one call of this size (stages, top kernels)")
     ap.add_argument("--grid", default=None, help="write a sample grid image here")
     ap.add_argument("--grid-scenes", type=int, default=6)
@@ -187,15 +220,27 @@ def main(argv=None):
     print(f"device: {name}  torch {torch.__version__}  res {H}x{W}  modes {a.modes}")
     rows, counts, gen = [], [], None
     for mode in a.modes:
-        gen = ProceduralGenerator(ProceduralConfig(compile=mode == "compiled"), device=dev)
+        kw = dict(_MODES[mode], **({"static_capacity": a.static_capacity} if mode in ("static", "graphed") else {}))
+        gen = ProceduralGenerator(ProceduralConfig(**kw), device=dev)
         print(f"\n{mode}:\n| B x V | images | median s | images/s | min s | max s | peak GiB |\n|---|---|---|---|---|---|---|")
         for sz in a.sizes:
             B, V = _bv(sz)
             t0 = time.perf_counter()
-            med, lo, hi, peak = _time(gen, B, V, H, W, dev, a.warmup + (mode == "compiled"), a.repeats)
+            med, lo, hi, peak = _time(gen, B, V, H, W, dev, a.warmup + (mode in ("compiled", "graphed")), a.repeats)
             rows.append((mode, sz, B * V, med, peak))
             print(f"| {B}x{V} | {B * V} | {med:.4f} | {B * V / med:.0f} | {lo:.4f} | {hi:.4f} | {peak:.1f} |"
                   f"  (incl. warm-up {time.perf_counter() - t0:.0f} s)", flush=True)
+        if mode in ("static", "graphed"):
+            print(f"overflow (items dropped by capacities, all calls): {int(gen.overflow)}")
+        if mode == "graphed":
+            B, V = _bv(a.sizes[0])
+            ref = ProceduralGenerator(ProceduralConfig(static=True, static_capacity=a.static_capacity),
+                                      device=dev).sample(B, V, H, W, seed=0)
+            out = gen.sample(B, V, H, W, seed=0)
+            diff = max(float((getattr(ref, k).float() - getattr(out, k).float()).abs().max())
+                       for k in ("images", "depth", "normals", "c2w", "K", "valid"))
+            print(f"graphed vs eager static, {B}x{V} seed 0: max |diff| {diff:.3g}, ids equal "
+                  f"{list(ref.scene_ids) == list(out.scene_ids)}", flush=True)
         if a.count_ops:
             B, V = _bv(a.count_ops)
             ch, cw = a.count_res or (H, W)
@@ -210,6 +255,8 @@ def main(argv=None):
               "| mode | call | top-level aten ops | compiled-graph calls | host syncs | kernel launches |\n|---|---|---|---|---|---|")
         for mode, call, c in counts:
             print(f"| {mode} | {call} | {c['aten_ops']} | {c['compiled_calls']} | {c['syncs']} | {c['launches'] if c['launches'] is not None else 'n/a'} |")
+    if a.capacity_stats:
+        capacity_stats(dev, *_bv(a.capacity_stats), H, W, a.stat_calls)
     if a.grid:
         write_grid(gen, a.grid, a.grid_scenes, a.grid_views, *a.grid_res)
     if a.profile:

@@ -15,9 +15,15 @@ import math
 import torch
 
 from .config import ProceduralConfig
+from .primitives import const
 from .scene import Scene, _Rng
 
 __all__ = ["sample_cameras", "sample_intrinsics", "positions_ok"]
+
+
+def _vec(values, device) -> torch.Tensor:
+    """A cached (len(values),) float constant (:func:`.primitives.const`)."""
+    return const(f"vec{values}", values, torch.float32, (len(values),), device)
 
 
 def _deg(x):
@@ -38,11 +44,11 @@ def _look_at(eye: torch.Tensor, tgt: torch.Tensor, up: torch.Tensor) -> torch.Te
     up falls back to another axis by masking)."""
     z = _unit(tgt - eye)
     x = torch.linalg.cross(z, up)
-    alt = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0], device=z.device).expand_as(z))
+    alt = torch.linalg.cross(z, _vec((1.0, 0.0, 0.0), z.device).expand_as(z))
     x = _unit(torch.where(x.norm(dim=-1, keepdim=True) < 1e-9, alt, x))
     y = torch.linalg.cross(z, x)
     top = torch.stack([x, y, z, eye], -1)  # (..., 3, 4)
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=z.device).expand(*top.shape[:-2], 1, 4)
+    bottom = _vec((0.0, 0.0, 0.0, 1.0), z.device).expand(*top.shape[:-2], 1, 4)
     return torch.cat([top, bottom], -2)
 
 
@@ -86,16 +92,16 @@ def sample_cameras(scene: Scene, cfg: ProceduralConfig, mode: torch.Tensor, V: i
     # forward-facing: a small patch of positions facing the focus (LLFF-like)
     eye0 = f + dist[..., None] * _sph(az0, el)
     fwd = _unit(f - eye0)
-    zw = torch.tensor([0.0, 0.0, 1.0], device=dev).expand_as(fwd)
+    zw = _vec((0.0, 0.0, 1.0), dev).expand_as(fwd)
     right = _unit(torch.linalg.cross(fwd, zw))
     up = torch.linalg.cross(right, fwd)
-    off = r.u((S, V, 3), -1, 1) * torch.tensor([0.22, 0.12, 0.1], device=dev)
+    off = r.u((S, V, 3), -1, 1) * _vec((0.22, 0.12, 0.1), dev)
     eye_fwd = eye0 + dist[..., None] * (off[..., :1] * right + off[..., 1:2] * up + off[..., 2:] * fwd)
     tgt_fwd = f + 0.05 * L[..., None] * r.n((S, V, 3))
     # walkthrough: walk towards the focus while turning the head
     start = f + (dist * r.u((S, 1), 1.0, 1.3))[..., None] * _sph(az0, _deg(r.u((S, 1), 3.0, 15.0)))
     yaw = _deg(r.u((S, 1), -25.0, 25.0))
-    hd = _unit(f - start) * torch.tensor([1.0, 1.0, 0.0], device=dev)
+    hd = _unit(f - start) * _vec((1.0, 1.0, 0.0), dev)
     c, s = yaw.cos()[..., None], yaw.sin()[..., None]
     hd = _unit(torch.cat([c * hd[..., :1] - s * hd[..., 1:2], s * hd[..., :1] + c * hd[..., 1:2], hd[..., 2:]], -1))
     length = dist * r.u((S, 1), 0.25, 0.7)

@@ -54,6 +54,19 @@ class ProceduralConfig:
             the CPU; any compile error falls back to eager with a warning). Measured on an H200
             (2026-11-29) the first compiled call did not finish within 200 s, and a training
             run's varying shapes spent 148 s compiling in 8 steps, so eager is the default.
+        static: the static path of ``sample``: fixed shapes and no host sync (every compaction
+            is a fixed-capacity selection, the march runs exactly ``max_march_steps`` steps,
+            ``scene_ids`` are read from the device only when first used), so the call is one
+            fixed sequence of kernels per (B, V, H, W) that a CUDA graph can capture. Same
+            outputs as the default path while no capacity overflows (see :mod:`.static`).
+        graphs: on CUDA, capture the static path once per (B, V, H, W) in a CUDA graph and
+            replay it (:class:`.generator.GraphedSampler`); implies ``static``. On the CPU:
+            the static path, eager.
+        static_capacity: multiplies the static path's capacities (:data:`.static.CAPACITY`,
+            expected items per ray with margin); items beyond a capacity are dropped and counted
+            (``ProceduralGenerator.overflow``).
+        static_min_capacity: added to every capacity of the static path (calls this small are
+            dense, hence exact).
         seed: seed of the generator's own RNG stream (used when ``sample(seed=None)``).
     """
 
@@ -79,6 +92,10 @@ class ProceduralConfig:
     stereo_baseline: tuple[float, float] = (0.04, 0.15)
     max_chunk_rays: int = 1 << 24
     compile: bool = False
+    static: bool = False
+    graphs: bool = False
+    static_capacity: float = 1.0
+    static_min_capacity: int = 4096
     seed: int = 0
 
     def __post_init__(self):
@@ -96,3 +113,6 @@ class ProceduralConfig:
             raise ValueError(f"fov_deg: expected 0 < lo <= hi < 170, got {self.fov_deg}")
         if self.max_march_steps < 1:
             raise ValueError("max_march_steps must be >= 1")
+        if self.static_capacity <= 0 or self.static_min_capacity < 0:
+            raise ValueError(f"static_capacity must be > 0 and static_min_capacity >= 0, got "
+                             f"{self.static_capacity}, {self.static_min_capacity}")

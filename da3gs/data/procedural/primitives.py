@@ -28,7 +28,7 @@ import torch
 __all__ = ["SPHERE", "BOX", "CYLINDER", "QUAD", "TORUS", "BLEND", "TYPE_NAMES", "SLOTS",
            "SLOT_START", "NUM_SLOTS", "NUM_PRM", "BIG", "slot_types", "intersect_sphere",
            "intersect_box", "intersect_cylinder", "intersect_quad", "bound_interval",
-           "analytic_normal", "bounding_radius", "group_by", "maybe_compile", "use_compile"]
+           "analytic_normal", "bounding_radius", "group_by", "const", "maybe_compile", "use_compile"]
 
 SPHERE, BOX, CYLINDER, QUAD, TORUS, BLEND = range(6)
 TYPE_NAMES = ("sphere", "box", "cylinder", "quad", "torus", "blend")
@@ -41,15 +41,23 @@ BIG = 1e10
 _TINY = 1e-12
 
 
-_TYPES: dict = {}
+_CONST: dict = {}
+
+
+def const(key: str, values, dtype, shape, device) -> torch.Tensor:
+    """A small constant tensor, created once per (key, device, shape): no per-call host-to-device
+    copy (a copy from host memory would also break CUDA-graph capture, so every constant that
+    :meth:`ProceduralGenerator.sample` uses comes from here and is created by a warm-up call)."""
+    dev = torch.device(device if device is not None else "cpu")
+    k = (key, str(dev), shape)
+    if k not in _CONST:
+        _CONST[k] = torch.tensor(values, dtype=dtype, device=dev).view(shape)
+    return _CONST[k]
 
 
 def slot_types(device=None) -> torch.Tensor:
     """(NUM_SLOTS,) long: the primitive type of each slot (cached per device; no host sync)."""
-    key = str(torch.device(device) if device is not None else "cpu")
-    if key not in _TYPES:
-        _TYPES[key] = torch.tensor([t for t, n in enumerate(SLOTS) for _ in range(n)], device=device)
-    return _TYPES[key]
+    return const("slot_types", [t for t, n in enumerate(SLOTS) for _ in range(n)], torch.long, (NUM_SLOTS,), device)
 
 
 def _safe(d: torch.Tensor) -> torch.Tensor:
@@ -146,7 +154,7 @@ def analytic_normal(ptype: int, p: torch.Tensor, prm: torch.Tensor) -> torch.Ten
     if ptype == SPHERE:
         return p / p.norm(dim=-1, keepdim=True).clamp_min(_TINY)
     if ptype == QUAD:
-        return torch.zeros_like(p).index_fill_(-1, torch.tensor([2], device=p.device), 1.0)
+        return torch.zeros_like(p).index_fill_(-1, const("two", (2,), torch.long, (1,), p.device), 1.0)
     sgn = torch.where(p < 0, -1.0, 1.0)
     if ptype == BOX:  # the axis where the point is closest to a face
         r = p.abs() / prm[:, 0:3].clamp_min(_TINY)

@@ -22,7 +22,7 @@ import torch
 from ...geometry.quaternion import quat_normalize, quat_to_mat
 from .config import ProceduralConfig
 from .primitives import (BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bounding_radius,
-                         slot_types)
+                         const, slot_types)
 
 __all__ = ["Scene", "sample_scenes", "NUM_ENV", "PRIMITIVE_FIELDS"]
 
@@ -106,7 +106,7 @@ class _Rng:
         return torch.randn(shape, generator=self.g, device=self.dev)
 
     def choice(self, shape, weights) -> torch.Tensor:
-        w = torch.tensor(weights, dtype=torch.float32, device=self.dev)
+        w = const(f"weights{tuple(weights)}", tuple(weights), torch.float32, (len(weights),), self.dev)
         return (self.u(shape)[..., None] * w.sum() > torch.cumsum(w, 0)).sum(-1).clamp_max(len(weights) - 1)
 
     def int(self, shape, lo, hi) -> torch.Tensor:
@@ -207,8 +207,10 @@ def sample_scenes(cfg: ProceduralConfig, S: int, gen: torch.Generator, device) -
 
     # sky
     sunset = r.u((S, 1)) < 0.25
-    zen = torch.where(sunset, torch.tensor([0.25, 0.3, 0.6], device=device), torch.tensor([0.2, 0.42, 0.85], device=device))
-    hor = torch.where(sunset, torch.tensor([0.95, 0.6, 0.35], device=device), torch.tensor([0.75, 0.82, 0.92], device=device))
+    sky = const("sky", ((0.25, 0.3, 0.6), (0.2, 0.42, 0.85), (0.95, 0.6, 0.35), (0.75, 0.82, 0.92)), torch.float32,
+                (4, 3), device)  # zenith (sunset, day), horizon (sunset, day)
+    zen = torch.where(sunset, sky[0], sky[1])
+    hor = torch.where(sunset, sky[2], sky[3])
     sky_zenith = (zen + 0.08 * r.n((S, 3))).clamp(0, 1)
     sky_horizon = (hor + 0.05 * r.n((S, 3))).clamp(0, 1)
     cloud = r.u((S,), 0.0, 0.7)

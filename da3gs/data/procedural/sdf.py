@@ -35,9 +35,10 @@ import functools
 
 import torch
 
-from .primitives import BIG, group_by, maybe_compile
+from .primitives import BIG, const, group_by, maybe_compile
 
-__all__ = ["NUM_OPS", "NUM_FAMILIES", "family", "derive", "sdf_family", "sdf_op", "march", "sdf_normal"]
+__all__ = ["NUM_OPS", "NUM_FAMILIES", "family", "derive", "sdf_family", "sdf_op", "march", "march_static",
+           "family_normal", "sdf_normal"]
 
 NUM_OPS = 5
 NUM_FAMILIES = 2
@@ -225,41 +226,77 @@ def march(o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, 
     return out
 
 
-_TETRA: dict = {}
+def march_static(fam: int, o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, prm: torch.Tensor,
+                 op: torch.Tensor, steps: int, eps: float, budget, name: str, per: int,
+                 use_compile: bool = False) -> torch.Tensor:
+    """:func:`march` for pairs of one family with fixed shapes and no host sync.
+
+    o, d: (M, 3); t0, t1: (M,) (pairs with t1 <= t0 are not marched); prm: (M, NUM_PRM); op: (M,)
+    long, all of family ``fam``; budget: :class:`.static.Budget`, whose selections
+    ``{name}@{step}`` keep the live pairs before step 0 and at the steps of ``_COMPACT_AT``
+    (capacities per ray of a trace of ``per`` rays). Exactly ``steps`` steps; the same per-pair
+    arithmetic as :func:`march`, so the same t while no capacity overflows (a pair dropped by an
+    overflow is a miss). Returns t: (M,), the first hit or BIG.
+    """
+    M = o.shape[0]
+    out = torch.full((M + 1,), BIG, device=o.device)  # the last entry is the sink of padding
+    c = derive(fam, op, prm)
+    dest, go, gd, t, t1, live = torch.arange(M, device=o.device), o.T, d.T, t0, t1, t0 < t1
+    fn = maybe_compile(_step_fn(fam, float(eps)), use_compile)
+    done = 0
+    for stop in [s for s in _COMPACT_AT if s < steps] + [steps]:
+        # write back the finished pairs, keep the live ones (before step 0: the pairs to march)
+        out[dest] = torch.where(~live & (t < t1), t, BIG)
+        sel = budget.select(live, f"{name}@{done}", per)
+        k = sel.idx
+        dest = torch.where(sel.valid, dest[k], M)
+        go, gd, t, c = go[:, k], gd[:, k], t[k], c[:, k]
+        t1 = torch.where(sel.valid, t1[k], t)  # padding is never live
+        cs = _split(fam, c)
+        for _ in range(stop - done):
+            t, live = fn(go, gd, t, t1, *cs)
+        done = stop
+    # the last pairs; those that ran out of steps are accepted if nearly converged
+    inside = t < t1
+    ok = live & inside & (sdf_family(fam, torch.addcmul(go, gd, t), cs) < 20 * eps * t.clamp_min(1.0))
+    out[dest] = torch.where((~live & inside) | ok, t, BIG)
+    return out[:M]
 
 
 def _tetra(device) -> torch.Tensor:
     """(3, 4) the tetrahedral difference directions as columns (cached per device)."""
-    key = str(device)
-    if key not in _TETRA:
-        _TETRA[key] = torch.tensor([[1.0, -1, -1, 1], [-1, -1, 1, 1], [-1, 1, -1, 1]], device=device)
-    return _TETRA[key]
+    return const("tetra", ((1.0, -1, -1, 1), (-1, -1, 1, 1), (-1, 1, -1, 1)), torch.float32, (3, 4), device)
+
+
+def family_normal(fam: int, p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Unit outward normals of points of one family from the SDF gradient (tetrahedral
+    differences, the four as one evaluation on (3, 4 n) points). p: (n, 3) local points;
+    prm: (n, NUM_PRM); op: (n,) long; h: (n,) step. Returns (n, 3)."""
+    n = p.shape[0]
+    T = _tetra(p.device)
+    c = derive(fam, op, prm)
+    pts = (p.T[:, None, :] + T[:, :, None] * h).reshape(3, 4 * n)  # x + kx h, ...
+    c4 = c[:, None, :].expand(-1, 4, -1).reshape(c.shape[0], 4 * n)
+    v = sdf_family(fam, pts, _split(fam, c4)).view(4, n)
+    g = T[:, :1] * v[0]
+    for j in range(1, 4):
+        g.addcmul_(T[:, j:j + 1], v[j])
+    g = g.T
+    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def sdf_normal(p: torch.Tensor, prm: torch.Tensor, op: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Unit outward normals from the SDF gradient (tetrahedral differences), grouped by family.
 
     p: (M, 3) local hit points; prm: (M, NUM_PRM); op: (M,) long; h: (M,) step.
-    Returns (M, 3). One host sync (the group sizes); the four differences of a group are one
-    evaluation on (3, 4 n) points.
+    Returns (M, 3). One host sync (the group sizes); see :func:`family_normal`.
     """
     out = torch.zeros_like(p)
     if p.shape[0] == 0:
         return out
-    T = _tetra(p.device)
     order, st = group_by(family(op), NUM_FAMILIES)
     for f in range(NUM_FAMILIES):
-        n = st[f + 1] - st[f]
-        if not n:
-            continue
-        idx = order[st[f]:st[f + 1]]
-        c = derive(f, op[idx], prm[idx])
-        pts = (p[idx].T[:, None, :] + T[:, :, None] * h[idx]).reshape(3, 4 * n)  # x + kx h, ...
-        c4 = c[:, None, :].expand(-1, 4, -1).reshape(c.shape[0], 4 * n)
-        v = sdf_family(f, pts, _split(f, c4)).view(4, n)
-        g = T[:, :1] * v[0]
-        for j in range(1, 4):
-            g.addcmul_(T[:, j:j + 1], v[j])
-        g = g.T
-        out[idx] = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if st[f + 1] > st[f]:
+            idx = order[st[f]:st[f + 1]]
+            out[idx] = family_normal(f, p[idx], prm[idx], op[idx], h[idx])
     return out

@@ -23,7 +23,8 @@ from torch.profiler import record_function
 from .primitives import (BIG, BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SPHERE, TORUS, analytic_normal,
                          group_by, slot_types)
 from .scene import PRIMITIVE_FIELDS, Scene
-from .sdf import sdf_normal
+from .sdf import NUM_FAMILIES, family, family_normal, sdf_normal
+from .static import Budget, with_sink
 from .textures import evaluate_texture, sky_color
 from .trace import any_hit
 
@@ -47,7 +48,7 @@ def _env_normal(p, e, kind, room):
 
 
 def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
-            env: torch.Tensor):
+            env: torch.Tensor, budget: Budget | None = None):
     """Hit points, world normals and albedo of primary rays, grouped by surface class.
 
     o: (S, V, 1, 3) camera centres; d: (S, V, M, 3) unit directions; t: (S, V, M) hit
@@ -57,6 +58,8 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
     texture / material tables, hit: (N,) bool, sky: (K,) long indices of the sky pixels.
     Pixels are sorted once by class (primitive type, environment, sky; one host sync) and each
     class computes only its own normal formula; textures are grouped by kind the same way.
+    With a ``budget``: the static path (:func:`_surface_static`); ``sky`` is then a
+    :class:`.static.Selection` of the sky pixels.
     """
     S, V, M = t.shape
     N, P, T = S * V * M, NUM_SLOTS, scene.tex_kind.shape[1]
@@ -67,6 +70,9 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
     hit = prim | (ev >= 0)
     p = torch.addcmul(o.expand(S, V, M, 3).reshape(N, 3), df, torch.where(hit, tf, 0.0)[:, None])
     cls = torch.where(prim, slot_types(dev)[sl.clamp_min(0)], torch.where(hit, _ENV, _SKY))
+    entry = si * T + torch.where(prim, sl, P + ev.clamp_min(0))
+    if budget is not None:
+        return _surface_static(scene, p, df, sl, ev, si, cls, entry, hit, budget)
     order, start = group_by(cls, _SKY + 1)
     n = torch.zeros_like(p)
     tp = p.clone()  # texture frame: primitive local, world for the environment
@@ -98,16 +104,59 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
         n[idx] = _env_normal(p[idx], ev[idx], scene.kind[s_e], scene.room[s_e])
         # the floor / ground is the plane z = 0: make it exact (as for quads)
         tp[idx, 2] = torch.where(ev[idx] == 0, 0.0, p[idx, 2])
-    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    n = torch.where(((n * df).sum(-1) > 0)[:, None], -n, n)
-    entry = si * T + torch.where(prim, sl, P + ev.clamp_min(0))
     albedo = torch.zeros_like(p)
     idx = order[:start[_SKY]]
     if idx.numel():
-        albedo[idx] = evaluate_texture(scene.tex_kind.reshape(-1), tp[idx], scene.tex_freq.reshape(-1),
-                                       scene.tex_seed.reshape(-1), scene.palette.reshape(-1, 3, 3),
-                                       scene.tex_dir.reshape(-1, 3), entry=entry[idx])
-    return p, n, albedo, entry, hit, order[start[_SKY]:]
+        albedo[idx] = _albedo(scene, tp[idx], entry[idx])
+    return p, _facing(n, df), albedo, entry, hit, order[start[_SKY]:]
+
+
+def _facing(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Normals n (N, 3) made unit and turned against the rays d (N, 3)."""
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.where(((n * d).sum(-1) > 0)[:, None], -n, n)
+
+
+def _albedo(scene: Scene, tp: torch.Tensor, entry: torch.Tensor, **static) -> torch.Tensor:
+    """Textures at points tp (N, 3) of the surfaces ``entry`` (N,) (``static``: budget, valid)."""
+    return evaluate_texture(scene.tex_kind.reshape(-1), tp, scene.tex_freq.reshape(-1), scene.tex_seed.reshape(-1),
+                            scene.palette.reshape(-1, 3, 3), scene.tex_dir.reshape(-1, 3), entry=entry, **static)
+
+
+def _surface_static(scene: Scene, p, df, sl, ev, si, cls, entry, hit, budget: Budget):
+    """:func:`surface`'s static path on flat pixels (N,): analytic and environment normals are
+    computed densely (a few elementwise passes per formula), torus / blend normals on a
+    fixed-capacity selection per SDF family (``surface/normal{family}``), textures per kind
+    (:func:`.textures.evaluate_texture` with the budget); the returned sky is a selection of the
+    sky pixels (``surface/sky``). Same values as the grouped path while no capacity overflows
+    (a pixel dropped by an overflow gets a zero normal, or albedo, or sky colour)."""
+    N = p.shape[0]
+    prim = sl >= 0
+    e = si * NUM_SLOTS + sl.clamp_min(0)  # non-primitive pixels read slot 0: finite, discarded
+    R = scene.rot.reshape(-1, 3, 3)[e]
+    pr = scene.prm.reshape(-1, NUM_PRM)[e]
+    pl = ((p - scene.center.reshape(-1, 3)[e])[:, None] @ R)[:, 0]  # R^T (p - c)
+    nl = analytic_normal(SPHERE, pl, pr)
+    for typ in (BOX, CYLINDER, QUAD):
+        nl = torch.where((cls == typ)[:, None], analytic_normal(typ, pl, pr), nl)
+    op = torch.where(cls == TORUS, 4, pr[:, 8].round().long())
+    key = torch.where((cls == TORUS) | (cls == BLEND), family(op), NUM_FAMILIES)
+    nl = with_sink(nl)
+    h = 1e-3 * scene.bound.reshape(-1)[e]
+    names = [f"surface/normal{f}" for f in range(NUM_FAMILIES)]
+    for f, sel in enumerate(budget.groups(key, names, N)):
+        i = sel.idx
+        sel.put(nl, family_normal(f, pl[i], pr[i], op[i], h[i]))
+    n_env = _env_normal(p, ev, scene.kind[si], scene.room[si])
+    n = torch.where(prim[:, None], (R @ nl[:N, :, None])[..., 0], torch.where(hit[:, None], n_env, 0.0))
+    # texture frame: primitive local (quads exactly on their plane), world for the environment
+    # (the floor exactly on z = 0)
+    flat = torch.where(prim, cls == QUAD, ev == 0)
+    tp = torch.where(prim[:, None], pl, p)
+    tp = torch.cat([tp[:, :2], torch.where(flat, 0.0, tp[:, 2])[:, None]], 1)
+    albedo = _albedo(scene, tp, entry, budget=budget, valid=hit)
+    sky = budget.select(~hit, "surface/sky", N)
+    return p, _facing(n, df), albedo, entry, hit, sky
 
 
 def _light_rays(p, n, t, hit, light_vec, light_point, light_col, scale):
@@ -145,15 +194,19 @@ def _combine(d, n, albedo, entry, hit, ldir, dist, ndl, test, vis, light_point, 
     return torch.where(hit[..., None], rgb, 0.0).clamp(0, 1)
 
 
-def _shadow_visible(scene: Scene, cfg, origin, ldir, test, tmax, block: int = 4096):
+def _shadow_visible(scene: Scene, cfg, origin, ldir, test, tmax, block: int = 4096, budget: Budget | None = None):
     """Shadow rays of the tested (pixel, light) pairs only (lit side of a surface, light
     present, not sky). origin: (S, 1, R, 3); ldir: (S, L, R, 3); test, tmax: (S, L, R).
 
     Each (scene, light) row's tested rays are packed to its front and cut into blocks of
     ``block`` rays; the blocks are traced as a batch of their own (each with its scene; one host
     sync for the block counts), so the work follows the tested rays, wasting less than one
-    block per row. Returns vis: (S, L, R) bool (True where not tested).
+    block per row. Returns vis: (S, L, R) bool (True where not tested). With a ``budget``: the
+    static path, every (pixel, light) ray traced at once (untested ones have tmax = 0, so they
+    fail the cull) by :func:`.trace.any_hit`'s static path.
     """
+    if budget is not None:
+        return ~any_hit(scene, origin, ldir, tmax, cfg, budget=budget)
     S, L, R = test.shape
     dev = test.device
     block = min(block, R)
@@ -181,27 +234,34 @@ def _shadow_visible(scene: Scene, cfg, origin, ldir, test, tmax, block: int = 40
     return vis[:, :R].reshape(S, L, R)
 
 
+def _sky(scene: Scene, d: torch.Tensor, idx: torch.Tensor, R: int) -> torch.Tensor:
+    """Linear sky radiance (K, 3) of the pixels idx (K,) (flat over (S, R)) with directions d (S, R, 3)."""
+    s = idx // R
+    return sky_color(d.reshape(-1, 3)[idx], scene.sky_zenith[s], scene.sky_horizon[s], scene.cloud[s],
+                     scene.sky_seed[s]) ** 2.2
+
+
 def shade(scene: Scene, cfg, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
-          env: torch.Tensor):
+          env: torch.Tensor, budget: Budget | None = None):
     """Shaded linear colour of primary rays (before exposure, noise and gamma encoding).
 
     Shapes as in :func:`surface`. Returns rgb: (S, V, M, 3) linear in [0, 1], n: (S, V, M, 3) world
-    normals (zeros on sky), hit: (S, V, M) bool.
+    normals (zeros on sky), hit: (S, V, M) bool. ``budget``: the static path (:mod:`.static`).
     """
     S, V, M = t.shape
     R = V * M
     with record_function("procedural.surface"):
-        p, n, albedo, entry, hit, sky = surface(scene, o, d, t, slot, env)
+        p, n, albedo, entry, hit, sky = surface(scene, o, d, t, slot, env, budget)
     p, n, albedo, entry, hit = p.view(S, R, 3), n.view(S, R, 3), albedo.view(S, R, 3), entry.view(S, R), hit.view(S, R)
     df = d.reshape(S, R, 3)
     ldir, dist, ndl, test, origin, tmax = _light_rays(
         p, n, t.reshape(S, R), hit, scene.light_vec, scene.light_point, scene.light_col, scene.scale)
     with record_function("procedural.shadows"):
-        vis = _shadow_visible(scene, cfg, origin, ldir, test, tmax)
+        vis = _shadow_visible(scene, cfg, origin, ldir, test, tmax, budget=budget)
     rgb = _combine(df, n, albedo, entry, hit, ldir, dist, ndl, test, vis, scene.light_point, scene.light_col,
                    scene.room, scene.ks, scene.shin, scene.ambient).reshape(S * R, 3)
-    if sky.numel():
-        s_k = sky // R
-        rgb[sky] = sky_color(df.reshape(-1, 3)[sky], scene.sky_zenith[s_k], scene.sky_horizon[s_k],
-                             scene.cloud[s_k], scene.sky_seed[s_k]) ** 2.2
+    if budget is not None:
+        rgb = sky.put(with_sink(rgb), _sky(scene, df, sky.idx, R))[:S * R]
+    elif sky.numel():
+        rgb[sky] = _sky(scene, df, sky, R)
     return rgb.reshape(S, V, M, 3), n.reshape(S, V, M, 3), hit.reshape(S, V, M)

@@ -19,20 +19,13 @@ import math
 
 import torch
 
+from .config import TEXTURE_KINDS
+from .primitives import const as _const
 from .primitives import group_by
 
 __all__ = ["hash_int", "hash01", "value_noise", "fbm", "evaluate_texture", "sky_color"]
 
 _A = (1597334677, 812365231, 1664525)
-_CONST: dict = {}
-
-
-def _const(key: str, values, dtype, shape, device) -> torch.Tensor:
-    """A small constant tensor, created once per device (no per-call host-to-device copies)."""
-    k = (key, str(device), shape)
-    if k not in _CONST:
-        _CONST[k] = torch.tensor(values, dtype=dtype, device=device).view(shape)
-    return _CONST[k]
 
 
 def hash_int(ix: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
@@ -167,7 +160,8 @@ def _tex(kind: int, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor, pal
 
 
 def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, seed: torch.Tensor,
-                     palette: torch.Tensor, direction: torch.Tensor, entry: torch.Tensor | None = None) -> torch.Tensor:
+                     palette: torch.Tensor, direction: torch.Tensor, entry: torch.Tensor | None = None,
+                     budget=None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Albedo of surface points.
 
     kind: (...) long texture kind; p: (..., 3) points in the surface's texture frame; freq: (...)
@@ -177,7 +171,9 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
     by ``entry``. Returns (..., 3) albedo in [0, 1]. Grouped: the points are sorted by kind once
     (one host sync for the group sizes), their parameters gathered once in that order, and each
     kind is evaluated on its own (contiguous) points only; the faint detail noise is one
-    evaluation for all points.
+    evaluation for all points. With a ``budget`` (:class:`.static.Budget`): the static path,
+    each kind on a fixed-capacity selection (``surface/tex{kind}``) of the points with ``valid``
+    ((...) bool; the others, and points dropped by an overflow, get 0), no host sync.
     """
     sh = p.shape
     p = p.reshape(-1, 3)
@@ -189,6 +185,8 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
         palette, direction = palette.reshape(-1, 3, 3), direction.reshape(-1, 3)
     else:
         entry = entry.reshape(-1)
+    if budget is not None:
+        return _texture_static(kind, p, freq, seed, palette, direction, entry, budget, valid.reshape(-1)).reshape(sh)
     order, st = group_by(kind[entry], 5)
     e = entry[order]
     ps, f, sd, pal = p[order], freq[e], seed[e], palette[e]
@@ -198,11 +196,29 @@ def evaluate_texture(kind: torch.Tensor, p: torch.Tensor, freq: torch.Tensor, se
         if a < b:
             cols.append(_tex(k, ps[a:b], f[a:b], sd[a:b], pal[a:b], direction[e[a:b]] if k == 2 else None))
     col = torch.cat(cols) if len(cols) > 1 else cols[0]
-    # faint high-frequency detail so that no surface is textureless
-    detail = value_noise(ps * (f * 6.0)[:, None] + 0.37, sd + 977)
     out = torch.empty_like(p)
-    out[order] = (col * (0.85 + 0.3 * detail)[:, None]).clamp_(0, 1)
+    out[order] = _detailed(col, ps, f, sd)
     return out.reshape(sh)
+
+
+def _detailed(col: torch.Tensor, p: torch.Tensor, f: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """Colours (N, 3) times the faint high-frequency detail noise at points p (N, 3) of frequency
+    f and seed sd (N,), so that no surface is textureless; clamped to [0, 1]."""
+    detail = value_noise(p * (f * 6.0)[:, None] + 0.37, sd + 977)
+    return (col * (0.85 + 0.3 * detail)[:, None]).clamp_(0, 1)
+
+
+def _texture_static(kind, p, freq, seed, palette, direction, entry, budget, valid) -> torch.Tensor:
+    """:func:`evaluate_texture`'s static path on flat points p (N, 3), entries (N,), valid (N,)."""
+    N = p.shape[0]
+    key = torch.where(valid, kind[entry], len(TEXTURE_KINDS))
+    col = torch.zeros(N + 1, 3, device=p.device)  # the last row is the sink of padding
+    names = [f"surface/tex{k}" for k in range(len(TEXTURE_KINDS))]
+    for k, sel in enumerate(budget.groups(key, names, N)):
+        e = entry[sel.idx]
+        sel.put(col, _tex(k, p[sel.idx], freq[e], seed[e], palette[e], direction[e] if k == 2 else None))
+    f, sd = freq[entry], seed[entry]
+    return torch.where(valid[:, None], _detailed(col[:N], p, f, sd), 0.0)
 
 
 def sky_color(d: torch.Tensor, zenith: torch.Tensor, horizon: torch.Tensor, cloud: torch.Tensor,

@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from .primitives import (BIG, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, bound_interval,
-                         intersect_box, intersect_cylinder, intersect_quad, intersect_sphere, maybe_compile,
-                         slot_types, use_compile)
+from .primitives import (BIG, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_START, SPHERE, TORUS, TYPE_NAMES,
+                         bound_interval, intersect_box, intersect_cylinder, intersect_quad, intersect_sphere,
+                         maybe_compile, slot_types, use_compile)
 from .scene import Scene
-from .sdf import march
+from .sdf import NUM_FAMILIES, family, march, march_static
+from .static import Budget
 
 __all__ = ["closest_hit", "any_hit", "environment_hit"]
 
@@ -80,94 +81,164 @@ def _pairs(scene: Scene, o, d, tmax, tmin):
     return ray, slot, _take(o, s, x, y), _take(d, s, x, y), s, starts
 
 
-def _local(scene: Scene, s, slot, o, d):
-    """Pairs' rays in their primitives' local frames: o_l, d_l (M, 3) and prm (M, NUM_PRM)."""
-    e = s * NUM_SLOTS + slot
+def _local(scene: Scene, e, o, d):
+    """Pairs' rays in their primitives' local frames: e (M,) flat (scene, slot) entries; o, d (M, 3).
+    Returns o_l, d_l (M, 3) and prm (M, NUM_PRM)."""
     R = scene.rot.reshape(-1, 3, 3)[e]
     od = torch.stack([o - scene.center.reshape(-1, 3)[e], d], 1) @ R  # (M, 2, 3): R^T (o - c), R^T d
     return od[:, 0], od[:, 1], scene.prm.reshape(-1, NUM_PRM)[e]
 
 
-def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str):
+def _intersect(scene: Scene, typ: int, e, o, d, tmin: float, uc: bool, local=None) -> torch.Tensor:
+    """t (M,) of pairs of one analytic type (TORUS: the bounding spheres of tori and blends).
+    e: (M,) flat (scene, slot) entries; o, d: (M, 3) world rays; local: the pairs' (o_l, d_l,
+    prm) if already gathered (boxes, cylinders, quads)."""
+    if typ in (SPHERE, TORUS):  # rotation-invariant
+        r = scene.prm.reshape(-1, NUM_PRM)[e] if typ == SPHERE else scene.bound.reshape(-1)[e][:, None]
+        return intersect_sphere(o - scene.center.reshape(-1, 3)[e], d, r, tmin)
+    o_l, d_l, prm = local if local is not None else _local(scene, e, o, d)
+    return maybe_compile(_INTERSECT[typ], uc)(o_l, d_l, prm, tmin)
+
+
+def _sdf_interval(scene: Scene, e, o, d, lim, tmin: float):
+    """Tori / blend pairs: the part of the bounding sphere before the far limit ``lim`` (M,).
+    Returns t0, t1 (M,), whether to march (M,) bool, and (o_l, d_l, prm, op) in local frames."""
+    t0, t1, h = bound_interval(o - scene.center.reshape(-1, 3)[e], d, scene.bound.reshape(-1)[e], tmin)
+    t1 = torch.minimum(t1, lim)
+    o_l, d_l, prm = _local(scene, e, o, d)
+    op = torch.where(slot_types(d.device)[e % NUM_SLOTS] == TORUS, 4, prm[:, 8].round().long())
+    return t0, t1, h & (t0 < t1), (o_l, d_l, prm, op)
+
+
+def _merge(mode: str, tm, ra, sa, ta):
+    """Per-ray result of the analytic pairs (ray ra, slot sa, t ta; misses are BIG): for "any"
+    (hit (N,) int32 counts, the limit left for tori / blends: 0 where hit), else (best (N,),
+    the same)."""
+    if mode == "any":
+        hit = torch.zeros(tm.shape[0], dtype=torch.int32, device=tm.device).index_add_(0, ra, (ta < tm[ra]).int())
+        return hit, torch.where(hit > 0, 0.0, tm)
+    best = tm.clone().scatter_reduce_(0, ra, ta, "amin")
+    return best, best
+
+
+def _winner(best, tm, ra, sa, ta):
+    """(N,) long the slot of each ray's nearest hit before tmax, -1 where none."""
+    win = torch.where((ta <= best[ra]) & (ta < tm[ra]), sa, -1)  # a miss (BIG) never wins, even under tmax = BIG
+    return torch.full_like(best, -1, dtype=torch.long).scatter_reduce_(0, ra, win, "amax")
+
+
+def _trace(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str, budget: Budget | None = None):
     """Shared pass. mode: "closest", "approx" (tori and blends as their bounding spheres) or
     "any". Returns (t, slot) flat per ray (t = tmax, slot -1 where nothing is hit) or, for any,
-    hit flat bool."""
+    hit flat bool. With a ``budget``: the static path (:func:`_trace_static`)."""
+    if budget is not None:
+        return _trace_static(scene, o, d, tmax, cfg, tmin, mode, budget)
     uc = use_compile(cfg, tmax)
     ray, slot, op_, dp, s, st = _pairs(scene, o, d, tmax, tmin)
+    e = s * NUM_SLOTS + slot
     tm = tmax.reshape(-1)
-    N = tm.numel()
     a_end = st[TORUS] if mode != "approx" else st[-1]
     ta = torch.full((st[-1],), BIG, device=tm.device)
     a0, b0 = st[BOX], st[TORUS]
+    local = None
     if a0 < b0:  # boxes, cylinders and quads: local frames gathered once (pairs are slot-major)
-        o_l, d_l, prm = _local(scene, s[a0:b0], slot[a0:b0], op_[a0:b0], dp[a0:b0])
+        local = _local(scene, e[a0:b0], op_[a0:b0], dp[a0:b0])
     for typ in range(TORUS + (mode == "approx")):
         a, b = st[typ], (st[typ + 1] if typ < TORUS else st[-1])
         if a < b:
-            if typ == TORUS:  # approx: bounding spheres of tori and blends
-                e = s[a:b] * NUM_SLOTS + slot[a:b]
-                oc = op_[a:b] - scene.center.reshape(-1, 3)[e]
-                ta[a:b] = intersect_sphere(oc, dp[a:b], scene.bound.reshape(-1)[e][:, None], tmin)
-            elif typ == SPHERE:  # rotation-invariant
-                e = s[a:b] * NUM_SLOTS + slot[a:b]
-                ta[a:b] = intersect_sphere(op_[a:b] - scene.center.reshape(-1, 3)[e], dp[a:b],
-                                           scene.prm.reshape(-1, NUM_PRM)[e], tmin)
-            else:
-                ta[a:b] = maybe_compile(_INTERSECT[typ], uc)(o_l[a - a0:b - a0], d_l[a - a0:b - a0],
-                                                              prm[a - a0:b - a0], tmin)
+            loc = None if typ in (SPHERE, TORUS) else [x[a - a0:b - a0] for x in local]
+            ta[a:b] = _intersect(scene, typ, e[a:b], op_[a:b], dp[a:b], tmin, uc, loc)
     ra, sa, ta = ray[:a_end], slot[:a_end], ta[:a_end]
-    if mode == "any":
-        hit = torch.zeros(N, dtype=torch.int32, device=tm.device).index_add_(0, ra, (ta < tm[ra]).int()) > 0
-        lim = torch.where(hit, 0.0, tm)
-    else:
-        best = tm.clone().scatter_reduce_(0, ra, ta, "amin")
-        lim = best
+    best, lim = _merge(mode, tm, ra, sa, ta)
     if mode != "approx" and a_end < st[-1]:
         # tori and blends: pairs whose bounding sphere is entered before the far limit
         rs, ss = ray[a_end:], slot[a_end:]
-        e = s[a_end:] * NUM_SLOTS + ss
-        oc, dd = op_[a_end:] - scene.center.reshape(-1, 3)[e], dp[a_end:]
-        t0, t1, h = bound_interval(oc, dd, scene.bound.reshape(-1)[e], tmin)
-        t1 = torch.minimum(t1, lim[rs])
-        keep = (h & (t0 < t1)).nonzero().squeeze(1)  # sync
+        t0, t1, go, (o_l, d_l, prm, op) = _sdf_interval(scene, e[a_end:], op_[a_end:], dp[a_end:], lim[rs], tmin)
+        keep = go.nonzero().squeeze(1)  # sync
         if keep.numel():
-            rs, ss, sk = rs[keep], ss[keep], s[a_end:][keep]
-            o_l, d_l, prm = _local(scene, sk, ss, op_[a_end:][keep], dd[keep])
-            op = torch.where(slot_types(tm.device)[ss] == TORUS, 4, prm[:, 8].round().long())
+            rs, ss = rs[keep], ss[keep]
             with record_function("procedural.march"):
-                tp = march(o_l, d_l, t0[keep], t1[keep], prm, op, cfg.max_march_steps, cfg.march_eps, uc)
+                tp = march(o_l[keep], d_l[keep], t0[keep], t1[keep], prm[keep], op[keep], cfg.max_march_steps,
+                           cfg.march_eps, uc)
             if mode == "any":
-                return hit.index_fill_(0, rs[tp < BIG], True)
+                return best.index_fill_(0, rs[tp < BIG], 1) > 0
             ra, sa, ta = torch.cat([ra, rs]), torch.cat([sa, ss]), torch.cat([ta, tp])
             best = best.scatter_reduce_(0, rs, tp, "amin")
     if mode == "any":
-        return hit
-    win = torch.where((ta <= best[ra]) & (ta < tm[ra]), sa, -1)  # a miss (BIG) never wins, even under tmax = BIG
-    sl = torch.full((N,), -1, dtype=torch.long, device=tm.device).scatter_reduce_(0, ra, win, "amax")
-    return best, sl
+        return best > 0
+    return best, _winner(best, tm, ra, sa, ta)
+
+
+def _trace_static(scene: Scene, o, d, tmax, cfg, tmin: float, mode: str, budget: Budget):
+    """:func:`_trace` with fixed shapes and no host sync: the culled pairs of each analytic type
+    are a fixed-capacity selection (:meth:`.static.Budget.select`, ray-major), intersected with
+    the same functions (misses and padding give BIG); the tori / blend pairs are selected per SDF
+    family and sphere-traced for exactly ``max_march_steps`` steps with fixed-capacity
+    compactions (:func:`.sdf.march_static`). Same results as the dynamic path while no
+    capacity overflows."""
+    uc = use_compile(cfg, tmax)
+    cand = _cull(scene, o, d, tmax, tmin)
+    S, X, Y, P = cand.shape
+    tm = tmax.reshape(-1)
+    N = tm.numel()
+
+    def pairs(mask, name, a):  # mask: (S, X, Y, b - a) over slots a..b-1
+        sel = budget.select(mask, f"{mode}/{name}", N)
+        ray, slot = sel.idx // mask.shape[-1], sel.idx % mask.shape[-1] + a
+        s, x, y = ray // (X * Y), (ray // Y) % X, ray % Y
+        return sel.valid, ray, s * P + slot, _take(o, s, x, y), _take(d, s, x, y)
+
+    ras, sas, tas = [], [], []
+    for typ in range(TORUS + (mode == "approx")):
+        a, b = SLOT_START[typ], (SLOT_START[typ + 1] if typ < TORUS else NUM_SLOTS)
+        valid, ray, e, op_, dp = pairs(cand[..., a:b], TYPE_NAMES[typ], a)
+        ras.append(ray)
+        sas.append(e % P)
+        tas.append(torch.where(valid, _intersect(scene, typ, e, op_, dp, tmin, uc), BIG))
+    ra, sa, ta = torch.cat(ras), torch.cat(sas), torch.cat(tas)
+    best, lim = _merge(mode, tm, ra, sa, ta)
+    if mode != "approx":
+        a = SLOT_START[TORUS]
+        slot_op = torch.where(slot_types(tm.device)[a:] == TORUS, 4, scene.prm[:, a:, 8].round().long())  # (S, 7)
+        fam = family(slot_op)[:, None, None]
+        for f in range(NUM_FAMILIES):
+            valid, ray, e, op_, dp = pairs(cand[..., a:] & (fam == f), f"sdf{f}", a)
+            t0, t1, go, (o_l, d_l, prm, op) = _sdf_interval(scene, e, op_, dp, lim[ray], tmin)
+            with record_function("procedural.march"):
+                tp = march_static(f, o_l, d_l, t0, torch.where(go & valid, t1, t0), prm, op, cfg.max_march_steps,
+                                  cfg.march_eps, budget, f"{mode}/march{f}", N, uc)
+            if mode == "any":
+                best = best.index_add_(0, ray, (tp < BIG).int())
+            else:
+                ra, sa, ta = torch.cat([ra, ray]), torch.cat([sa, e % P]), torch.cat([ta, tp])
+                best = best.scatter_reduce_(0, ray, tp, "amin")
+    if mode == "any":
+        return best > 0
+    return best, _winner(best, tm, ra, sa, ta)
 
 
 def closest_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, cfg,
-                tmin: float = 1e-4, approx: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                tmin: float = 1e-4, approx: bool = False,
+                budget: Budget | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest primitive hit before ``tmax``.
 
     o, d: (S, X, Y, 3) broadcastable (d unit); tmax: (S, X, Y). ``approx``: tori and blends
     are replaced by their bounding spheres (no sphere tracing; for the cameras' overlap check).
     Returns t: (S, X, Y) (tmax where nothing is hit) and slot: (S, X, Y) long, -1 where
-    nothing is hit.
+    nothing is hit. ``budget``: the static path (fixed shapes, no host sync; :mod:`.static`).
     """
-    t, sl = _trace(scene, o, d, tmax, cfg, tmin, "approx" if approx else "closest")
+    t, sl = _trace(scene, o, d, tmax, cfg, tmin, "approx" if approx else "closest", budget)
     return t.view_as(tmax), sl.view_as(tmax)
 
 
 def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, cfg,
-            tmin: float = 1e-4) -> torch.Tensor:
+            tmin: float = 1e-4, budget: Budget | None = None) -> torch.Tensor:
     """Whether any primitive is hit in (tmin, tmax) (shadow rays; the environment casts none).
 
     o, d: (S, X, Y, 3) broadcastable; tmax: (S, X, Y) (0 for rays not to test: they cost the
-    cull only). Returns (S, X, Y) bool.
+    cull only). Returns (S, X, Y) bool. ``budget``: as in :func:`closest_hit`.
     """
-    return _trace(scene, o, d, tmax, cfg, tmin, "any").view_as(tmax)
+    return _trace(scene, o, d, tmax, cfg, tmin, "any", budget).view_as(tmax)
 
 
 def _environment(o, d, kind, room, ground_r, dome_r):
