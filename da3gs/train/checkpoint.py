@@ -31,6 +31,7 @@ from da3gs.errors import Da3gsError
 from da3gs.io.atomic import atomic_dir, atomic_path
 
 RUN_MARKER = ".da3gs_run"
+RUN_LOCK = ".da3gs_lock"
 CKPT_RE = re.compile(r"^step_(\d{8})$")
 
 
@@ -38,15 +39,60 @@ class RunFolderError(Da3gsError):
     """The run folder cannot be used (exists and is not a da3gs run, or nothing to resume)."""
 
 
+class RunLock:
+    """An exclusive lock on a run folder for the life of one training run (rank 0).
+
+    ``fcntl.flock`` on ``RUN/.da3gs_lock`` (created in the run folder, never replaced): a
+    second process that tries the same folder gets a :class:`RunFolderError` naming the holder's
+    pid, and since the operating system drops the lock when its process ends, a crashed run
+    leaves no stale lock behind. Where ``fcntl`` does not exist (Windows) the lock is a no-op.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / RUN_LOCK
+        self._f = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "unknown"
+            f.close()
+            raise RunFolderError(f"{self.path.parent}: in use by another da3gs process ({who}); "
+                                 "wait for it to end or choose another run.out") from None
+        import os
+        import socket
+
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()  # closing drops the flock
+            self._f = None
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, restart: bool = False) -> None:
     """Create ``run_dir`` for a new run, or check it for ``--resume``.
 
     A new run refuses a non-empty folder (use ``--resume`` for a da3gs run folder, or another
-    ``run.out``); a resumed run needs a da3gs run folder with a checkpoint. ``restart``: a da3gs
-    run folder without any checkpoint (stopped before its first one) is started again."""
+    ``run.out``); a resumed run needs a da3gs run folder with a checkpoint. A da3gs run folder
+    without any checkpoint (a run that failed or stopped before its first one) is started again
+    with or without ``--resume``: it holds nothing but that attempt's config and logs. (The
+    ``restart`` argument is kept for callers; it no longer changes anything.)"""
     run_dir = Path(run_dir)
     marker = run_dir / RUN_MARKER
-    if restart and marker.is_file() and latest_checkpoint(run_dir) is None:
+    if marker.is_file() and not list_checkpoints(run_dir, complete=False):
         return
     if resume:
         if not marker.is_file():
@@ -63,18 +109,40 @@ def prepare_run_dir(run_dir: Path, resume: bool, restart: bool = False) -> None:
         Path(tmp).write_text(json.dumps({"format": "da3gs-run", "created": time.time()}) + "\n")
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
+CKPT_FILES = ("model.safetensors", "train_weights.safetensors", "train_state.pt", "config.json")
+
+
+def list_checkpoints(run_dir: Path, complete: bool = True) -> list[Path]:
+    """``RUN/checkpoints/step_*`` folders, oldest first; ``complete``: only those holding every
+    file a checkpoint has (a folder missing one was damaged after it was written)."""
     d = Path(run_dir) / "checkpoints"
     if not d.is_dir():
         return []
     found = [p for p in d.iterdir() if p.is_dir() and CKPT_RE.match(p.name)
-             and (p / "train_state.pt").is_file()]
+             and (not complete or all((p / f).is_file() for f in CKPT_FILES))]
     return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ck = list_checkpoints(run_dir)
     return ck[-1] if ck else None
+
+
+def newest_loadable_checkpoint(run_dir: Path, note=print) -> tuple[Path, tuple] | None:
+    """``(folder, load_checkpoint(folder))`` of the newest checkpoint that loads, trying older
+    ones when a newer one is incomplete or unreadable (each skipped one is reported through
+    ``note``, never deleted); None when there is none."""
+    complete = set(list_checkpoints(run_dir))
+    for p in reversed(list_checkpoints(run_dir, complete=False)):
+        if p not in complete:
+            missing = [f for f in CKPT_FILES if not (p / f).is_file()]
+            note(f"resume: skipping {p} (missing {', '.join(missing)})")
+            continue
+        try:
+            return p, load_checkpoint(p)
+        except RunFolderError as e:
+            note(f"resume: skipping {p}: {e}")
+    return None
 
 
 # ---------------------------------------------------------------- RNG state
@@ -161,7 +229,7 @@ def save_checkpoint(run_dir: Path, step: int, preset_name: str, weights: dict, e
         (tmp / "config.json").write_text(json.dumps(
             {"format": "da3gs", "preset": preset_name, "gs_geometry": gs_geometry, "step": step,
              "weights": "ema" if ema_weights is not None else "raw"}, indent=2))
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep]:  # complete ones only: a damaged folder stays
         import shutil
 
         shutil.rmtree(old, ignore_errors=True)

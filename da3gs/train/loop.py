@@ -19,11 +19,13 @@ from torch import nn
 
 from da3gs.errors import Da3gsError
 from da3gs.train import external
-from da3gs.train.checkpoint import (latest_checkpoint, load_checkpoint, load_weights,
-                                    prepare_run_dir, rng_state, save_checkpoint, set_rng_state)
+from da3gs.train.checkpoint import (RUN_MARKER, RunLock, latest_checkpoint, load_checkpoint,
+                                    load_weights, newest_loadable_checkpoint, prepare_run_dir,
+                                    rng_state, save_checkpoint, set_rng_state)
 from da3gs.train.config import ConfigError, TrainConfig, save_config, to_dict
-from da3gs.train.dist import (DistInfo, all_reduce_, barrier, cleanup, full_state_dict,
-                              gather_objects, init_distributed, mean_over_ranks, wrap)
+from da3gs.train.dist import (DistInfo, all_reduce_, barrier, broadcast_object, cleanup,
+                              full_state_dict, gather_objects, init_distributed,
+                              mean_over_ranks, wrap)
 from da3gs.train.ema import EMA
 from da3gs.train.logging import RunLogger, depth_grid
 from da3gs.train.graphs import STAGE_FIELDS, GraphedStep
@@ -217,14 +219,44 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         cleanup()
 
 
+def _start_run_dir(run_dir: Path, resume: bool, is_main: bool) -> tuple[Path | None, tuple | None,
+                                                                         RunLock | None]:
+    """Rank 0: lock the run folder (:class:`RunLock`), then choose the checkpoint to resume
+    from (the newest that loads; damaged newer ones are reported and kept) and prepare the
+    folder. Other ranks: the checkpoint rank 0 chose, after the barrier. Returns
+    ``(checkpoint, its loaded contents or None, lock)``."""
+    lock = None
+    notes: list[str] = []
+    found = None
+    if is_main:
+        if (run_dir / RUN_MARKER).is_file():  # an existing run folder: lock before reading it
+            lock = RunLock(run_dir).acquire()
+        if resume:
+            found = newest_loadable_checkpoint(run_dir, note=notes.append)
+        prepare_run_dir(run_dir, resume=found is not None)
+        if lock is None:
+            lock = RunLock(run_dir).acquire()
+    for n in notes:
+        print(n, flush=True)
+    ckpt = broadcast_object(str(found[0]) if found else None)  # rank 0's choice everywhere
+    return (Path(ckpt) if ckpt else None), (found[1] if found else None), lock
+
+
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainResult:
     run_dir, dev = run_dir_of(cfg), info.device
     configure_backends(dev)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt, loaded, lock = _start_run_dir(run_dir, resume, info.is_main)
+    try:
+        return _train_locked(cfg, info, t0, run_dir, dev, ckpt, loaded)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
+                  dev: torch.device, ckpt: Path | None, loaded: tuple | None) -> TrainResult:
     if info.is_main:
-        prepare_run_dir(run_dir, resume=ckpt is not None, restart=resume)
         save_config(cfg, run_dir / ("config.yaml" if ckpt is None else "config.resumed.yaml"))
-    barrier()
     logger = RunLogger(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.progress)
     net = build_network(cfg, dev)
     fsdp = info.enabled and cfg.run.parallel == "fsdp"
@@ -238,7 +270,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainRe
     counters, rank_state = Counters(), None
     opt_state = None
     if ckpt is not None:
-        raw, ema_w, st = load_checkpoint(ckpt)
+        raw, ema_w, st = loaded if loaded is not None else load_checkpoint(ckpt)
         load_weights(net, raw, str(ckpt))
         if ema is not None:
             ema.load_state_dict(ema_w)

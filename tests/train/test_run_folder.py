@@ -1,0 +1,77 @@
+"""Run folders: one process at a time (lock), a failed start can be re-run without --resume,
+and a damaged newest checkpoint falls back to an intact older one (issue 23, items 2-3)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from da3gs.train import external
+from da3gs.train.checkpoint import RunFolderError, RunLock, list_checkpoints
+from da3gs.train.config import ConfigError, load_config
+from da3gs.train.loop import train
+from tests.train.fakes import global_rng_source
+
+
+def _run(out, steps, resume=False, extra=()):
+    cfg = load_config("stage1-tiny", [f"schedule.steps={steps}", f"run.out={out}",
+                                      "run.ckpt_every=2", "eval.scenes=0", *extra])
+    return train(cfg, resume=resume)
+
+
+@pytest.fixture(autouse=True)
+def _source(monkeypatch):
+    monkeypatch.setattr(external, "make_train_source", global_rng_source)
+
+
+def test_a_locked_run_folder_is_refused(tmp_path):
+    _run(tmp_path / "r", 2)
+    held = RunLock(tmp_path / "r").acquire()  # another process training in the folder
+    try:
+        with pytest.raises(RunFolderError, match="in use by another da3gs process"):
+            _run(tmp_path / "r", 4, resume=True)
+    finally:
+        held.release()
+    assert _run(tmp_path / "r", 4, resume=True).step == 4
+
+
+def _hold_and_crash(path: str) -> None:
+    import os
+
+    RunLock(path).acquire()
+    os._exit(1)  # no cleanup at all: the OS drops the lock
+
+
+def test_a_crashed_holder_leaves_no_stale_lock(tmp_path):
+    _run(tmp_path / "r", 2)
+    p = mp.get_context("spawn").Process(target=_hold_and_crash, args=(str(tmp_path / "r"),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 1
+    assert _run(tmp_path / "r", 4, resume=True).step == 4
+
+
+def test_a_failed_start_can_be_run_again_without_resume(tmp_path):
+    with pytest.raises(ConfigError):
+        _run(tmp_path / "r", 2, extra=["model.preset=compact-mono"])  # stage1 needs any-view
+    assert (tmp_path / "r" / "config.yaml").is_file()
+    assert _run(tmp_path / "r", 2).step == 2  # corrected command, no --resume
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, capsys, damage):
+    _run(tmp_path / "r", 4)
+    ck = list_checkpoints(tmp_path / "r")
+    assert [c.name for c in ck] == ["step_00000002", "step_00000004"]
+    st = ck[-1] / "train_state.pt"
+    if damage == "truncate":
+        st.write_bytes(st.read_bytes()[:100])
+    else:
+        st.unlink()
+    res = _run(tmp_path / "r", 6, resume=True)
+    assert res.step == 6
+    out = capsys.readouterr().out
+    assert "resume: skipping" in out and "step_00000004" in out
+    names = [c.name for c in list_checkpoints(tmp_path / "r", complete=False)]
+    assert "step_00000006" in names
