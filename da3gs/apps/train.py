@@ -68,9 +68,15 @@ def run_train(args) -> None:
             with atomic_path(args.eval_out) as tmp:
                 Path(tmp).write_text(text + "\n")
         return
-    from da3gs.train.loop import train
+    from da3gs.errors import Da3gsError
+    from da3gs.train.loop import run_dir_of, train
 
-    res = train(cfg, resume=args.resume)
+    try:
+        res = train(cfg, resume=args.resume)
+    except OSError as e:  # the environment (disk full, read-only, a file where a folder goes)
+        where = e.filename or run_dir_of(cfg)
+        raise Da3gsError(f"{where}: {e.strerror or e} (run folder {run_dir_of(cfg)}; "
+                         "the newest complete checkpoint there is intact)") from None
     print(json.dumps({"run_dir": str(res.run_dir), "step": res.step, "reason": res.reason,
                       "checkpoint": str(res.checkpoint) if res.checkpoint else None,
                       "bad_steps": res.bad_total, "metrics": res.last_metrics}),

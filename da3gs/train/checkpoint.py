@@ -100,11 +100,17 @@ def prepare_run_dir(run_dir: Path, resume: bool, restart: bool = False) -> None:
         if latest_checkpoint(run_dir) is None:
             raise RunFolderError(f"{run_dir}: no complete checkpoint to resume from")
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is not a folder (choose another run.out)")
     if run_dir.exists() and any(run_dir.iterdir()):
         what = "a da3gs run folder; pass --resume to continue it" if marker.is_file() else \
             "not empty and not written by da3gs; refusing to write into it"
         raise RunFolderError(f"{run_dir}: {what} (or choose another run.out=...)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only, a file on the path, ...
+        raise RunFolderError(f"{run_dir}: cannot create the run folder ({e.strerror or e})"
+                             ) from None
     with atomic_path(marker) as tmp:
         Path(tmp).write_text(json.dumps({"format": "da3gs-run", "created": time.time()}) + "\n")
 

@@ -379,6 +379,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"run.parallel: expected ddp or fsdp, got {cfg.run.parallel!r}")
     if cfg.schedule.steps < 1 or cfg.schedule.warmup_steps < 0:
         raise ConfigError("schedule: steps must be >= 1 and warmup_steps >= 0")
+    o = cfg.optim
+    if not o.lr > 0 or o.backbone_lr_mult < 0 or o.weight_decay < 0 or not o.eps > 0:
+        raise ConfigError("optim: lr and eps must be > 0, backbone_lr_mult and weight_decay "
+                          f">= 0 (got lr={o.lr}, eps={o.eps}, backbone_lr_mult="
+                          f"{o.backbone_lr_mult}, weight_decay={o.weight_decay})")
+    if not all(0.0 <= b < 1.0 for b in o.betas) or o.grad_clip < 0:
+        raise ConfigError(f"optim: betas must lie in [0, 1) and grad_clip >= 0 (got betas="
+                          f"{list(o.betas)}, grad_clip={o.grad_clip})")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"optim.ema_decay: expected 0 <= decay < 1, got {cfg.optim.ema_decay}")
     if cfg.run.keep_checkpoints < 1:

@@ -75,3 +75,34 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, capsys, damage):
     assert "resume: skipping" in out and "step_00000004" in out
     names = [c.name for c in list_checkpoints(tmp_path / "r", complete=False)]
     assert "step_00000006" in names
+
+
+def test_environment_errors_are_one_line(tmp_path, capsys):
+    from da3gs.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    for out, msg in ((f, "exists and is not a folder"), (f / "sub", "cannot create the run folder")):
+        assert main(["train", "--config", "stage1-tiny", "--out", str(out),
+                     "schedule.steps=1", "eval.scenes=0"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--config", "stage1-tiny", "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim: lr and eps must be > 0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from da3gs.cli import main
+    from da3gs.train import loop
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "x"))
+
+    monkeypatch.setattr(loop, "save_checkpoint", full)
+    assert main(["train", "--config", "stage1-tiny", "--out", str(tmp_path / "r"),
+                 "schedule.steps=2", "run.ckpt_every=2", "eval.scenes=0"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
