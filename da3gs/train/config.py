@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from da3gs.errors import Da3gsError
+from da3gs.errors import ConfigError
 from da3gs.data.config import EvalDataConfig
 from da3gs.train.external import DataConfig, LossConfig
 from da3gs.train.stage2 import Stage2Config
@@ -26,8 +26,8 @@ from da3gs.train.stage2 import Stage2Config
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(Da3gsError):
-    """A training config (YAML file, preset name or override) is invalid."""
+__all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "save_config",
+           "preset_names", "to_dict", "validate"]
 
 
 @dataclass
