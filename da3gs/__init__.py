@@ -1,9 +1,8 @@
 """da3gs: feed-forward 3D Gaussian splatting on the Depth Anything 3 architecture."""
 
-__version__ = "0.1.0"
-
-from da3gs.errors import Da3gsError  # noqa: E402
-from da3gs.types import Prediction  # noqa: E402
+from da3gs._version import __version__
+from da3gs.errors import Da3gsError
+from da3gs.types import Prediction
 
 
 def load_model(source, device="cpu", preset=None):

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from da3gs import __version__
+from da3gs._version import __version__
 from da3gs.apps.common import DEFAULT_MODEL, MODEL_HELP  # noqa: F401  (re-exported)
 from da3gs.errors import Da3gsError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3gs.apps.fetch import main  # noqa: E402
+from da3gs.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["fetch", "lpips", *sys.argv[1:]]))

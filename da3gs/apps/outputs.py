@@ -121,7 +121,7 @@ def _read_marker(folder: Path) -> dict | None:
 
 
 def _write_marker(folder: Path, command: str, files: list[str] | None, state: str) -> None:
-    from da3gs import __version__
+    from da3gs._version import __version__
 
     m = {"signature": SIGNATURE, "command": command, "da3gs": __version__, "state": state,
          "pid": os.getpid(), "host": socket.gethostname(),

@@ -35,8 +35,6 @@ def transform_gaussians(g, sim3: Sim3):
     Optional fields (``conf``, ``view``, ``pixel``) are carried over unchanged. The result has
     the dtype and device of ``g.means``.
     """
-    from da3gs.types import Gaussians
-
     R, t, s = sim3.R, sim3.t, torch.as_tensor(sim3.s)
     if R.shape != (3, 3) or t.shape != (3,) or s.numel() != 1:
         raise GeometryError(f"sim3: expected an unbatched Sim3 (R (3, 3), t (3,), s ()), got "
@@ -53,5 +51,6 @@ def transform_gaussians(g, sim3: Sim3):
     sh = g.sh
     if sh.shape[1] > 1:  # degree 0 is rotation invariant
         sh = rotate_sh(sh.double(), R64).to(sh.dtype)
-    return Gaussians(means=means, quats=quats, scales=scales, opacities=g.opacities.clone(),
-                     sh=sh.clone(), conf=g.conf, view=g.view, pixel=g.pixel)
+    # the input's own class (da3gs.types.Gaussians, which sits above geometry in the layers)
+    return type(g)(means=means, quats=quats, scales=scales, opacities=g.opacities.clone(),
+                   sh=sh.clone(), conf=g.conf, view=g.view, pixel=g.pixel)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from da3gs import __version__
+from da3gs._version import __version__
 from da3gs.errors import Da3gsError
 from da3gs.models.convert import TIED, ours_to_official, unique_state
 

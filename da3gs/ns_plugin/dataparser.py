@@ -118,7 +118,7 @@ def _images_and_poses(cfg: Da3gsDataParserConfig):
 def run_da3gs(cfg: Da3gsDataParserConfig) -> dict:
     """Run the da3gs model once on every image; returns cameras (nerfstudio frame), splits and
     the seed Gaussians of the training views."""
-    from da3gs import load_model
+    from da3gs.models.loading import load_model
     from da3gs.gaussians import prune_gaussians
 
     paths, scene = _images_and_poses(cfg)

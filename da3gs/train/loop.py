@@ -130,7 +130,7 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
         raise ConfigError(f"model.preset: {e}") from None
     seed_all(cfg.run.seed)
     if cfg.model.init:
-        from da3gs import load_model
+        from da3gs.models.loading import load_model
 
         model = load_model(cfg.model.init, device="cpu")
         net = model.net
@@ -178,7 +178,7 @@ def _eval_all(evaluator, net: nn.Module, cfg: TrainConfig, dev: torch.device) ->
 
 
 def load_teacher(source: str, device: torch.device) -> nn.Module:
-    from da3gs import load_model
+    from da3gs.models.loading import load_model
 
     t = load_model(source, device=device).net.eval()
     t.requires_grad_(False)
@@ -429,7 +429,7 @@ def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, floa
     info = init_distributed(cfg.run.device)
     try:
         if source:
-            from da3gs import load_model
+            from da3gs.models.loading import load_model
 
             run_ckpt = latest_checkpoint(Path(source))
             if (Path(source) / ".da3gs_run").is_file() and run_ckpt is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import da3gs
+from da3gs.models import loading
 from da3gs.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("model loaded before the output folder was checked")
 
-    monkeypatch.setattr(da3gs, "load_model", boom)
+    monkeypatch.setattr(loading, "load_model", boom)
 
 
 def _snapshot(folder: Path) -> dict:

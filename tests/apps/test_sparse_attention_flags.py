@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import da3gs
+from da3gs.models import loading
 from da3gs.apps.common import add_model_flags, load_job_model, sparse_attention_pattern
 from da3gs.cli import main
 from da3gs.models.backbone import Backbone
@@ -21,7 +21,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("model loaded before the flags were checked")
 
-    monkeypatch.setattr(da3gs, "load_model", boom)
+    monkeypatch.setattr(loading, "load_model", boom)
 
 
 def _views(folder):

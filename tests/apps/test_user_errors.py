@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import da3gs
+from da3gs.models import loading
 from da3gs.cli import main
 from da3gs.errors import Da3gsError
 
@@ -28,7 +29,7 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("model loaded before the flags were checked")
 
-    monkeypatch.setattr(da3gs, "load_model", boom)
+    monkeypatch.setattr(loading, "load_model", boom)
 
 
 @pytest.mark.parametrize("flag,value", [("--frames", 0), ("--fps", 0), ("--prune-opacity", 2),
