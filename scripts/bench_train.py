@@ -20,7 +20,8 @@ the modes.
 
 The network, EMA, :class:`~da3gs.train.step.StepModule`, optimizer and data source come from
 the same functions :func:`da3gs.train.loop.train` uses (``build_network``, ``EMA``,
-``build_optimizer``, ``external.make_train_source``), and one step runs the trainer's code
+``build_optimizer``, ``make_train_source``, ``make_objective``), and one step runs the
+trainer's code
 (``train_step``, then ``ema.update``). ``torch.cuda.synchronize()`` separates the phases
 (benchmark only; training never does this), so the total is a little slower than training.
 
@@ -55,11 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from da3gs.train import external  # noqa: E402
+from da3gs.data.sources import make_train_source  # noqa: E402
 from da3gs.train.config import load_config  # noqa: E402
 from da3gs.train.ema import EMA  # noqa: E402
 from da3gs.train.loop import build_network, configure_backends, seed_all  # noqa: E402
 from da3gs.train.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from da3gs.train.objectives import make_objective  # noqa: E402
 from da3gs.train.step import StepModule, batch_to_device, train_step  # noqa: E402
 
 PHASES = ("data", "h2d", "prep", "forward", "loss", "backward", "optim", "ema", "total")
@@ -124,14 +126,14 @@ def build(args, graphed: bool = False):
     dev = torch.device(cfg.run.device if cfg.run.device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     configure_backends(dev)
-    net = build_network(cfg, dev)
+    objective = make_objective(cfg, mixed=graphed)
+    net = build_network(cfg, dev, objective)
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    module = StepModule(net, cfg.stage, cfg.loss, cfg.run.precision, mixed=graphed,
-                        fast_heads=cfg.model.fast_heads)
+    module = StepModule(net, objective)
     opt = build_optimizer(net, cfg.optim, capturable=graphed)
     params = [p for p in net.parameters() if p.requires_grad]
     seed_all(cfg.run.seed + 7919)
-    source = iter(external.make_train_source(cfg.data, 0, 1, dev))
+    source = iter(make_train_source(cfg.data, 0, 1, dev))
     if args.fixed_shape:
         if not hasattr(source, "shape"):
             raise SystemExit("--fixed-shape needs the procedural source")
@@ -140,26 +142,24 @@ def build(args, graphed: bool = False):
 
 
 def instrument(module: StepModule, timer: Timer) -> None:
-    """Phase marks around the network and the loss inside ``module.forward``."""
-    run_net = module.run_net
-    loss_name = {"stage1": "stage1_loss", "teacher": "teacher_loss"}.get(module.stage)
+    """Phase marks around the network and the loss inside the objective."""
+    obj = module.objective
+    run_net, loss_fn = getattr(obj, "run_net", None), getattr(obj, "loss_fn", None)
+    if run_net is not None:
+        def timed_run_net(*a, **k):
+            timer.mark("prep")
+            out = run_net(*a, **k)
+            timer.mark("forward")
+            return out
 
-    def timed_run_net(*a, **k):
-        timer.mark("prep")
-        out = run_net(*a, **k)
-        timer.mark("forward")
-        return out
-
-    module.run_net = timed_run_net
-    if loss_name:
-        loss_fn = getattr(external, loss_name)
-
+        obj.run_net = timed_run_net
+    if loss_fn is not None:
         def timed_loss(*a, **k):
             out = loss_fn(*a, **k)
             timer.mark("loss")
             return out
 
-        setattr(external, loss_name, timed_loss)
+        obj.loss_fn = timed_loss
 
 
 def one_step(step, cfg, dev, net, ema, module, opt, params, source, timer):

@@ -55,7 +55,6 @@ __all__ = [
     "assemble_sample",
     "load_scene_entries",
     "load_view",
-    "make_train_source",
     "to_first_frame",
 ]
 
@@ -324,10 +323,3 @@ class GroupedBatchSampler(Sampler):
                 break
             k, count = k + B, count + 1
         return count
-
-
-def make_train_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, device="cpu"):
-    """The trainer's data stream (see :func:`da3gs.data.sources.make_train_source`)."""
-    from .sources import make_train_source as make
-
-    return make(cfg, rank=rank, world_size=world_size, device=device)

@@ -6,7 +6,8 @@ with ``extends: OTHER`` to inherit another preset and override some of its keys.
 (in YAML or on the command line) are errors that name the nearest valid key.
 
 The ``data`` and ``loss`` sections are the dataclasses of :mod:`da3gs.data.multiview`
-(``DataConfig``) and :mod:`da3gs.losses` (``LossConfig``): the trainer hands them on unchanged.
+(``DataConfig``) and the loss configs of :mod:`da3gs.losses` (``LossConfig`` here): the trainer
+hands them on unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from da3gs.errors import ConfigError
-from da3gs.data.config import EvalDataConfig
-from da3gs.train.external import DataConfig, LossConfig
+from da3gs.data.config import DataConfig, EvalDataConfig
+from da3gs.losses import Stage1LossConfig, TeacherLossConfig
 from da3gs.train.stage2 import Stage2Config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -28,6 +29,15 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "config_from_dict", "save_config",
            "preset_names", "to_dict", "validate"]
+
+
+@dataclass
+class LossConfig:
+    """Loss weights: ``stage1`` for the any-view student, ``teacher`` for the mono teacher
+    (fields documented in da3gs/losses/stage1.py and teacher.py)."""
+
+    stage1: Stage1LossConfig = field(default_factory=Stage1LossConfig)
+    teacher: TeacherLossConfig = field(default_factory=TeacherLossConfig)
 
 
 @dataclass

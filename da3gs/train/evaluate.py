@@ -16,7 +16,7 @@ from torch import nn
 
 from da3gs.data.batch import ViewBatch
 from da3gs.geometry import as_homogeneous, w2c_to_c2w
-from da3gs.train import external
+from da3gs.data.sources import make_eval_sets
 from da3gs.train.config import EvalConfig
 from da3gs.train.step import autocast_for, network_inputs
 
@@ -78,7 +78,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig, device: torch.device, precision: str = "auto"):
         self.cfg, self.device, self.precision = cfg, device, precision
         self.sets: dict[str, list[ViewBatch]] = {
-            k: [b.to("cpu") for b in v] for k, v in external.make_eval_sets(cfg, device).items()}
+            k: [b.to("cpu") for b in v] for k, v in make_eval_sets(cfg, device=device).items()}
 
     def run(self, net: nn.Module) -> dict[str, float]:
         out = {}

@@ -58,14 +58,7 @@ from torch import nn
 from da3gs.data.batch import ViewBatch
 from da3gs.train.step import StepModule, StepResult
 
-__all__ = ["GraphedStep", "STAGE_FIELDS"]
-
-#: batch fields each stage's loss reads (others are not copied into the graph's inputs)
-STAGE_FIELDS = {
-    "stage1": ("images", "depth", "valid", "c2w", "K", "sky", "pose_conditioned"),
-}
-# The teacher stage is not here: its loss (MoGe-style global-local alignment) reads device
-# values on the host (nonzero, item), so it keeps the eager step.
+__all__ = ["GraphedStep"]
 
 # per pixel (B * V * H * W) channels, per view (B * V) elements, per sample (B) elements
 _PER_PIXEL = {"images": 3, "depth": 1, "valid": 1, "sky": 1}
@@ -98,8 +91,9 @@ class GraphedStep:
     """Training steps replayed from one CUDA graph per bucket (module docstring).
 
     Args:
-        module: a :class:`StepModule` with ``mixed=True`` of stage 1; on CUDA the
-            steps are graphs, on the CPU the same body runs eagerly.
+        module: a :class:`StepModule` whose objective can be captured (``capture_fields``:
+            the batch fields its loss reads, e.g. ``Stage1Objective(mixed=True)``); on CUDA
+            the steps are graphs, on the CPU the same body runs eagerly.
         params: its trainable parameters (the optimizer's).
         opt: a fused AdamW built with ``capturable=True`` (:func:`da3gs.train.optim.
             build_optimizer`); its learning rates become device tensors (``set_lr`` fills them).
@@ -117,15 +111,17 @@ class GraphedStep:
                  opt: torch.optim.Optimizer, ema=None, grad_clip: float = 0.0):
         dev = params[0].device
         self.capture = dev.type == "cuda"
-        if not module.mixed or module.stage not in STAGE_FIELDS:
-            raise ValueError("GraphedStep needs a StepModule(mixed=True) of stage1")
+        fields_ = getattr(module.objective, "capture_fields", None)
+        if fields_ is None:
+            raise ValueError("GraphedStep needs an objective with capture_fields, e.g. "
+                             "Stage1Objective(mixed=True)")
         if not all(g.get("capturable") and g.get("fused") for g in opt.param_groups):
             raise ValueError("GraphedStep needs AdamW(fused=True, capturable=True)")
         self.module, self.params, self.opt, self.ema = module, params, opt, ema
         self.max_norm = grad_clip if grad_clip > 0 else float("inf")
         self.device = dev
-        self.fields = STAGE_FIELDS[module.stage]
-        module.autocast_cache = False  # autocast's cast cache cannot live across replays
+        self.fields = tuple(fields_)
+        module.objective.autocast_cache = False  # autocast's cast cache cannot outlive replays
         for g in opt.param_groups:  # learning rates the graphs read from the device
             if not isinstance(g["lr"], torch.Tensor):
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=dev)

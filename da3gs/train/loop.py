@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from da3gs.errors import Da3gsError
-from da3gs.train import external
+from da3gs.data.sources import make_train_source
 from da3gs.train.checkpoint import (RUN_MARKER, RunLock, latest_checkpoint, load_checkpoint,
                                     load_weights, newest_loadable_checkpoint, prepare_run_dir,
                                     rng_state, save_checkpoint, set_rng_state)
@@ -28,8 +28,9 @@ from da3gs.train.dist import (DistInfo, all_reduce_, barrier, broadcast_object, 
                               mean_over_ranks, wrap)
 from da3gs.train.ema import EMA
 from da3gs.train.logging import RunLogger, depth_grid
-from da3gs.train.graphs import STAGE_FIELDS, GraphedStep
-from da3gs.train.optim import build_optimizer, freeze_unused, lr_at, optimizer_state, set_lr
+from da3gs.train.graphs import GraphedStep
+from da3gs.train.objectives import make_objective, take
+from da3gs.train.optim import build_optimizer, lr_at, optimizer_state, set_lr
 from da3gs.train.step import StepModule, apply_teacher, batch_to_device, train_step
 
 
@@ -76,21 +77,22 @@ def configure_backends(device: torch.device) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def graphs_enabled(cfg: TrainConfig, info: DistInfo, device: torch.device) -> bool:
-    """Whether the run's steps are CUDA graphs (``run.graphs``; :mod:`da3gs.train.graphs`).
-    ``on`` where they cannot apply is a :class:`ConfigError` naming why; ``auto`` falls back."""
+def graphs_enabled(cfg: TrainConfig, info: DistInfo, device: torch.device,
+                   objective=None) -> bool:
+    """Whether the run's steps are CUDA graphs (``run.graphs``; :mod:`da3gs.train.graphs`) with
+    ``objective`` (default: the config's, in its capturable form when it has one). ``on`` where
+    they cannot apply is a :class:`ConfigError` naming why; ``auto`` falls back."""
     mode = str(cfg.run.graphs).lower()
     if mode in ("off", "false"):
         return False
+    objective = objective if objective is not None else make_objective(cfg, mixed=True)
     why = None
     if device.type != "cuda":
         why = "CUDA graphs need a CUDA device"
     elif info.enabled:
         why = "several processes (DDP/FSDP) keep the eager step"
-    elif cfg.stage not in STAGE_FIELDS:
-        why = {"stage2": "stage 2 renders with gsplat, whose sizes are data-dependent",
-               "teacher": "the teacher loss reads device values on the host"}.get(
-                   cfg.stage, f"stage {cfg.stage!r} has no graphed step")
+    elif getattr(objective, "capture_fields", None) is None:
+        why = getattr(objective, "not_capturable", "this objective cannot be captured")
     elif cfg.model.grad_checkpointing:
         why = "model.grad_checkpointing saves RNG states, which a capture cannot"
     if why and mode in ("on", "true"):
@@ -118,9 +120,10 @@ def preserved_rng():
         set_rng_state(st)
 
 
-def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The raw network: ``model.init`` loaded with ``da3gs.load_model`` (its preset must match
-    ``model.preset``), else a random one of ``model.preset`` (seeded by ``run.seed``)."""
+def build_network(cfg: TrainConfig, device: torch.device, objective=None) -> nn.Module:
+    """The network: ``model.init`` loaded with ``load_model`` (its preset must match
+    ``model.preset``), else a random one of ``model.preset`` (seeded by ``run.seed``), made
+    ready by the stage's objective (``objective.prepare``: which parameters train)."""
     from da3gs.models.net import build_net
     from da3gs.models.presets import get_preset
 
@@ -152,28 +155,20 @@ def build_network(cfg: TrainConfig, device: torch.device) -> nn.Module:
     for m in net.modules():
         if hasattr(m, "grad_checkpointing"):
             m.grad_checkpointing = cfg.model.grad_checkpointing
-    if cfg.stage == "stage2":  # only the GS head trains (ConfigError when there is none)
-        from da3gs.train.stage2 import setup_stage2
-
-        try:
-            setup_stage2(net, cfg.stage2)
-        except Da3gsError as e:
-            raise ConfigError(f"model.preset: {e}") from None
-        return net.to(device)
-    freeze_unused(net, cfg.model.train_gs_head)
-    return net.to(device).train()
+    objective = objective if objective is not None else make_objective(cfg)
+    try:
+        return objective.prepare(net.to(device), cfg)
+    except ConfigError:
+        raise
+    except Da3gsError as e:  # e.g. stage 2 on a preset without a GS head
+        raise ConfigError(f"model.preset: {e}") from None
 
 
-def _eval_all(evaluator, net: nn.Module, cfg: TrainConfig, dev: torch.device) -> dict:
-    """The evaluator's depth / pose numbers; for stage 2 also novel-view PSNR / SSIM / LPIPS
-    of held-out target views in both pose modes (:mod:`da3gs.train.stage2_eval`)."""
+def _eval_all(evaluator, net: nn.Module, objective, dev: torch.device) -> dict:
+    """The evaluator's depth / pose numbers and the objective's own held-out metrics (stage 2:
+    novel-view PSNR / SSIM / LPIPS of held-out target views in both pose modes)."""
     res = evaluator.run(net)
-    if cfg.stage == "stage2":
-        from da3gs.train.stage2_eval import nvs_metrics
-
-        for name, batches in evaluator.sets.items():
-            res.update({f"{name}/{k}": v
-                        for k, v in nvs_metrics(net, batches, cfg.stage2, dev).items()})
+    res.update(objective.extra_metrics(net, evaluator.sets, dev))
     return res
 
 
@@ -199,7 +194,6 @@ def _restore_data(source, counters: Counters, data_state) -> None:
 
 def _log_images(logger: RunLogger, net: nn.Module, batch, step: int, precision: str) -> None:
     from da3gs.train.evaluate import predict
-    from da3gs.train.step import take
 
     with preserved_rng():
         one = take(batch, torch.tensor([0]))
@@ -208,13 +202,18 @@ def _log_images(logger: RunLogger, net: nn.Module, batch, step: int, precision: 
                                                       out["depth"][0], one.valid[0]))
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, source=None, objective=None) -> TrainResult:
     """Run (``resume``: continue, when the run folder has a checkpoint) one training run.
-    Launch several processes with ``torchrun``; each reads RANK/WORLD_SIZE/LOCAL_RANK."""
+    Launch several processes with ``torchrun``; each reads RANK/WORLD_SIZE/LOCAL_RANK.
+
+    ``source``: ``source(data_cfg, rank, world_size, device) -> iterator of ViewBatch``
+    (default :func:`da3gs.data.sources.make_train_source`); ``objective``: the stage's loss
+    object (default :func:`da3gs.train.objectives.make_objective` of the config, in its
+    capturable form where the step runs as CUDA graphs)."""
     t0 = time.time()  # run.max_minutes counts from here (set-up included)
     info = init_distributed(cfg.run.device)
     try:
-        return _train(cfg, info, resume, t0)
+        return _train(cfg, info, resume, t0, source or make_train_source, objective)
     finally:
         cleanup()
 
@@ -242,31 +241,33 @@ def _start_run_dir(run_dir: Path, resume: bool, is_main: bool) -> tuple[Path | N
     return (Path(ckpt) if ckpt else None), (found[1] if found else None), lock
 
 
-def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float) -> TrainResult:
+def _train(cfg: TrainConfig, info: DistInfo, resume: bool, t0: float, make_source,
+           objective) -> TrainResult:
     run_dir, dev = run_dir_of(cfg), info.device
     configure_backends(dev)
+    if objective is None:
+        objective = make_objective(cfg, mixed=graphs_enabled(cfg, info, dev))
     ckpt, loaded, lock = _start_run_dir(run_dir, resume, info.is_main)
     try:
-        return _train_locked(cfg, info, t0, run_dir, dev, ckpt, loaded)
+        return _train_locked(cfg, info, t0, run_dir, dev, ckpt, loaded, make_source, objective)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
-                  dev: torch.device, ckpt: Path | None, loaded: tuple | None) -> TrainResult:
+                  dev: torch.device, ckpt: Path | None, loaded: tuple | None, make_source,
+                  objective) -> TrainResult:
     if info.is_main:
         save_config(cfg, run_dir / ("config.yaml" if ckpt is None else "config.resumed.yaml"))
     logger = RunLogger(run_dir, info.is_main, cfg.run.tensorboard, cfg.run.progress)
-    net = build_network(cfg, dev)
+    net = build_network(cfg, dev, objective)
     fsdp = info.enabled and cfg.run.parallel == "fsdp"
     if fsdp and cfg.optim.ema_decay > 0:
         logger.message("run.parallel=fsdp: EMA is off (sharded weights); resume is not exact")
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 and not fsdp else None
-    graphed = graphs_enabled(cfg, info, dev)
-    module = StepModule(net, cfg.stage, cfg.stage2 if cfg.stage == "stage2" else cfg.loss,
-                        cfg.run.precision, mixed=graphed,
-                        fast_heads=cfg.model.fast_heads)
+    graphed = graphs_enabled(cfg, info, dev, objective)
+    module = StepModule(net, objective)
     counters, rank_state = Counters(), None
     opt_state = None
     if ckpt is not None:
@@ -294,7 +295,7 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
         logger.message("run.graphs: each batch shape's step is captured once as a CUDA graph "
                        "and replayed")
     seed_all(cfg.run.seed + 7919 * (info.rank + 1))
-    source = iter(external.make_train_source(cfg.data, info.rank, info.world_size, dev))
+    source = iter(make_source(cfg.data, info.rank, info.world_size, dev))
     if ckpt is not None:
         _restore_data(source, counters, rank_state.get("data") if rank_state else None)
         if rank_state is not None:
@@ -345,9 +346,9 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
                     evaluator = Evaluator(cfg.eval, dev, cfg.run.precision)
                 if ema is not None:
                     with ema.swapped_in(net):
-                        res = _eval_all(evaluator, net, cfg, dev)
+                        res = _eval_all(evaluator, net, objective, dev)
                 else:
-                    res = _eval_all(evaluator, net, cfg, dev)
+                    res = _eval_all(evaluator, net, objective, dev)
             logger.scalars(counters.step, res, "eval")
         barrier()
         return res
@@ -440,6 +441,6 @@ def evaluate_only(cfg: TrainConfig, source: str | None = None) -> dict[str, floa
         from da3gs.train.evaluate import Evaluator
 
         ev = Evaluator(cfg.eval, info.device, cfg.run.precision)
-        return _eval_all(ev, net, cfg, info.device)
+        return _eval_all(ev, net, make_objective(cfg), info.device)
     finally:
         cleanup()

@@ -426,12 +426,30 @@ def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
 
 
 class Stage2Objective:
-    """The trainer's stage-2 loss: ``objective(net, batch) -> (loss, parts)`` with the LPIPS
-    network built once per device (a plain object, so the LPIPS weights stay out of the
-    trained module, its state dict and DDP)."""
+    """The trainer's stage-2 objective (:mod:`da3gs.train.objectives`): ``objective(net,
+    batch) -> (loss, parts)`` with the LPIPS network built once per device (a plain object, so
+    the LPIPS weights stay out of the trained module, its state dict and DDP); ``prepare``
+    freezes all but the GS head; ``extra_metrics`` adds held-out novel-view metrics."""
+
+    stage = "stage2"
+    capture_fields = None
+    not_capturable = "stage 2 renders with gsplat, whose sizes are data-dependent"
 
     def __init__(self, cfg: Stage2Config):
         self.cfg, self._lpips = cfg, {}
+
+    def prepare(self, net: nn.Module, train_cfg=None) -> nn.Module:
+        """Only the GS head trains (:func:`setup_stage2`; a Da3gsError without one)."""
+        setup_stage2(net, self.cfg)
+        return net
+
+    def extra_metrics(self, net: nn.Module, sets: dict, device) -> dict:
+        """Novel-view PSNR / SSIM / LPIPS of held-out targets per evaluation set, both pose
+        modes (:func:`da3gs.train.stage2_eval.nvs_metrics`), keyed ``SET/metric``."""
+        from da3gs.train.stage2_eval import nvs_metrics
+
+        return {f"{name}/{k}": v for name, batches in sets.items()
+                for k, v in nvs_metrics(net, batches, self.cfg, device).items()}
 
     def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         from da3gs.losses.stage2 import build_lpips_loss

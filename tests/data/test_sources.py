@@ -9,7 +9,6 @@ import torch
 from da3gs.data.augment import AugConfig
 from da3gs.data.config import EVAL_SEED_BASE, DataConfig, EvalDataConfig
 from da3gs.data.crop import num_tokens
-from da3gs.data.multiview import make_train_source as make_from_multiview
 from da3gs.data.sources import (
     ProceduralSource,
     SceneSource,
@@ -70,7 +69,7 @@ def test_scene_stream_epochs_and_resume(tmp_path):
     scenes = [str(write_blender(tmp_path / "s1", n=5)), str(write_blender(tmp_path / "s2", n=4)),
               str(tmp_path / "missing")]
     cfg = _cfg(source=scenes, base_resolution=28, views=(2, 4), samples_per_scene=3, batch_size=1)
-    src = make_from_multiview(cfg, rank=0, world_size=1, device="cpu")
+    src = make_train_source(cfg, rank=0, world_size=1, device="cpu")
     assert isinstance(src, SceneSource) and src.dataset.skipped == 1
     n_epoch = len(src.sampler)
     batches = [next(src) for _ in range(n_epoch + 2)]  # runs into the second epoch

@@ -52,7 +52,7 @@ def sharded_source(cfg, rank=0, world_size=1, device="cpu"):
             b = synth_batch(4, 2, gen=g, cond=[False, True, False, False])
             n = 4 // world_size
             idx = torch.arange(rank * n, (rank + 1) * n)
-            from da3gs.train.step import take
+            from da3gs.train.objectives import take
 
             yield take(b, idx)
     return it()

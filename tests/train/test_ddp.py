@@ -8,7 +8,6 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from da3gs.train import external
 from da3gs.train.checkpoint import load_checkpoint
 from da3gs.train.config import load_config
 from tests.train.fakes import sharded_source
@@ -26,19 +25,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    external.make_train_source = sharded_source
     from da3gs.train.loop import train
 
-    train(load_config("stage1-tiny", OVERRIDES + [f"run.out={out}"]))
+    train(load_config("stage1-tiny", OVERRIDES + [f"run.out={out}"]), source=sharded_source)
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(external, "make_train_source", sharded_source)
     from da3gs.train.loop import train
 
-    one = train(load_config("stage1-tiny", OVERRIDES + [f"run.out={tmp_path / 'one'}"]))
+    one = train(load_config("stage1-tiny", OVERRIDES + [f"run.out={tmp_path / 'one'}"]),
+                source=sharded_source)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     a_raw, a_ema, _ = load_checkpoint(one.checkpoint)
     b_raw, b_ema, _ = load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000002")

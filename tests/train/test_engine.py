@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import pytest
 
-from da3gs.train import external
 from da3gs.train.checkpoint import RunFolderError, latest_checkpoint, load_checkpoint
 from da3gs.train.config import load_config
 from da3gs.train.loop import TrainingDiverged, build_network, train
 from da3gs.train.optim import build_optimizer, set_lr
+from da3gs.train.objectives import make_objective
 from da3gs.train.step import StepModule, train_step
 from tests.train.fakes import global_rng_source, synth_batch
 
@@ -17,7 +17,8 @@ from tests.train.fakes import global_rng_source, synth_batch
 def _fit(name: str, steps: int, lr: float) -> tuple[float, float]:
     cfg = load_config(name)
     net = build_network(cfg, torch.device("cpu"))
-    mod = StepModule(net, cfg.stage, cfg.loss, "fp32")
+    cfg.run.precision = "fp32"
+    mod = StepModule(net, make_objective(cfg))
     opt = build_optimizer(net, cfg.optim)
     set_lr(opt, lr)
     batch = synth_batch(2, 2, gen=torch.Generator().manual_seed(0), cond=[False, True])
@@ -44,15 +45,14 @@ def test_teacher_lowers_loss():
     assert after < before
 
 
-def _run(tmp_path, name, steps, resume=False, extra=()):
+def _run(tmp_path, name, steps, resume=False, extra=(), objective=None):
     cfg = load_config("stage1-tiny", [f"schedule.steps={steps}", f"run.out={tmp_path / name}",
                                       "run.ckpt_every=2", "optim.ema_decay=0.5", "eval.scenes=0",
                                       *extra])
-    return train(cfg, resume=resume)
+    return train(cfg, resume=resume, source=global_rng_source, objective=objective)
 
 
 def test_resume_is_bit_identical(tmp_path, monkeypatch):
-    monkeypatch.setattr(external, "make_train_source", global_rng_source)
     full = _run(tmp_path, "full", 4)
     _run(tmp_path, "split", 2)
     res = _run(tmp_path, "split", 4, resume=True)
@@ -73,8 +73,9 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_nan_steps_skip_then_stop(tmp_path, monkeypatch):
-    monkeypatch.setattr(external, "make_train_source", global_rng_source)
-    real, real_norm = external.stage1_loss, external.normalize_batch
+    cfg = load_config("stage1-tiny")
+    objective = make_objective(cfg)
+    real, real_norm = objective.loss_fn, objective.normalize
     calls = {"n": 0}
 
     def counting(batch):  # once per forward of a whole batch
@@ -87,10 +88,9 @@ def test_nan_steps_skip_then_stop(tmp_path, monkeypatch):
             total = total * float("nan")
         return total, parts
 
-    monkeypatch.setattr(external, "stage1_loss", flaky)
-    monkeypatch.setattr(external, "normalize_batch", counting)
+    objective.loss_fn, objective.normalize = flaky, counting
     with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
-        _run(tmp_path, "nan", 10, extra=["run.max_bad_steps=3"])
+        _run(tmp_path, "nan", 10, extra=["run.max_bad_steps=3"], objective=objective)
     ck = latest_checkpoint(tmp_path / "nan")
     assert ck is not None and ck.name == "step_00000004"
     _, _, st = load_checkpoint(ck)
@@ -100,7 +100,6 @@ def test_nan_steps_skip_then_stop(tmp_path, monkeypatch):
 
 
 def test_run_folder_safety(tmp_path, monkeypatch):
-    monkeypatch.setattr(external, "make_train_source", global_rng_source)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from da3gs.models.net import build_net
-from da3gs.train import external
 from da3gs.train.config import ConfigError, load_config
 from da3gs.train.ema import EMA
 from da3gs.train.graphs import GraphedStep
 from da3gs.train.loop import build_network, graphs_enabled
 from da3gs.train.optim import build_optimizer, optimizer_state, set_lr
-from da3gs.train.step import StepModule, network_inputs, train_step
+from da3gs.train.objectives import Stage1Objective, network_inputs
+from da3gs.train.step import StepModule, train_step
 from tests.syncs import SyncRecorder
 from tests.train.fakes import synth_batch
 
@@ -41,7 +41,7 @@ def test_pose_mask_forward_equals_split_groups():
 
 def _module(cfg, mixed: bool):
     net = build_network(cfg, torch.device("cpu"))
-    return net, StepModule(net, cfg.stage, cfg.loss, "fp32", mixed=mixed)
+    return net, StepModule(net, Stage1Objective(cfg.loss.stage1, "fp32", mixed=mixed))
 
 
 def test_mixed_step_loss_and_gradients_equal_split():
@@ -100,17 +100,17 @@ def test_graphed_body_follows_the_eager_step():
     assert all(isinstance(g["lr"], float) for g in optimizer_state(opt_g)["param_groups"])
 
 
-def test_graphed_skips_nonfinite_updates_on_the_device(monkeypatch):
+def test_graphed_skips_nonfinite_updates_on_the_device():
     cfg = _cfg()
     net, ema, opt, gstep = _graphed(cfg)
-    real = external.stage1_loss
+    real = gstep.module.objective.loss_fn
     poison = {"on": False}
 
     def maybe_nan(out, batch, c):
         total, parts = real(out, batch, c)
         return (total * float("nan"), parts) if poison["on"] else (total, parts)
 
-    monkeypatch.setattr(external, "stage1_loss", maybe_nan)
+    gstep.module.objective.loss_fn = maybe_nan
     gen = torch.Generator().manual_seed(4)
     set_lr(opt, 1e-3)
     gstep.step(synth_batch(2, 2, gen=gen), 0)

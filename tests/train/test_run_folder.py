@@ -7,7 +7,6 @@ import multiprocessing as mp
 
 import pytest
 
-from da3gs.train import external
 from da3gs.train.checkpoint import RunFolderError, RunLock, list_checkpoints
 from da3gs.train.config import ConfigError, load_config
 from da3gs.train.loop import train
@@ -17,12 +16,7 @@ from tests.train.fakes import global_rng_source
 def _run(out, steps, resume=False, extra=()):
     cfg = load_config("stage1-tiny", [f"schedule.steps={steps}", f"run.out={out}",
                                       "run.ckpt_every=2", "eval.scenes=0", *extra])
-    return train(cfg, resume=resume)
-
-
-@pytest.fixture(autouse=True)
-def _source(monkeypatch):
-    monkeypatch.setattr(external, "make_train_source", global_rng_source)
+    return train(cfg, resume=resume, source=global_rng_source)
 
 
 def test_a_locked_run_folder_is_refused(tmp_path):

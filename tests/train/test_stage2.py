@@ -197,6 +197,7 @@ def test_engine_stage2_presets_freeze_and_step():
     from da3gs.train.config import load_config
     from da3gs.train.loop import build_network
     from da3gs.train.optim import build_optimizer
+    from da3gs.train.stage2 import Stage2Objective
     from da3gs.train.step import StepModule, train_step
 
     compact = load_config("stage2-compact", ["model.init=some/stage1/checkpoint"])
@@ -209,7 +210,7 @@ def test_engine_stage2_presets_freeze_and_step():
     head = {id(p) for p in net.gs_head.parameters()}
     assert {id(p) for g in opt.param_groups for p in g["params"]} == head
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    module = StepModule(net, "stage2", cfg.stage2)
+    module = StepModule(net, Stage2Objective(cfg.stage2))
     params = [p for p in net.parameters() if p.requires_grad]
     res = train_step(module, params, opt, plane_batch(B=1, V=3), cfg.optim.grad_clip)
     assert not res.skipped and math.isfinite(res.loss) and "mse" in res.parts
