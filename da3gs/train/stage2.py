@@ -11,8 +11,8 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
    get their ground-truth context poses through the camera encoder, normalised as
    ``DA3Model.infer`` does; the others run pose-free, their reference view chosen by
    ``ref_view_strategy`` (``"saddle_balanced"`` by default, as ``DA3Model.infer``). It also
-   fixes each sample's *frame*,
-   the cameras and depth scale the Gaussians are built with, in the ground-truth world:
+   fixes each sample's *frame*, the cameras and depth scale the Gaussians are built with, in
+   the ground-truth world:
    * with input poses: the ground-truth context cameras and the scale from the network's
      frame to theirs (:func:`~da3gs.models.model.scale_to_input`), as inference does;
    * pose-free: the *predicted* context cameras aligned to the ground truth by a Sim(3)
