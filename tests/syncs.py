@@ -8,13 +8,18 @@ active, whatever the device.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-#: aten ops that read a tensor's values on the host, or whose output size depends on them
+#: aten ops that read a tensor's values on the host, or whose output size depends on them;
+#: the ``_linalg_*`` ones read LAPACK/cuSOLVER error or convergence flags on the host (on the
+#: CPU the SVD's and eigh's checks run inside their kernels, so the op itself is listed)
 SYNC_OPS = ("_local_scalar_dense", "item", "is_nonzero", "nonzero", "nonzero_static", "equal",
             "masked_select", "unique", "_unique", "_unique2", "unique_consecutive",
-            "unique_dim", "repeat_interleave", "bincount", "masked_scatter")
+            "unique_dim", "repeat_interleave", "bincount", "masked_scatter",
+            "_linalg_check_errors", "_linalg_svd", "_linalg_eigh")
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -25,6 +30,16 @@ class SyncRecorder(TorchDispatchMode):
         super().__init__()
         self.syncs: list[str] = []
         self.ops: list[str] = []
+
+    @contextmanager
+    def paused(self):
+        """Record nothing inside (e.g. around a callee allowed to sync); call it where the
+        recorder is the innermost mode, outside ``__torch_dispatch__``."""
+        self.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

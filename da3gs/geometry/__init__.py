@@ -3,7 +3,8 @@
 See ``conventions`` for the project-wide conventions and conversions.
 """
 
-from .align import Sim3, align_cameras, apply_sim3_to_c2w, umeyama
+from .align import (Sim3, align_cameras, align_cameras_batched, apply_sim3_to_c2w,
+                    max_trace_rotation, umeyama)
 from .conventions import (
     as_homogeneous,
     c2w_opencv_to_opengl,
@@ -70,6 +71,8 @@ __all__ = [
     "Sim3",
     "umeyama",
     "align_cameras",
+    "align_cameras_batched",
+    "max_trace_rotation",
     "apply_sim3_to_c2w",
 ]
 

@@ -21,7 +21,8 @@ import torch
 from .conventions import as_homogeneous
 from .errors import GeometryError, check_finite, check_shape
 
-__all__ = ["Sim3", "umeyama", "align_cameras", "apply_sim3_to_c2w"]
+__all__ = ["Sim3", "umeyama", "align_cameras", "align_cameras_batched", "apply_sim3_to_c2w",
+           "max_trace_rotation"]
 
 
 @dataclass
@@ -128,28 +129,84 @@ def apply_sim3_to_c2w(sim3: Sim3, c2w: torch.Tensor) -> torch.Tensor:
 
 
 def _project_so3(M: torch.Tensor) -> torch.Tensor:
+    """Nearest rotation to ``M: (..., 3, 3)`` (Frobenius), by SVD (the per-sample path)."""
     U, _, Vh = torch.linalg.svd(M)
-    S = torch.ones(3, dtype=M.dtype, device=M.device)
-    S[2] = 1.0 if float(torch.linalg.det(U @ Vh)) >= 0 else -1.0
-    return U @ (S[:, None] * Vh)
+    S = torch.ones(M.shape[:-1], dtype=M.dtype, device=M.device)
+    S[..., 2] = torch.where(torch.linalg.det(U @ Vh) >= 0, 1.0, -1.0)
+    return U @ (S[..., :, None] * Vh)
 
 
-def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale, lsq_scale=False) -> Sim3:
+def _horn_matrix(M: torch.Tensor) -> torch.Tensor:
+    """``M: (..., 3, 3)`` -> the symmetric ``(..., 4, 4)`` N with ``q^T N q = tr(R(q)^T M)`` for
+    unit wxyz quaternions q (Horn 1987): its top eigenvector is the rotation maximising the
+    trace, its top eigenvalue that maximum."""
+    m = M.unbind(-2)
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = (r.unbind(-1) for r in m)
+    rows = ((m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01),
+            (m21 - m12, m00 - m11 - m22, m01 + m10, m02 + m20),
+            (m02 - m20, m01 + m10, m11 - m00 - m22, m12 + m21),
+            (m10 - m01, m02 + m20, m12 + m21, m22 - m00 - m11))
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def max_trace_rotation(M: torch.Tensor, squarings: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation ``R`` in SO(3) maximising ``tr(R^T M)`` and that maximum, per matrix of
+    ``M: (..., 3, 3)``, without SVD or eigensolvers (whose CUDA versions read a convergence
+    flag on the host): the top eigenvector of Horn's 4x4 matrix, by power iteration through
+    ``squarings`` repeated squarings of its shifted, normalised form (power ``2**squarings``),
+    then two plain iterations. Equals the SVD solution ``U diag(1, 1, det(U V^T)) V^T`` (the
+    maximum is ``s1 + s2 + sign(det M) s3``) wherever the top eigenvalue is simple, to the
+    dtype's precision; where it is not (the rotation is ambiguous, e.g. ``M`` of rank <= 1),
+    one of the maximisers. Returns ``(R (..., 3, 3), max (...))`` in ``M``'s dtype."""
+    from .quaternion import quat_to_mat
+
+    N = _horn_matrix(M)
+    tiny = torch.finfo(M.dtype).tiny
+    eye = torch.eye(4, dtype=M.dtype, device=M.device)
+    # eigenvalues of N / |N|_F lie in [-1, 1]: A is positive semi-definite, same eigenvectors
+    A = N / N.flatten(-2).norm(dim=-1).clamp_min(tiny)[..., None, None] + eye
+    P = A
+    for _ in range(squarings):
+        P = P @ P
+        P = P / P.flatten(-2).norm(dim=-1).clamp_min(tiny)[..., None, None]
+    # P ~ v v^T: its column of largest diagonal entry is v scaled by |v_j| >= 1/2
+    j = P.diagonal(dim1=-2, dim2=-1).argmax(dim=-1)
+    q = torch.take_along_dim(P, j[..., None, None].expand(*P.shape[:-1], 1), dim=-1)
+    for _ in range(2):
+        q = A @ q
+        q = q / q.norm(dim=-2, keepdim=True).clamp_min(tiny)
+    q = q[..., 0]
+    return quat_to_mat(q), (q * (N @ q[..., None])[..., 0]).sum(-1)
+
+
+def _align_with_orientations(c2w_src, c2w_dst, cs, cd, with_scale, lsq_scale=False,
+                             project=_project_so3) -> Sim3:
     """Rotation = chordal mean of ``R_dst_i R_src_i^T``; scale from the centre spreads, or
     (``lsq_scale``) the one minimising ``sum |s R c_src_i + t - c_dst_i|^2`` for that rotation
-    when it is positive (else the spread ratio); 1 when the source centres coincide. The
-    translation maps the source centroid onto the destination's."""
-    R = _project_so3((c2w_dst[:, :3, :3] @ c2w_src[:, :3, :3].transpose(-1, -2)).sum(0))
-    mu_s, mu_d = cs.mean(0), cd.mean(0)
-    xs, xd = cs - mu_s, cd - mu_d
-    var_s = (xs**2).sum()
-    s = torch.ones((), dtype=cs.dtype, device=cs.device)
-    if with_scale and float(var_s) > 1e-20 * max(float((cs**2).sum()), 1.0):
-        s = ((xd**2).sum() / var_s).sqrt()
+    when it is positive (else the spread ratio); 1 when the source centres coincide (spread
+    below ``max(1e-20, (100 eps)^2)`` of their squared norms). The translation maps the source
+    centroid onto the destination's.
+
+    Batched over leading dims (``c2w_*: (..., N, 4, 4)``, ``cs, cd: (..., N, 3)``) and free of
+    host reads (branches are ``torch.where``); ``project`` maps ``(..., 3, 3)`` to the nearest
+    rotation (SVD, or :func:`max_trace_rotation` on the device)."""
+    M = (c2w_dst[..., :3, :3] @ c2w_src[..., :3, :3].transpose(-1, -2)).sum(-3)
+    R = project(M)
+    mu_s, mu_d = cs.mean(-2), cd.mean(-2)
+    xs, xd = cs - mu_s[..., None, :], cd - mu_d[..., None, :]
+    var_s = (xs**2).sum((-1, -2))
+    one = torch.ones_like(var_s)
+    s = one
+    if with_scale:  # coincident centres: spread at the level of the centroid's rounding
+        rel = max(1e-20, (100 * torch.finfo(cs.dtype).eps) ** 2)
+        spread = var_s > rel * torch.maximum((cs**2).sum((-1, -2)), one)
+        var = torch.where(spread, var_s, one)
+        s = ((xd**2).sum((-1, -2)) / var).sqrt()
         if lsq_scale:
-            s_lsq = (xd * (xs @ R.T)).sum() / var_s
-            s = s_lsq if float(s_lsq) > 0 else s
-    return Sim3(R, mu_d - s * (R @ mu_s), s)
+            s_lsq = (xd * (xs @ R.transpose(-1, -2))).sum((-1, -2)) / var
+            s = torch.where(s_lsq > 0, s_lsq, s)
+        s = torch.where(spread, s, one)
+    return Sim3(R, mu_d - s[..., None] * (R @ mu_s[..., :, None])[..., 0], s)
 
 
 def _ransac_sim3(cs, cd, with_scale, seed, n_iters, sub_n, inlier_thresh) -> Sim3:
@@ -247,3 +304,75 @@ def align_cameras(
             ) from None
         sim = _align_with_orientations(a, b, cs, cd, with_scale)
     return sim, apply_sim3_to_c2w(sim, c2w_src)
+
+
+def align_cameras_batched(c2w_src: torch.Tensor, c2w_dst: torch.Tensor,
+                          rotation: str = "orientations", with_scale: bool = True,
+                          rank_tol: float = 1e-8) -> tuple[Sim3, torch.Tensor]:
+    """:func:`align_cameras` for a batch of trajectories, on their device, with no host reads
+    (no ``float(tensor)``, no checks of values), so a training step can align every sample
+    without a device sync.
+
+    Args:
+        c2w_src, c2w_dst: ``(..., N, 4, 4)`` corresponding OpenCV camera-to-world poses,
+            float32 or float64 (computed in that dtype; float64 costs little on these sizes).
+        rotation: ``"orientations"``: as ``align_cameras(..., rotation="orientations")``
+            (rotation = chordal mean of ``R_dst R_src^T``, scale and translation the least
+            squares of the centres for it); ``"centres"``: as ``align_cameras(...,
+            orientation_fallback=True)`` without RANSAC: Umeyama on the centres, or the
+            orientation fallback for samples whose centres are degenerate (N < 3, collinear or
+            coincident: the second singular value of the cross-covariance is at most
+            ``max(rank_tol, 100 eps)`` times the first, judged from its 2x2 minors).
+        with_scale: Sim(3) (True) or SE(3).
+    Returns:
+        ``(sim3, c2w_aligned)``: :class:`Sim3` with batch dims ``...`` and ``(..., N, 4, 4)``
+        aligned cameras, both in the input dtype. Non-finite input gives non-finite output
+        (no error). The nearest rotations come from :func:`max_trace_rotation` instead of an
+        SVD; agreement with the per-sample float64 :func:`align_cameras` is to the dtype's
+        precision (tests/geometry/test_align.py).
+    Raises:
+        GeometryError: bad shapes or ``rotation``.
+    """
+    for name, c in (("c2w_src", c2w_src), ("c2w_dst", c2w_dst)):
+        if c.ndim < 3 or c.shape[-2:] != (4, 4) or c.shape[-3] < 1:
+            raise GeometryError(f"{name}: expected shape (..., N, 4, 4) with N >= 1, got "
+                                f"{tuple(c.shape)}")
+    if c2w_src.shape != c2w_dst.shape:
+        raise GeometryError(f"c2w_src/c2w_dst: shapes differ, {tuple(c2w_src.shape)} vs "
+                            f"{tuple(c2w_dst.shape)}")
+    if rotation not in ("centres", "orientations"):
+        raise GeometryError(f"rotation: expected 'centres' or 'orientations', got {rotation!r}")
+    dtype = torch.promote_types(c2w_src.dtype, c2w_dst.dtype)
+    a, b = c2w_src.to(dtype), c2w_dst.to(dtype)
+    cs, cd = a[..., :3, 3], b[..., :3, 3]
+    project = lambda M: max_trace_rotation(M)[0]  # noqa: E731
+    orient = _align_with_orientations(a, b, cs, cd, with_scale, lsq_scale=rotation != "centres",
+                                      project=project)
+    if rotation == "orientations":
+        return orient, _apply_per_sample(orient, a)
+    # Umeyama with uniform weights: s = max_R tr(R^T cov) / var_src (= sum(D * S) / var_x)
+    n = cs.shape[-2]
+    mu_s, mu_d = cs.mean(-2), cd.mean(-2)
+    xs, xd = cs - mu_s[..., None, :], cd - mu_d[..., None, :]
+    var_s = (xs**2).sum((-1, -2)) / n
+    cov = xd.transpose(-1, -2) @ xs / n
+    R, trace = max_trace_rotation(cov)
+    s = trace / var_s.clamp_min(torch.finfo(dtype).tiny) if with_scale else torch.ones_like(trace)
+    # rank >= 2 <=> s1 s2 > 0: sum of squared 2x2 minors (s1 s2)^2 + ... against |cov|_F^4
+    r0, r1, r2 = cov.unbind(-2)
+    minors = torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0),
+                          torch.linalg.cross(r0, r1)], dim=-2)
+    tol = max(rank_tol, 100 * torch.finfo(dtype).eps)
+    ok = (minors**2).sum((-1, -2)) > tol**2 * (cov**2).sum((-1, -2)) ** 2
+    if n < 3:
+        ok = torch.zeros_like(ok)
+    R = torch.where(ok[..., None, None], R, orient.R)
+    s = torch.where(ok, s, orient.s)
+    sim = Sim3(R, mu_d - s[..., None] * (R @ mu_s[..., :, None])[..., 0], s)
+    return sim, _apply_per_sample(sim, a)
+
+
+def _apply_per_sample(sim3: Sim3, c2w: torch.Tensor) -> torch.Tensor:
+    """``sim3`` with batch dims ``...`` applied to every camera of ``c2w: (..., N, 4, 4)``."""
+    return apply_sim3_to_c2w(Sim3(sim3.R[..., None, :, :], sim3.t[..., None, :],
+                                  sim3.s[..., None]), c2w)

@@ -109,7 +109,7 @@ def ssi_depth_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
       min_valid: images with fewer valid pixels (or constant depth) are left out.
     Returns:
       scalar: mean over the kept images of ``mean_valid |n(pred) - n(gt)|``; 0 (still
-      attached to ``pred``) when no image is kept.
+      attached to ``pred``) when no image is kept. No host reads of device values.
     """
     if pred.shape != gt.shape or valid.shape != pred.shape:
         raise Da3gsError(f"ssi_depth_loss: shapes differ: pred {tuple(pred.shape)}, gt "
@@ -122,17 +122,16 @@ def ssi_depth_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
     pn, okp = _normalise(torch.where(m, p, torch.zeros_like(p)), m)
     gn, okg = _normalise(torch.where(m, g, torch.zeros_like(g)), m)
     keep = keep & okp & okg
-    if not bool(keep.any()):
-        return pred.sum() * 0.0
     err = ((pn - gn).abs() * m).sum(-1) / count.clamp_min(1)
-    return err[keep].mean()
+    # mean over the kept images without reading ``keep`` on the host (no device sync)
+    return torch.where(keep, err, torch.zeros_like(err)).sum() / keep.sum().clamp_min(1)
 
 
 def stage2_loss(pred_rgb: torch.Tensor, gt_rgb: torch.Tensor,
                 pred_depth: torch.Tensor | None = None, gt_depth: torch.Tensor | None = None,
                 depth_valid: torch.Tensor | None = None,
                 cfg: Stage2LossConfig | None = None, lpips_fn=None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Stage-2 loss ``mse_weight * MSE + lpips_weight * LPIPS + depth_weight * L_ssi``.
 
     Args:
@@ -144,8 +143,9 @@ def stage2_loss(pred_rgb: torch.Tensor, gt_rgb: torch.Tensor,
       lpips_fn: callable ``(pred (N, 3, H, W), gt) -> (N,)`` such as the network of
         :func:`build_lpips_loss`; required when ``cfg.lpips_weight > 0``.
     Returns:
-      (scalar loss, logs ``{"loss", "mse", "psnr", "lpips", "depth"}`` as floats; terms
-      with weight 0 are not computed and not logged).
+      (scalar loss, logs ``{"loss", "mse", "psnr", "lpips", "depth"}`` as detached 0-d
+      tensors on the loss's device, so computing them costs no device sync (read them with
+      ``float`` when logging); terms with weight 0 are not computed and not logged).
     """
     cfg = cfg or Stage2LossConfig()
     if pred_rgb.shape != gt_rgb.shape or pred_rgb.dim() != 4 or pred_rgb.shape[1] != 3:
@@ -153,21 +153,21 @@ def stage2_loss(pred_rgb: torch.Tensor, gt_rgb: torch.Tensor,
                          f"{tuple(pred_rgb.shape)} and {tuple(gt_rgb.shape)}")
     pred_rgb, gt_rgb = pred_rgb.float(), gt_rgb.float()
     mse = (pred_rgb - gt_rgb).square().mean()
-    logs = {"mse": float(mse.detach()),
-            "psnr": float(-10 * torch.log10((pred_rgb.detach().clamp(0, 1) - gt_rgb)
-                                            .square().mean().clamp_min(1e-10)))}
+    logs = {"mse": mse.detach(),
+            "psnr": -10 * torch.log10((pred_rgb.detach().clamp(0, 1) - gt_rgb)
+                                      .square().mean().clamp_min(1e-10))}
     loss = cfg.mse_weight * mse
     if cfg.lpips_weight > 0:
         if lpips_fn is None:
             raise Da3gsError("stage2_loss: lpips_weight > 0 needs lpips_fn (see build_lpips_loss)")
         lp = lpips_fn(pred_rgb.clamp(0, 1), gt_rgb).mean()
         loss = loss + cfg.lpips_weight * lp
-        logs["lpips"] = float(lp.detach())
+        logs["lpips"] = lp.detach()
     if cfg.depth_weight > 0 and pred_depth is not None:
         if gt_depth is None or depth_valid is None:
             raise Da3gsError("stage2_loss: pred_depth needs gt_depth and depth_valid")
         dl = ssi_depth_loss(pred_depth, gt_depth, depth_valid, cfg.depth_min_valid)
         loss = loss + cfg.depth_weight * dl
-        logs["depth"] = float(dl.detach())
-    logs["loss"] = float(loss.detach())
+        logs["depth"] = dl.detach()
+    logs["loss"] = loss.detach()
     return loss, logs

@@ -175,9 +175,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor, cam_token: torch.Tensor | None = None,
                 ref_view_strategy: str = "saddle_balanced",
-                feat_dtype: torch.dtype | None = None) -> BackboneOutput:
+                feat_dtype: torch.dtype | None = None,
+                ref_mask: torch.Tensor | None = None) -> BackboneOutput:
         """``x: (B, V, 3, H, W)``; ``cam_token: (B, V, C)`` from the camera encoder or None;
-        ``feat_dtype``: the dtype of ``feats`` (default: as computed; the camera tokens stay)."""
+        ``feat_dtype``: the dtype of ``feats`` (default: as computed; the camera tokens stay).
+        ``ref_mask: (B,)`` bool, with ``cam_token``: the samples whose tokens are the learned
+        pose-free ones (:meth:`learned_camera_tokens`, which are positional) and that choose
+        their reference view by ``ref_view_strategy`` as without ``cam_token``; the others keep
+        the input order. None: with ``cam_token`` every sample keeps the input order."""
         B, V, _, H, W = x.shape
         h, w = H // self.patch_size, W // self.patch_size
         x = self.embed(x)
@@ -195,9 +200,11 @@ class Backbone(nn.Module):
         feats, cams = [], []
         sparse, sparse_ready = None, self.cross_view_attention is None
         for i, blk in enumerate(self.blocks):
-            if (self.alt_start >= 0 and i == self.alt_start - 1 and cam_token is None
-                    and V >= MIN_VIEWS):
+            if (self.alt_start >= 0 and i == self.alt_start - 1 and V >= MIN_VIEWS
+                    and (cam_token is None or ref_mask is not None)):
                 ref = select_reference_view(x[:, :, 0], ref_view_strategy)
+                if cam_token is not None:  # pose-conditioned samples: reference 0, order kept
+                    ref = torch.where(ref_mask, ref, torch.zeros_like(ref))
                 order = reference_first_order(ref, V)
                 x, local_x = gather_views(x, order), gather_views(local_x, order)
             if self.alt_start >= 0 and i == self.alt_start:

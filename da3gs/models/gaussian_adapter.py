@@ -44,7 +44,7 @@ def _pixel_centres(H: int, W: int, device, dtype) -> torch.Tensor:
 def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tensor,
                     c2w: torch.Tensor, K: torch.Tensor, sh_degree: int = 2,
                     geometry: str = "da3gs", conf: torch.Tensor | None = None,
-                    depth_scale: float = 1.0) -> Gaussians:
+                    depth_scale: float | torch.Tensor = 1.0) -> Gaussians:
     """World-space Gaussians, one per pixel of each of V views.
 
     Args:
@@ -54,7 +54,7 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
       geometry: ``"da3gs"`` or ``"official"`` (see the module docstring).
       conf: optional (V, H, W) depth confidence, kept per Gaussian for pruning.
       depth_scale: factor taking the network's depth units to those of ``c2w`` (applied to
-        depth plus its predicted offset).
+        depth plus its predicted offset): a float or a (V,) tensor (one per view).
     """
     if geometry not in GEOMETRIES:
         raise ConfigError(f"geometry: expected one of {GEOMETRIES}, got {geometry!r}")
@@ -63,6 +63,8 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
     if C != raw_channels(sh_degree):
         raise ConfigError(f"raw: {C} channels, expected {raw_channels(sh_degree)} for SH degree {sh_degree}")
     dev, dt = raw.device, raw.dtype
+    if isinstance(depth_scale, torch.Tensor):
+        depth_scale = depth_scale.to(dt).reshape(-1, 1, 1)
     d = (depth + raw[..., -1]) * depth_scale
     offset, scale_logit, rot = raw[..., 0:2], raw[..., 2:5], raw[..., 5:9]
     sh = raw[..., 9:9 + 3 * n_sh].reshape(V, H, W, 3, n_sh)
@@ -77,7 +79,7 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
     else:
         uv = _pixel_centres(H, W, dev, dt) + offset  # (V, H, W, 2)
         pix = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)
-        dirs_cam = torch.einsum("vij,vhwj->vhwi", torch.linalg.inv(K.to(dt)), pix)
+        dirs_cam = torch.einsum("vij,vhwj->vhwi", torch.linalg.inv_ex(K.to(dt))[0], pix)
         dirs = torch.einsum("vij,vhwj->vhwi", R, dirs_cam)
         means = c2w[:, None, None, :3, 3] + dirs * d[..., None]
         foot = 0.1 * (1 / K[:, 0, 0] + 1 / K[:, 1, 1])
@@ -100,6 +102,27 @@ def build_gaussians(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tenso
                      view=view.reshape(N), pixel=pixel.reshape(N, 2))
 
 
+def build_gaussians_batched(raw: torch.Tensor, density: torch.Tensor, depth: torch.Tensor,
+                            c2w: torch.Tensor, K: torch.Tensor, sh_degree: int = 2,
+                            geometry: str = "da3gs",
+                            depth_scale: float | torch.Tensor = 1.0) -> Gaussians:
+    """:func:`build_gaussians` for B samples at once: ``raw (B, V, H, W, C)``, ``density`` and
+    ``depth (B, V, H, W)``, ``c2w (B, V, 4, 4)``, ``K (B, V, 3, 3)``, ``depth_scale`` a float or
+    a (B,) tensor (one per sample). Returns Gaussians whose fields have a leading batch dim,
+    ``means (B, V*H*W, 3)``, ..., ``view (B, V*H*W)`` (index within the sample), the input of
+    :func:`da3gs.render.render_batch`; sample b equals ``build_gaussians`` of sample b."""
+    B, V = raw.shape[:2]
+    if isinstance(depth_scale, torch.Tensor):
+        depth_scale = depth_scale.reshape(B, 1).expand(B, V).reshape(B * V)
+    g = build_gaussians(raw.flatten(0, 1), density.flatten(0, 1), depth.flatten(0, 1),
+                        c2w.flatten(0, 1), K.flatten(0, 1), sh_degree, geometry,
+                        depth_scale=depth_scale)
+    fields = {k: v.reshape(B, -1, *v.shape[1:]) for k, v in vars(g).items()
+              if isinstance(v, torch.Tensor)}
+    fields["view"] = fields["view"] % V
+    return Gaussians(**fields)
+
+
 def _official_geometry(offset, scale_logit, rot, d, c2w, K):
     """The official adapter's means, scales and (scalar-last) rotations, op for op."""
     V, H, W, _ = offset.shape
@@ -111,14 +134,14 @@ def _official_geometry(offset, scale_logit, rot, d, c2w, K):
     pixel_size = 1 / torch.tensor((W, H), dtype=dt, device=dev)
     xy = xy + offset * pixel_size
     pts = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)
-    Kn_inv = Kn.float().inverse().to(Kn)
+    Kn_inv = torch.linalg.inv_ex(Kn.float())[0].to(Kn)
     dirs = torch.einsum("vij,vhwj->vhwi", Kn_inv, pts)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     dirs_h = torch.cat([dirs, torch.zeros_like(dirs[..., :1])], dim=-1)
     dirs = torch.einsum("vij,vhwj->vhwi", c2w, dirs_h)[..., :3]
     means = c2w[:, None, None, :3, 3] + dirs * d[..., None]
     scales = SCALE_MIN + (SCALE_MAX - SCALE_MIN) * scale_logit.sigmoid()
-    mult = 0.1 * torch.einsum("vij,j->vi", Kn[..., :2, :2].float().inverse().to(Kn), pixel_size)
+    mult = 0.1 * torch.einsum("vij,j->vi", torch.linalg.inv_ex(Kn[..., :2, :2].float())[0].to(Kn), pixel_size)
     scales = scales * d[..., None] * mult.sum(-1)[:, None, None, None]
     q = rot / (rot.norm(dim=-1, keepdim=True) + 1e-8)
     # official: xyzw -> "wxyz" reorder, then a scalar-last matrix conversion of that

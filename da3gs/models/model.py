@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from da3gs.errors import Da3gsError
-from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
+from da3gs.geometry import (align_cameras, align_cameras_batched, as_homogeneous, c2w_to_w2c,
+                            w2c_to_c2w)
 from da3gs.io.images import imagenet_normalize, prepare_images
 from da3gs.models.gaussian_adapter import GEOMETRIES, build_gaussians
 from da3gs.models.net import build_net, compile_network
@@ -47,6 +48,21 @@ def scale_to_input(pred_c2w: torch.Tensor, in_c2w: torch.Tensor) -> float:
     sim3, _ = align_cameras(pred_c2w.double(), in_c2w.double(), ransac=V >= RANSAC_ALIGN_VIEWS,
                             orientation_fallback=True)
     return float(sim3.s)
+
+
+def scale_to_input_batched(pred_c2w: torch.Tensor, in_c2w: torch.Tensor) -> torch.Tensor:
+    """:func:`scale_to_input` for ``(..., V, 4, 4)`` batches, on their device with no host reads
+    (:func:`~da3gs.geometry.align_cameras_batched` with ``rotation="centres"``: Umeyama on the
+    centres, the spread ratio where they are degenerate); float32 or float64. Returns ``(...)``.
+
+    Raises Da3gsError from :data:`RANSAC_ALIGN_VIEWS` views on: :func:`scale_to_input` then
+    fits by RANSAC, which only the per-sample path does."""
+    V = pred_c2w.shape[-3]
+    if V >= RANSAC_ALIGN_VIEWS:
+        raise Da3gsError(f"scale_to_input_batched: {V} views take the RANSAC fit (from "
+                         f"{RANSAC_ALIGN_VIEWS} on); use the per-sample scale_to_input")
+    sim3, _ = align_cameras_batched(pred_c2w, in_c2w, rotation="centres")
+    return sim3.s
 
 
 class DA3Model(nn.Module):

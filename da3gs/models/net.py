@@ -87,8 +87,9 @@ class DA3Net(nn.Module):
         ``pose_mask: (B,)`` bool (with ``extrinsics``): only the samples where it is True are
         pose-conditioned, the others get the learnable camera tokens, in one forward with a
         fixed sequence of kernels whatever the mask (training under CUDA graphs); equal per
-        sample to running the two groups apart (the pose-free ones with view 0 as reference,
-        ``ref_view_strategy="first"``, which the mask implies)."""
+        sample to running the two groups apart: the pose-free samples choose their reference
+        view by ``ref_view_strategy`` (with ``"first"``, view 0, and no reordering at all), the
+        pose-conditioned ones keep the input order."""
         out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy, fast,
                                            pose_mask)
         if infer_gs and self.gs_head is not None:
@@ -120,8 +121,11 @@ class DA3Net(nn.Module):
                     learned = self.backbone.learned_camera_tokens(B, V).to(cam_token.dtype)
                     cam_token = torch.where(pose_mask.reshape(B, 1, 1), cam_token, learned)
         head_dtype = _head_dtype(dev, fast)
+        ref_mask = None
+        if cam_token is not None and pose_mask is not None and ref_view_strategy != "first":
+            ref_mask = ~pose_mask.reshape(B).bool()
         bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
-                           feat_dtype=head_dtype)
+                           feat_dtype=head_dtype, ref_mask=ref_mask)
         feats = bb.feats
         with _head_context(dev, fast):
             out = dict(self.depth_head(feats, H, W))

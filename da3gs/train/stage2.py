@@ -9,8 +9,10 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
    under ``no_grad`` (no activations kept), in eval mode, the backbone in bf16 autocast on
    CUDA (heads in fp32 as at inference). Pose-conditioned samples (``batch.pose_conditioned``)
    get their ground-truth context poses through the camera encoder, normalised as
-   ``DA3Model.infer`` does; the others run pose-free. It also fixes each sample's *frame*,
-   the cameras and depth scale the Gaussians are built with, in the ground-truth world:
+   ``DA3Model.infer`` does; the others run pose-free, their reference view chosen by
+   ``ref_view_strategy`` (``"saddle_balanced"`` by default, as ``DA3Model.infer``). It also
+   fixes each sample's *frame*, the cameras and depth scale the Gaussians are built with, in
+   the ground-truth world:
    * with input poses: the ground-truth context cameras and the scale from the network's
      frame to theirs (:func:`~da3gs.models.model.scale_to_input`), as inference does;
    * pose-free: the *predicted* context cameras aligned to the ground truth by a Sim(3)
@@ -32,6 +34,28 @@ One step (:func:`stage2_forward`, :func:`stage2_train_step`; the trainer uses
 5. **Loss** :func:`da3gs.losses.stage2.stage2_loss`: MSE + LPIPS on the rendered views,
    scale-shift-invariant depth on the context views.
 
+Two implementations of steps 2-5, the same losses and gradients up to float rounding
+(tests/train/test_stage2.py), chosen by ``Stage2Config.batched``:
+
+* **batched** (default): the whole batch at once and no host reads of device values (the
+  logs are 0-d device tensors; gsplat's own intersection counts are the only syncs). One
+  frozen forward for all samples: ``DA3Net.forward_features(pose_mask=...)`` conditions the
+  pose-conditioned samples by a device mask while the pose-free ones keep choosing their
+  reference view by ``ref_view_strategy`` (``Backbone(ref_mask=...)``), so training keeps the
+  reference choice of inference (a switch to ``"first"`` would have changed the frozen
+  network's pose-free outputs, and the mask keeps the split path's results). Frames on the
+  device (:func:`~da3gs.geometry.align_cameras_batched`,
+  :func:`~da3gs.models.model.scale_to_input_batched`, float64, no SVD), Gaussians of all
+  samples built at once (:func:`~da3gs.models.gaussian_adapter.build_gaussians_batched`) and
+  rendered by one :func:`~da3gs.render.render_batch` (one gsplat call with gsplat >= 1.5).
+* **per sample** (``batched=False``; the implementation before, kept as the benchmark's
+  baseline and the tests' reference): two frozen forwards (pose groups split with
+  ``nonzero``), each sample's cameras aligned on the host in float64, one Gaussian build and
+  one render per sample, logs read as floats.
+
+From :data:`~da3gs.models.model.RANSAC_ALIGN_VIEWS` context views on, the frames come from
+the per-sample host alignment in both (RANSAC fits, which have no batched form): the slow path.
+
 Only ``gs_head`` parameters require gradients and reach the optimizer (:func:`setup_stage2`).
 """
 
@@ -44,13 +68,16 @@ import torch
 from torch import nn
 
 from da3gs.errors import Da3gsError
-from da3gs.geometry import align_cameras, as_homogeneous, c2w_to_w2c, w2c_to_c2w
+from da3gs.geometry import (align_cameras, align_cameras_batched, as_homogeneous, c2w_to_w2c,
+                            w2c_to_c2w)
 from da3gs.io.images import imagenet_normalize
 from da3gs.losses.stage2 import Stage2LossConfig, stage2_loss
-from da3gs.models.gaussian_adapter import build_gaussians
-from da3gs.models.model import normalize_input_poses, scale_to_input
+from da3gs.models.gaussian_adapter import build_gaussians, build_gaussians_batched
+from da3gs.models.model import (RANSAC_ALIGN_VIEWS, normalize_input_poses, scale_to_input,
+                                scale_to_input_batched)
 from da3gs.models.net import DA3Net
-from da3gs.render import render
+from da3gs.render import render, render_batch
+from da3gs.train.step import _index_on
 
 __all__ = ["Stage2Config", "FrozenOutputs", "FROZEN_MODULES", "Stage2Objective", "setup_stage2",
            "set_stage2_modes", "stage2_param_groups", "init_gs_head_output", "check_optimizer",
@@ -79,7 +106,8 @@ class Stage2Config:
       head_precision: GS head: "fp32" (as at inference) or "bf16" (autocast, CUDA only).
       backend: renderer: "auto" (gsplat on CUDA, torch elsewhere), "gsplat", "torch".
       background: (3,) colour under the splats, in [0, 1].
-      ref_view_strategy: reference-view choice of the pose-free backbone (>= 3 views).
+      ref_view_strategy: reference-view choice of the pose-free backbone (>= 3 views), in
+        both implementations (module docstring).
       align: how pose-free samples' predicted context cameras are aligned to the GT before
         the targets are rendered: ``"orientations"`` (rotation from every camera's
         orientation, scale and translation from the centres; robust with few views or poor
@@ -98,6 +126,8 @@ class Stage2Config:
         the GS head's appearance, offsets, scales and opacities are tested. A diagnostic and
         test mode: the head still sees the frozen network's features.
       loss: weights of :func:`~da3gs.losses.stage2.stage2_loss`.
+      batched: the batched, sync-free step (default) or the per-sample one of before
+        (``False``: the benchmark's baseline; module docstring).
     """
 
     num_targets: int = 2
@@ -117,6 +147,7 @@ class Stage2Config:
     init_opacity: float = 0.5
     oracle_geometry: bool = False
     loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+    batched: bool = True
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -261,22 +292,72 @@ class FrozenOutputs:
     pose_conditioned: torch.Tensor
 
 
+def _index(ids: list[int], device: torch.device) -> torch.Tensor:
+    """A view-index list as a long tensor on ``device`` (through pinned memory on CUDA, without
+    blocking: indexing a CUDA tensor with a Python list copies the list synchronously)."""
+    return _index_on(torch.tensor(ids, dtype=torch.long), device, {})
+
+
+def _pose_flags(batch, device: torch.device) -> torch.Tensor:
+    """``batch.pose_conditioned`` as a (B,) bool on ``device`` (all False when None), copied
+    without a sync (the trainer keeps the flags on the host)."""
+    pc = batch.pose_conditioned
+    if pc is None:
+        return torch.zeros(batch.images.shape[0], dtype=torch.bool, device=device)
+    return _index_on(pc.bool(), device, {})
+
+
 @torch.no_grad()
 def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None = None
                    ) -> FrozenOutputs:
     """Run the frozen part on the context views of ``batch`` (a ViewBatch) and fix each
-    sample's frame (module docstring). Returns :class:`FrozenOutputs`."""
+    sample's frame (module docstring; ``cfg.batched`` picks the implementation). Returns
+    :class:`FrozenOutputs`."""
     net = _net(model)
     B, V, H, W = batch.shape
     ctx, tgt = split_views(V, cfg, step)
     dev = batch.images.device
-    x = imagenet_normalize(batch.images[:, ctx].float())
-    gt_c2w, gt_K = batch.c2w[:, ctx].float(), batch.K[:, ctx].float()
-    pc = batch.pose_conditioned
-    pc = torch.zeros(B, dtype=torch.bool, device=dev) if pc is None else pc.to(dev).bool()
-    depth = torch.empty(B, len(ctx), H, W, device=dev)
-    pred_c2w = torch.empty(B, len(ctx), 4, 4, device=dev)
-    pred_K = torch.empty(B, len(ctx), 3, 3, device=dev)
+    ci = _index(ctx, dev)
+    x = imagenet_normalize(batch.images.index_select(1, ci).float())
+    gt_c2w, gt_K = batch.c2w.index_select(1, ci).float(), batch.K.index_select(1, ci).float()
+    pc = _pose_flags(batch, dev)
+    run = _frozen_net_batched if cfg.batched else _frozen_net_split
+    feats, depth, pred_c2w, pred_K = run(net, x, gt_c2w, gt_K, pc,
+                                         batch.pose_conditioned is not None, cfg)
+    if cfg.oracle_geometry:
+        return FrozenOutputs(ctx, tgt, x, feats, _oracle_depth(batch, ci), gt_c2w.clone(),
+                             gt_K.clone(), torch.ones(B, device=dev), pc)
+    if cfg.batched and len(ctx) < RANSAC_ALIGN_VIEWS:
+        frame = _frames_batched(pred_c2w, pred_K, gt_c2w, gt_K, pc, cfg)
+    else:
+        frame = _frames_per_sample(pred_c2w, pred_K, gt_c2w, gt_K, pc, cfg)
+    return FrozenOutputs(ctx, tgt, x, feats, depth, *frame, pc)
+
+
+def _frozen_net_batched(net: DA3Net, x, gt_c2w, gt_K, pc, conditioned: bool, cfg: Stage2Config):
+    """One forward of the frozen network over the whole batch, pose conditioning selected by
+    the device mask ``pc`` (the GT poses of every sample go through the camera encoder; the
+    pose-free samples' tokens are replaced by the learned ones). ``conditioned``: the batch
+    has pose flags (else no camera encoder at all). Returns ``(feats, depth (B, Vc, H, W),
+    c2w (B, Vc, 4, 4), K (B, Vc, 3, 3))`` of the predictions, fp32."""
+    ext = intr = mask = None
+    if conditioned:
+        ext, _ = normalize_input_poses(c2w_to_w2c(gt_c2w, check=False), check=False)
+        intr, mask = gt_K, pc
+    with _autocast(x.device, cfg.frozen_precision):
+        out, f = net.forward_features(x, ext, intr, cfg.ref_view_strategy, pose_mask=mask)
+    c2w = w2c_to_c2w(as_homogeneous(out["extrinsics"].float()), check=False)
+    return [t.float() for t in f], out["depth"].float(), c2w, out["intrinsics"].float()
+
+
+def _frozen_net_split(net: DA3Net, x, gt_c2w, gt_K, pc, conditioned: bool, cfg: Stage2Config):
+    """:func:`_frozen_net_batched` as two forwards, the pose-free and the pose-conditioned
+    samples apart (selected with ``nonzero``: host reads); the per-sample implementation."""
+    B, Vc, _, H, W = x.shape
+    dev = x.device
+    depth = torch.empty(B, Vc, H, W, device=dev)
+    pred_c2w = torch.empty(B, Vc, 4, 4, device=dev)
+    pred_K = torch.empty(B, Vc, 3, 3, device=dev)
     feats: list[torch.Tensor] | None = None
     for flag in (False, True):
         idx = (pc == flag).nonzero()[:, 0]
@@ -295,28 +376,48 @@ def frozen_forward(model: nn.Module, batch, cfg: Stage2Config, step: int | None 
         depth[idx] = out["depth"].float()
         pred_c2w[idx] = w2c_to_c2w(as_homogeneous(out["extrinsics"].float()))
         pred_K[idx] = out["intrinsics"].float()
+    return feats, depth, pred_c2w, pred_K
+
+
+def _frames_batched(pred_c2w, pred_K, gt_c2w, gt_K, pc, cfg: Stage2Config):
+    """Every sample's frame (module docstring) on the device, float64, no host reads: both
+    the pose-conditioned choice (GT cameras, :func:`scale_to_input_batched`) and the pose-free
+    one (aligned predicted cameras, :func:`align_cameras_batched`) for every sample, selected
+    by ``pc``. Returns ``(frame_c2w (B, Vc, 4, 4), frame_K (B, Vc, 3, 3), depth_scale (B,))``."""
+    p64, g64 = pred_c2w.double(), gt_c2w.double()
+    sim3, aligned = align_cameras_batched(p64, g64, rotation=cfg.align)
+    s_in = scale_to_input_batched(p64, g64)
+    m = pc[:, None, None, None]
+    return (torch.where(m, gt_c2w, aligned.float()), torch.where(m, gt_K, pred_K),
+            torch.where(pc, s_in, sim3.s).float())
+
+
+def _frames_per_sample(pred_c2w, pred_K, gt_c2w, gt_K, pc, cfg: Stage2Config):
+    """:func:`_frames_batched` one sample at a time on the host in float64 (with RANSAC where
+    due): the per-sample implementation, and the slow path of the batched one from
+    :data:`RANSAC_ALIGN_VIEWS` context views on."""
+    B, Vc = gt_c2w.shape[:2]
+    dev = gt_c2w.device
     frame_c2w, frame_K = gt_c2w.clone(), gt_K.clone()
     scale = torch.ones(B, device=dev)
-    if cfg.oracle_geometry:
-        return FrozenOutputs(ctx, tgt, x, feats, _oracle_depth(batch, ctx), frame_c2w, frame_K,
-                             scale, pc)
+    flags = pc.cpu().tolist()
     for b in range(B):
         pc64, gt64 = pred_c2w[b].double().cpu(), gt_c2w[b].double().cpu()
-        if bool(pc[b]):
+        if flags[b]:
             scale[b] = scale_to_input(pc64, gt64)
         else:
-            sim3, aligned = align_cameras(pc64, gt64, ransac=cfg.align_ransac and len(ctx) >= 10,
+            sim3, aligned = align_cameras(pc64, gt64, ransac=cfg.align_ransac and Vc >= 10,
                                           orientation_fallback=True, rotation=cfg.align)
             frame_c2w[b], frame_K[b] = aligned.to(dev, torch.float32), pred_K[b]
             scale[b] = float(sim3.s)
-    return FrozenOutputs(ctx, tgt, x, feats, depth, frame_c2w, frame_K, scale, pc)
+    return frame_c2w, frame_K, scale
 
 
-def _oracle_depth(batch, ctx: list[int]) -> torch.Tensor:
-    """(B, Vc, H, W) ground-truth z-depth of the context views; pixels without it (sky,
-    invalid) get their view's largest valid depth (1 when the view has none)."""
-    d = batch.depth[:, ctx].float()
-    ok = batch.valid[:, ctx].bool() & torch.isfinite(d) & (d > 0)
+def _oracle_depth(batch, ctx: torch.Tensor) -> torch.Tensor:
+    """(B, Vc, H, W) ground-truth z-depth of the context views ``ctx`` (index tensor); pixels
+    without it (sky, invalid) get their view's largest valid depth (1 when the view has none)."""
+    d = batch.depth.index_select(1, ctx).float()
+    ok = batch.valid.index_select(1, ctx).bool() & torch.isfinite(d) & (d > 0)
     far = torch.where(ok, d, torch.zeros_like(d)).flatten(2).amax(-1)
     far = torch.where(far > 0, far, torch.ones_like(far))
     return torch.where(ok, d, far[..., None, None].expand_as(d))
@@ -333,24 +434,47 @@ def gs_head_forward(model: nn.Module, fo: FrozenOutputs, cfg: Stage2Config
     return out["raw_gs"].float(), out["raw_gs_conf"].float()
 
 
-def _render_cameras(batch, fo: FrozenOutputs, b: int, views: list[int]
+def _render_cameras(batch, fo: FrozenOutputs, tgt: torch.Tensor, with_context: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """w2c (n, 4, 4) and K (n, 3, 3) of sample ``b``'s rendered ``views``: targets through their
-    ground-truth cameras, context views through the cameras their Gaussians were built with
+    """w2c (B, n, 4, 4) and K (B, n, 3, 3) of the rendered views, the targets ``tgt`` (index
+    tensor) then, ``with_context``, the context views: targets through their ground-truth
+    cameras, context views through the cameras their Gaussians were built with
     (``fo.frame_c2w`` / ``fo.frame_K``: the GT cameras with input poses; pose-free, the
     predicted cameras aligned to the GT), so a context pixel's Gaussian lands on that pixel
     whatever the quality of the predicted cameras."""
-    pos = {v: i for i, v in enumerate(fo.ctx)}
-    c2w = torch.stack([fo.frame_c2w[b, pos[v]] if v in pos else batch.c2w[b, v].float()
-                       for v in views])
-    K = torch.stack([fo.frame_K[b, pos[v]] if v in pos else batch.K[b, v].float() for v in views])
-    return c2w_to_w2c(c2w), K
+    c2w, K = batch.c2w.index_select(1, tgt).float(), batch.K.index_select(1, tgt).float()
+    if with_context:
+        c2w, K = torch.cat([c2w, fo.frame_c2w], dim=1), torch.cat([K, fo.frame_K], dim=1)
+    return c2w_to_w2c(c2w, check=False), K
+
+
+def _render_all(net: DA3Net, fo: FrozenOutputs, raw, density, w2c, K, W: int, H: int,
+                geometry: str, cfg: Stage2Config, bg: torch.Tensor):
+    """Each sample's Gaussians rendered into its cameras ``w2c (B, n, 4, 4)``, ``K``:
+    ``(color (B, n, H, W, 3), alpha (B, n, H, W, 1), depth (B, n, H, W, 1), Gaussians per
+    sample)``; batched (one build, one :func:`render_batch`) or per sample (``cfg.batched``)."""
+    sh = net.preset.sh_degree
+    if cfg.batched:
+        g = build_gaussians_batched(raw, density, fo.depth, fo.frame_c2w, fo.frame_K, sh,
+                                    geometry, depth_scale=fo.depth_scale)
+        out = render_batch(g, w2c, K, W, H, backend=cfg.backend, background=bg, radii=False)
+        return out.color, out.alpha, out.depth, g.means.shape[1]
+    outs = []
+    for b in range(raw.shape[0]):
+        g = build_gaussians(raw[b], density[b], fo.depth[b], fo.frame_c2w[b], fo.frame_K[b], sh,
+                            geometry, depth_scale=float(fo.depth_scale[b]))
+        o = render(g, w2c[b], K[b], W, H, backend=cfg.backend, background=bg)
+        outs.append((o.color, o.alpha, o.depth))
+    color, alpha, depth = (torch.stack(t) for t in zip(*outs))
+    return color, alpha, depth, len(g)
 
 
 @dataclass
 class Stage2Result:
-    """loss (scalar, with grad), logs (floats), images: first sample's rendered and GT target
-    (or context) views ``(n, 3, H, W)`` under "render" / "gt", detached, for image grids."""
+    """loss (scalar, with grad); logs: 0-d detached device tensors (floats with
+    ``batched=False``; ``num_gaussians`` always a float); images: first sample's rendered and
+    GT target (or context) views ``(n, 3, H, W)`` under "render" / "gt", detached, for image
+    grids."""
 
     loss: torch.Tensor
     logs: dict
@@ -359,57 +483,56 @@ class Stage2Result:
 
 def stage2_forward(model: nn.Module, batch, cfg: Stage2Config | None = None, lpips_fn=None,
                    step: int | None = None, frozen: FrozenOutputs | None = None) -> Stage2Result:
-    """Stage-2 loss on a ViewBatch ``batch`` (B, V, H, W) (module docstring)."""
+    """Stage-2 loss on a ViewBatch ``batch`` (B, V, H, W) (module docstring). With
+    ``cfg.batched`` (default) nothing here reads a device value on the host."""
     cfg = cfg or Stage2Config()
     net = _net(model)
     set_stage2_modes(model, True)
     fo = frozen if frozen is not None else frozen_forward(model, batch, cfg, step)
     raw, density = gs_head_forward(model, fo, cfg)
     B, V, H, W = batch.shape
-    ctx, tgt = fo.ctx, fo.tgt
-    geometry = _geometry(model, cfg)
+    dev = raw.device
+    ci, ti = _index(fo.ctx, dev), _index(fo.tgt, dev)
     ssi = cfg.loss.depth_weight > 0
     rendered_depth = ssi and cfg.loss.depth_source == "rendered"
-    views = tgt + (ctx if (cfg.rgb_on_context or rendered_depth) else [])
-    n_rgb = len(tgt) + (len(ctx) if cfg.rgb_on_context else 0)
-    bg = torch.tensor(cfg.background, dtype=torch.float32, device=raw.device)
-    p_rgb, g_rgb, p_d, g_d, valid = [], [], [], [], []
-    n_gauss = 0
-    for b in range(B):
-        g = build_gaussians(raw[b], density[b], fo.depth[b], fo.frame_c2w[b], fo.frame_K[b],
-                            net.preset.sh_degree, geometry, depth_scale=float(fo.depth_scale[b]))
-        n_gauss += len(g)
-        w2c, K = _render_cameras(batch, fo, b, views)
-        out = render(g, w2c, K, W, H, backend=cfg.backend, background=bg)
-        p_rgb.append(out.color[:n_rgb].permute(0, 3, 1, 2))
-        g_rgb.append(batch.images[b, views[:n_rgb]].float())
+    with_context = cfg.rgb_on_context or rendered_depth
+    nt = len(fo.tgt)
+    n_rgb = nt + (len(fo.ctx) if cfg.rgb_on_context else 0)
+    bg = torch.tensor(cfg.background, dtype=torch.float32).to(dev, non_blocking=True)
+    w2c, K = _render_cameras(batch, fo, ti, with_context)
+    color, alpha, depth, n_gauss = _render_all(net, fo, raw, density, w2c, K, W, H,
+                                               _geometry(model, cfg), cfg, bg)
+    p_rgb = color[:, :n_rgb].permute(0, 1, 4, 2, 3).flatten(0, 1)  # (B * n_rgb, 3, H, W)
+    g_rgb = batch.images.index_select(1, torch.cat([ti, ci])[:n_rgb]).float().flatten(0, 1)
+    depth_args = (None, None, None)
+    if ssi:
+        valid = batch.valid.index_select(1, ci)
         if rendered_depth:
-            a = out.alpha[len(tgt):, ..., 0]
-            p_d.append(out.depth[len(tgt):, ..., 0])
-            valid.append(batch.valid[b, ctx] & (a.detach() > cfg.loss.depth_min_alpha))
-        elif ssi:
-            p_d.append((fo.depth[b] + raw[b, ..., -1]) * fo.depth_scale[b])
-            valid.append(batch.valid[b, ctx])
-        if ssi:
-            g_d.append(batch.depth[b, ctx].float())
-    depth_args = (torch.cat(p_d), torch.cat(g_d), torch.cat(valid)) if ssi else (None, None, None)
-    loss, logs = stage2_loss(torch.cat(p_rgb), torch.cat(g_rgb), *depth_args, cfg=cfg.loss,
-                             lpips_fn=lpips_fn)
+            p_d = depth[:, nt:, ..., 0]
+            valid = valid & (alpha[:, nt:, ..., 0].detach() > cfg.loss.depth_min_alpha)
+        else:
+            p_d = (fo.depth + raw[..., -1]) * fo.depth_scale[:, None, None, None]
+        g_d = batch.depth.index_select(1, ci).float()
+        depth_args = (p_d.flatten(0, 1), g_d.flatten(0, 1), valid.flatten(0, 1))
+    loss, logs = stage2_loss(p_rgb, g_rgb, *depth_args, cfg=cfg.loss, lpips_fn=lpips_fn)
     loss = loss + 0.0 * (raw.sum() + density.sum())  # every head output in the graph (DDP)
-    logs.update(num_gaussians=n_gauss / B, pose_conditioned=float(fo.pose_conditioned.float().mean()),
-                opacity=float(density.detach().mean()))
-    images = {"render": p_rgb[0].detach().clamp(0, 1), "gt": g_rgb[0]}
+    logs.update(num_gaussians=float(n_gauss), pose_conditioned=fo.pose_conditioned.float().mean(),
+                opacity=density.detach().mean())
+    if not cfg.batched:  # the per-sample implementation read its logs on the host
+        logs = {k: float(v) for k, v in logs.items()}
+    images = {"render": p_rgb[:n_rgb].detach().clamp(0, 1), "gt": g_rgb[:n_rgb]}
     return Stage2Result(loss, logs, images)
 
 
 def stage2_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer,
                       cfg: Stage2Config | None = None, lpips_fn=None, step: int | None = None,
                       grad_clip: float = 1.0, frozen: FrozenOutputs | None = None) -> dict:
-    """One optimizer step of stage 2 on ``batch``; returns the logs (floats). A non-finite
-    loss skips the update and logs ``skipped: 1``. ``grad_clip`` <= 0 disables clipping."""
+    """One optimizer step of stage 2 on ``batch``; returns the logs (floats: read on the host,
+    a sync, unlike the trainer's step). A non-finite loss skips the update and logs
+    ``skipped: 1``. ``grad_clip`` <= 0 disables clipping."""
     optimizer.zero_grad(set_to_none=True)
     res = stage2_forward(model, batch, cfg, lpips_fn, step, frozen)
-    logs = dict(res.logs)
+    logs = {k: float(v) for k, v in res.logs.items()}
     if not torch.isfinite(res.loss):
         logs["skipped"] = 1.0
         return logs
@@ -451,7 +574,7 @@ class Stage2Objective:
         return {f"{name}/{k}": v for name, batches in sets.items()
                 for k, v in nvs_metrics(net, batches, self.cfg, device).items()}
 
-    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, net: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from da3gs.losses.stage2 import build_lpips_loss
 
         dev = str(batch.images.device)

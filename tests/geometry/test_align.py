@@ -188,3 +188,97 @@ def test_align_cameras_by_orientations_survives_coincident_predicted_centres():
     assert view_angle(by_centres).max() > 10
     with pytest.raises(GeometryError, match="rotation: expected"):
         align_cameras(c2w_src, c2w_dst, rotation="both")
+
+
+# --- batched, sync-free alignment (training) against the per-sample float64 functions ---
+
+def _noisy_pairs(seed: int, B: int = 6, n: int = 6):
+    """(B, n, 4, 4) GT cameras and predictions: a known Sim(3) away, with rotation and centre
+    noise; sample 0 coincident predicted centres, sample 1 collinear ones, sample 2 n=... as
+    given (degenerate cases of the centre fit)."""
+    g = torch.Generator().manual_seed(seed)
+    from da3gs.train.refine import so3_exp
+
+    dst = torch.stack([random_c2w(n, g) for _ in range(B)])
+    src = torch.empty_like(dst)
+    for b in range(B):
+        sim = _sim3(seed * 100 + b, s=0.5 + b)
+        src[b] = apply_sim3_to_c2w(sim.inverse(), dst[b])
+        for i in range(n):
+            src[b, i, :3, :3] = so3_exp(0.05 * torch.randn(3, generator=g, dtype=F64)) @ src[b, i, :3, :3]
+        src[b, :, :3, 3] += 0.05 * torch.randn(n, 3, generator=g, dtype=F64)
+    if B > 1 and n > 1:
+        src[0, :, :3, 3] = src[0, :1, :3, 3]  # coincident
+        line = torch.linspace(-1, 1, n, dtype=F64)[:, None] * torch.tensor([0.3, -0.2, 0.5], dtype=F64)
+        src[1, :, :3, 3] = line
+        dst[1, :, :3, 3] = 2.0 * line + 1.0  # collinear in both
+    return src, dst
+
+
+def test_max_trace_rotation_equals_svd_projection():
+    from da3gs.geometry import max_trace_rotation
+
+    M = torch.randn(500, 3, 3, generator=torch.Generator().manual_seed(30), dtype=F64)
+    M[0] = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=F64))  # reflection: det < 0
+    M[1] = torch.eye(3, dtype=F64) * 4.0  # the noise-free chordal mean (triple eigenvalues)
+    U, S, Vh = torch.linalg.svd(M)
+    d = torch.sign(torch.linalg.det(M))
+    ref = U @ torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)) @ Vh
+    R, trace = max_trace_rotation(M)
+    torch.testing.assert_close(R[1:], ref[1:], atol=1e-10, rtol=0)
+    torch.testing.assert_close(trace, S[:, 0] + S[:, 1] + d * S[:, 2], atol=1e-10, rtol=0)
+    # M[0]: every rotation about z by pi is... a maximiser has trace 1 and det +1
+    assert float(torch.linalg.det(R[0])) == pytest.approx(1.0)
+    R32, _ = max_trace_rotation(M.float())
+    torch.testing.assert_close(R32[1:].double(), ref[1:], atol=1e-4, rtol=0)
+    assert torch.equal(max_trace_rotation(torch.zeros(3, 3))[0], torch.eye(3))
+
+
+@pytest.mark.parametrize("rotation", ["orientations", "centres"])
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_align_cameras_batched_equals_per_sample(rotation, n):
+    from da3gs.geometry import align_cameras_batched
+
+    src, dst = _noisy_pairs(40 + n, B=5, n=n)
+    sim, aligned = align_cameras_batched(src, dst, rotation=rotation)
+    assert sim.s.shape == (5,) and aligned.shape == src.shape
+    for dtype, tol in ((F64, 1e-9), (torch.float32, 2e-4)):
+        sim, aligned = align_cameras_batched(src.to(dtype), dst.to(dtype), rotation=rotation)
+        assert aligned.dtype == dtype
+        for b in range(5):
+            ref, ref_aligned = align_cameras(src[b], dst[b], orientation_fallback=True,
+                                             rotation=rotation)
+            torch.testing.assert_close(sim.R[b].double(), ref.R, atol=tol, rtol=0)
+            torch.testing.assert_close(sim.s[b].double(), ref.s, atol=tol, rtol=tol)
+            torch.testing.assert_close(aligned[b].double(), ref_aligned, atol=tol * 10, rtol=tol)
+
+
+def test_align_cameras_batched_no_host_reads_and_errors():
+    from da3gs.geometry import align_cameras_batched
+    from tests.syncs import SyncRecorder
+
+    src, dst = _noisy_pairs(50, B=3, n=4)
+    with SyncRecorder() as rec:
+        for rotation in ("orientations", "centres"):
+            align_cameras_batched(src, dst, rotation=rotation)
+    assert rec.syncs == []
+    with pytest.raises(GeometryError, match="expected shape"):
+        align_cameras_batched(torch.eye(4), torch.eye(4))
+    with pytest.raises(GeometryError, match="shapes differ"):
+        align_cameras_batched(src, dst[:, :3])
+    with pytest.raises(GeometryError, match="rotation: expected"):
+        align_cameras_batched(src, dst, rotation="both")
+
+
+@pytest.mark.parametrize("n", [1, 2, 6])
+def test_scale_to_input_batched_equals_per_sample(n):
+    from da3gs.errors import Da3gsError
+    from da3gs.models.model import scale_to_input, scale_to_input_batched
+
+    src, dst = _noisy_pairs(60 + n, B=4, n=n)
+    ref = torch.tensor([scale_to_input(src[b], dst[b]) for b in range(4)], dtype=F64)
+    torch.testing.assert_close(scale_to_input_batched(src, dst), ref, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(scale_to_input_batched(src.float(), dst.float()).double(), ref,
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(Da3gsError, match="RANSAC"):
+        scale_to_input_batched(*_noisy_pairs(1, B=1, n=10))

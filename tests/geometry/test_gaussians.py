@@ -1,4 +1,5 @@
-"""transform_gaussians: a Sim(3) of the cloud and the cameras leaves the images unchanged."""
+"""transform_gaussians: a Sim(3) of the cloud and the cameras leaves the images unchanged;
+build_gaussians_batched equals build_gaussians per sample."""
 
 from __future__ import annotations
 
@@ -75,3 +76,25 @@ def test_rejects_batched_or_bad_scale():
         transform_gaussians(g, Sim3(sim.R[None], sim.t[None], sim.s[None].expand(1)))
     with pytest.raises(GeometryError):
         transform_gaussians(g, Sim3(sim.R, sim.t, torch.tensor(-1.0, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("geometry", ["da3gs", "official"])
+def test_build_gaussians_batched_equals_per_sample(geometry):
+    from da3gs.models.gaussian_adapter import build_gaussians, build_gaussians_batched
+
+    g = torch.Generator().manual_seed(7)
+    B, V, H, W = 2, 3, 5, 6
+    raw = 0.3 * torch.randn(B, V, H, W, 37, generator=g)
+    dens, depth = torch.rand(B, V, H, W, generator=g), 1 + torch.rand(B, V, H, W, generator=g)
+    c2w = torch.eye(4).repeat(B, V, 1, 1)
+    c2w[..., :3, 3] = torch.randn(B, V, 3, generator=g)
+    K = torch.tensor([[5.0, 0, 3], [0, 5.0, 2.5], [0, 0, 1]]).repeat(B, V, 1, 1)
+    scale = torch.tensor([0.5, 2.0])
+    out = build_gaussians_batched(raw, dens, depth, c2w, K, 2, geometry, depth_scale=scale)
+    assert out.means.shape == (B, V * H * W, 3) and out.sh.shape == (B, V * H * W, 9, 3)
+    for b in range(B):
+        ref = build_gaussians(raw[b], dens[b], depth[b], c2w[b], K[b], 2, geometry,
+                              depth_scale=float(scale[b]))
+        for k in ("means", "quats", "scales", "opacities", "sh", "view", "pixel"):
+            torch.testing.assert_close(getattr(out, k)[b], getattr(ref, k), rtol=1e-6,
+                                       atol=1e-6, msg=k)

@@ -16,9 +16,9 @@ def test_mse_part_by_hand():
     gt[1] = 0.25
     loss, logs = stage2_loss(pred, gt, cfg=Stage2LossConfig(lpips_weight=0.0, mse_weight=2.0))
     mse = (0.25 + 0.0625) / 2
-    assert logs["mse"] == pytest.approx(mse)
+    assert float(logs["mse"]) == pytest.approx(mse)
     assert float(loss) == pytest.approx(2 * mse)
-    assert logs["psnr"] == pytest.approx(-10 * math.log10(mse), rel=1e-5)
+    assert float(logs["psnr"]) == pytest.approx(-10 * math.log10(mse), rel=1e-5)
     assert "lpips" not in logs and "depth" not in logs
 
 
@@ -36,7 +36,7 @@ def test_ssi_depth_by_hand():
     rgb = torch.zeros(1, 3, 2, 2)
     loss, logs = stage2_loss(rgb, rgb + 0.1, pred.detach(), gt, valid,
                              Stage2LossConfig(lpips_weight=0.0, depth_weight=0.5, depth_min_valid=1))
-    assert logs["depth"] == pytest.approx(0.6)
+    assert float(logs["depth"]) == pytest.approx(0.6)
     assert float(loss) == pytest.approx(0.01 + 0.5 * 0.6, rel=1e-5)
 
 
@@ -72,8 +72,8 @@ def test_lpips_term_and_errors(tmp_path):
     # a fake LPIPS: the term enters with its weight
     loss, logs = stage2_loss(pred, gt, cfg=Stage2LossConfig(lpips_weight=0.05),
                              lpips_fn=lambda p, g: torch.full((p.shape[0],), 0.4))
-    assert logs["lpips"] == pytest.approx(0.4)
-    assert float(loss) == pytest.approx(logs["mse"] + 0.02, rel=1e-5)
+    assert float(logs["lpips"]) == pytest.approx(0.4)
+    assert float(loss) == pytest.approx(float(logs["mse"]) + 0.02, rel=1e-5)
 
 
 @pytest.mark.skipif(not (lpips_cache_dir() / "lpips_alex.safetensors").is_file(),

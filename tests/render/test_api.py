@@ -95,3 +95,69 @@ def test_render_package_does_not_import_gsplat():
             "g, w, K = random_scene(5); da3gs.render.render(g, w, K, 8, 8);"
             "assert 'gsplat' not in sys.modules, 'gsplat imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _batched_scenes(B=3, n=40, cams=2):
+    scenes = [random_scene(n, seed=30 + b, sh_degree=1, cams=cams) for b in range(B)]
+    g = Gaussians(**{k: torch.stack([getattr(s[0], k) for s in scenes])
+                     for k in ("means", "quats", "scales", "opacities", "sh")})
+    return scenes, g, torch.stack([s[1] for s in scenes]), torch.stack([s[2] for s in scenes])
+
+
+def test_render_batch_equals_per_sample_render():
+    from da3gs.render import render_batch
+
+    scenes, g, w2c, K = _batched_scenes()
+    bg = torch.rand(3, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for background in (None, bg[0, 0], bg):
+        out = render_batch(g, w2c, K, 32, 24, background=background)
+        assert out.color.shape == (3, 2, 24, 32, 3) and out.radii.shape == (3, 2, 40, 2)
+        for b, (gb, wb, kb) in enumerate(scenes):
+            bb = background if background is None or background.dim() == 1 else background[b]
+            ref = render(gb, wb, kb, 32, 24, background=bb)
+            for k in ("color", "alpha", "depth", "radii"):
+                assert torch.equal(getattr(out, k)[b], getattr(ref, k)), k
+    assert render_batch(g, w2c, K, 32, 24, radii=False).radii is None
+
+
+def test_render_batch_errors():
+    from da3gs.render import render_batch
+
+    _, g, w2c, K = _batched_scenes()
+    with pytest.raises(Da3gsError, match=r"means must be \(B, N, 3\)"):
+        render_batch(Gaussians(means=g.means[0], quats=g.quats[0], scales=g.scales[0],
+                               opacities=g.opacities[0], sh=g.sh[0]), w2c, K, 32, 24)
+    with pytest.raises(Da3gsError, match="w2c must be"):
+        render_batch(g, w2c[:2], K, 32, 24)
+    with pytest.raises(Da3gsError, match="K must be"):
+        render_batch(g, w2c, K[0], 32, 24)
+    with pytest.raises(Da3gsError, match="opacities"):
+        render_batch(Gaussians(means=g.means, quats=g.quats, scales=g.scales,
+                               opacities=g.opacities[:, :5], sh=g.sh), w2c, K, 32, 24)
+    with pytest.raises(Da3gsError, match="background"):
+        render_batch(g, w2c, K, 32, 24, background=torch.zeros(2, 2, 3))
+    with pytest.raises(Da3gsError, match="CUDA"):
+        render_batch(g, w2c, K, 32, 24, backend="gsplat")
+
+
+def test_gsplat_dense_radii_and_batch_support():
+    """gsplat's packed radii (1.5: per-axis, with batch_ids over leading dims) to dense."""
+    from types import SimpleNamespace
+
+    from da3gs.render.gsplat_backend import _dense_radii, supports_batch_dims
+
+    assert supports_batch_dims(SimpleNamespace(__version__="1.5.3"))
+    assert not supports_batch_dims(SimpleNamespace(__version__="1.4.0"))
+    assert supports_batch_dims(SimpleNamespace(__version__="1.10.0+cu12"))
+    meta = {"radii": torch.tensor([[3, 4], [5, 6]], dtype=torch.int32),
+            "batch_ids": torch.tensor([1, 0]), "camera_ids": torch.tensor([0, 1]),
+            "gaussian_ids": torch.tensor([2, 0])}
+    out = _dense_radii(meta, (2,), 2, 3, "cpu")
+    assert out.shape == (2, 2, 3, 2) and int(out.sum()) == 18
+    assert out[1, 0, 2].tolist() == [3, 4] and out[0, 1, 0].tolist() == [5, 6]
+    meta14 = {"radii": torch.tensor([7, 8], dtype=torch.int32), "camera_ids": torch.tensor([0, 1]),
+              "gaussian_ids": torch.tensor([1, 2])}
+    out = _dense_radii(meta14, (), 2, 3, "cpu")
+    assert out.shape == (2, 3, 2) and out[0, 1].tolist() == [7, 7] and out[1, 2].tolist() == [8, 8]
+    unpacked = {"radii": torch.ones(2, 2, 3, 2, dtype=torch.int32)}
+    assert _dense_radii(unpacked, (2,), 2, 3, "cpu").shape == (2, 2, 3, 2)
