@@ -18,7 +18,7 @@ from da3gs.data.batch import ViewBatch
 from da3gs.geometry import as_homogeneous, w2c_to_c2w
 from da3gs.data.sources import make_eval_sets
 from da3gs.train.config import EvalConfig
-from da3gs.train.step import autocast_for, network_inputs
+from da3gs.train.objectives import autocast_for, network_inputs
 
 
 @torch.no_grad()

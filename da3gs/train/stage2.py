@@ -77,7 +77,7 @@ from da3gs.models.model import (RANSAC_ALIGN_VIEWS, normalize_input_poses, scale
                                 scale_to_input_batched)
 from da3gs.models.net import DA3Net
 from da3gs.render import render, render_batch
-from da3gs.train.step import _index_on
+from da3gs.train.objectives import _index_on
 
 __all__ = ["Stage2Config", "FrozenOutputs", "FROZEN_MODULES", "Stage2Objective", "setup_stage2",
            "set_stage2_modes", "stage2_param_groups", "init_gs_head_output", "check_optimizer",
