@@ -58,7 +58,13 @@ from torch import nn
 from da3gs.data.batch import ViewBatch
 from da3gs.train.step import StepModule, StepResult
 
-__all__ = ["GraphedStep"]
+__all__ = ["CaptureError", "GraphedStep"]
+
+
+class CaptureError(RuntimeError):
+    """Capturing a bucket's step failed (an op that cannot be captured, a library doing host
+    work mid-capture). Nothing was updated: the caller may continue with the eager step after
+    :meth:`GraphedStep.release`."""
 
 # per pixel (B * V * H * W) channels, per view (B * V) elements, per sample (B) elements
 _PER_PIXEL = {"images": 3, "depth": 1, "valid": 1, "sky": 1}
@@ -236,6 +242,15 @@ class GraphedStep:
         self.out.copy_(vals)
 
     def _capture(self, key: tuple, inp: ViewBatch) -> torch.cuda.CUDAGraph:
+        try:
+            return self._capture_once(key, inp)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            raise CaptureError(f"CUDA-graph capture of the training step failed for batch shape "
+                               f"{tuple(inp.shape)}: {' '.join(str(e).split())[:300]}") from e
+
+    def _capture_once(self, key: tuple, inp: ViewBatch) -> torch.cuda.CUDAGraph:
         t0 = time.perf_counter()
         net = self.module.net
         with _uncached(net):
@@ -273,6 +288,19 @@ class GraphedStep:
         o = self.out
         parts = {k: o[3 + i] for i, k in enumerate(self.part_names)}
         return StepResult(o[0], parts, o[1], o[2])
+
+    def release(self) -> None:
+        """Hand the optimizer and objective back to the eager step: learning rates as floats,
+        no ``found_inf``, autocast's cache on; the graphs and buffers are dropped."""
+        for g in self.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"] = float(g["lr"])
+        if getattr(self.opt, "found_inf", None) is self.flag:
+            del self.opt.found_inf
+        self.module.objective.autocast_cache = True
+        self.graphs.clear()
+        self._static.clear()
+        self._flat.clear()
 
     def read(self) -> tuple[int, int]:
         """``(bad_in_row, bad_total)``: the non-finite counters (one device-to-host copy)."""

@@ -28,7 +28,7 @@ from da3gs.train.dist import (DistInfo, all_reduce_, barrier, broadcast_object, 
                               mean_over_ranks, wrap)
 from da3gs.train.ema import EMA
 from da3gs.train.logging import RunLogger, depth_grid
-from da3gs.train.graphs import GraphedStep
+from da3gs.train.graphs import CaptureError, GraphedStep
 from da3gs.train.objectives import make_objective, take
 from da3gs.train.optim import build_optimizer, lr_at, optimizer_state, set_lr
 from da3gs.train.step import StepModule, apply_teacher, batch_to_device, train_step
@@ -363,8 +363,16 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
         set_lr(opt, lr)
         ts = time.time()
         if gstep is not None:  # skips are counted on the device, read when logging
-            res = gstep.step(batch, counters.step)
-        else:
+            try:
+                res = gstep.step(batch, counters.step)
+            except CaptureError as e:
+                if str(cfg.run.graphs).lower() in ("on", "true"):
+                    raise
+                sync_bad()
+                gstep.release()
+                gstep = None
+                logger.message(f"run.graphs=auto: {e}; continuing with the eager step")
+        if gstep is None:
             res = train_step(wrapped, params, opt, batch, cfg.optim.grad_clip)
         if gstep is None and res.skipped:
             counters.bad_in_row += 1

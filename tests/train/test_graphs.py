@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from da3gs.models.net import build_net
+from da3gs.train.checkpoint import load_checkpoint
 from da3gs.train.config import ConfigError, load_config
 from da3gs.train.ema import EMA
 from da3gs.train.graphs import GraphedStep
@@ -193,3 +194,33 @@ def test_sync_recorder_sees_host_reads_and_backward_ops():
     assert "mul" in rec.ops and "_local_scalar_dense" in rec.syncs
     assert "index(bool mask)" in rec.syncs and "nonzero" in rec.syncs
     assert rec.ops.count("mul") >= 2  # the backward's ops are recorded too
+
+
+def test_auto_falls_back_to_the_eager_step_when_a_capture_fails(tmp_path, monkeypatch, capsys):
+    """run.graphs=auto: a failed capture (CaptureError) is reported once and the run goes on
+    with the eager step on the same batch; run.graphs=on re-raises it."""
+    from da3gs.train import loop
+    from da3gs.train.graphs import CaptureError
+    from tests.train.fakes import global_rng_source
+
+    monkeypatch.setattr(loop, "graphs_enabled", lambda *a, **k: True)  # as on a CUDA machine
+    calls = {"n": 0}
+    real_step = GraphedStep.step
+
+    def flaky(self, batch, step):
+        calls["n"] += 1
+        if calls["n"] == 2:  # a new bucket whose capture fails
+            raise CaptureError("capture failed (test)")
+        return real_step(self, batch, step)
+
+    monkeypatch.setattr(GraphedStep, "step", flaky)
+    cfg = _cfg("schedule.steps=4", f"run.out={tmp_path / 'auto'}", "run.ckpt_every=4")
+    res = loop.train(cfg, source=global_rng_source)
+    assert res.step == 4 and calls["n"] == 2  # one graphed step, then eager for the rest
+    assert "capture failed (test); continuing with the eager step" in capsys.readouterr().err
+    _, _, st = load_checkpoint(res.checkpoint)
+    assert all(isinstance(g["lr"], float) for g in st["optimizer"]["param_groups"])
+    calls["n"] = 0
+    with pytest.raises(CaptureError):
+        loop.train(_cfg("schedule.steps=4", f"run.out={tmp_path / 'on'}", "run.graphs=on"),
+                   source=global_rng_source)
