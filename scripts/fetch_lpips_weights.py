@@ -11,7 +11,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from da3gs.cli import main  # noqa: E402
+from da3gs.cli import main as cli_main  # noqa: E402
+
+
+def main(argv=None) -> int:
+    """``da3gs fetch lpips ARGS``."""
+    return cli_main(["fetch", "lpips", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["fetch", "lpips", *sys.argv[1:]]))
+    sys.exit(main())

@@ -131,6 +131,7 @@ def build_network(cfg: TrainConfig, device: torch.device, objective=None) -> nn.
         preset = get_preset(cfg.model.preset)
     except ValueError as e:
         raise ConfigError(f"model.preset: {e}") from None
+    objective = objective if objective is not None else make_objective(cfg)
     seed_all(cfg.run.seed)
     if cfg.model.init:
         from da3gs.models.loading import load_model
@@ -138,24 +139,18 @@ def build_network(cfg: TrainConfig, device: torch.device, objective=None) -> nn.
         model = load_model(cfg.model.init, device="cpu")
         net = model.net
         net.gs_geometry = model.gs_geometry  # "official" for the official GS weights
-        if cfg.stage == "stage2" and getattr(net, "gs_head", 0) is None and preset.gs_head:
-            from da3gs.models.net import with_gs_head
-
-            try:  # e.g. official DA3-SMALL with model.preset=small-gs: add a fresh GS head
-                net = with_gs_head(net, preset, cfg.model.head_chunk)
-            except ValueError:
-                pass  # reported just below
+        net = objective.adapt_loaded(net, preset, cfg)
         if net.preset.name != preset.name:
             raise ConfigError(f"model.init {cfg.model.init!r} is preset {net.preset.name!r}, but "
                               f"model.preset is {preset.name!r}; set model.preset={net.preset.name}")
     else:
         net = build_net(preset, head_chunk=cfg.model.head_chunk)
-    if cfg.stage in ("stage1", "stage2") and not net.has_cameras:
-        raise ConfigError(f"{cfg.stage} needs an any-view preset; {preset.name!r} is monocular")
+    if objective.needs_cameras and not net.has_cameras:
+        raise ConfigError(f"{objective.stage} needs an any-view preset; {preset.name!r} is "
+                          "monocular")
     for m in net.modules():
         if hasattr(m, "grad_checkpointing"):
             m.grad_checkpointing = cfg.model.grad_checkpointing
-    objective = objective if objective is not None else make_objective(cfg)
     try:
         return objective.prepare(net.to(device), cfg)
     except ConfigError:

@@ -118,6 +118,8 @@ class _SupervisedObjective:
     stage = ""
     #: batch fields the loss reads, for a CUDA-graphed step; None: the step cannot be captured
     capture_fields: tuple[str, ...] | None = None
+    #: the network must predict cameras (an any-view preset)
+    needs_cameras = True
 
     def __init__(self, loss_cfg, loss_fn, precision: str = "auto", fast_heads: bool = False):
         self.loss_cfg, self.loss_fn = loss_cfg, loss_fn
@@ -125,6 +127,10 @@ class _SupervisedObjective:
         self.normalize = normalize_batch
         #: autocast's weight-cast cache (off while a CUDA graph is captured)
         self.autocast_cache = True
+
+    def adapt_loaded(self, net: nn.Module, preset, cfg) -> nn.Module:
+        """A network loaded from ``model.init``, adapted to the stage (unchanged here)."""
+        return net
 
     def prepare(self, net: nn.Module, cfg) -> nn.Module:
         """``net`` ready to train (trainable parameters chosen); ``cfg`` the TrainConfig."""
@@ -199,6 +205,7 @@ class TeacherObjective(_SupervisedObjective):
     Not capturable: the loss's global-local alignment reads device values on the host."""
 
     stage = "teacher"
+    needs_cameras = False
     not_capturable = "the teacher loss reads device values on the host"
 
     def __init__(self, loss_cfg: TeacherLossConfig | None = None, precision: str = "auto",

@@ -556,10 +556,24 @@ class Stage2Objective:
 
     stage = "stage2"
     capture_fields = None
+    needs_cameras = True
     not_capturable = "stage 2 renders with gsplat, whose sizes are data-dependent"
 
     def __init__(self, cfg: Stage2Config):
         self.cfg, self._lpips = cfg, {}
+
+    def adapt_loaded(self, net: nn.Module, preset, train_cfg) -> nn.Module:
+        """A loaded network without a GS head whose preset has one (e.g. official DA3-SMALL
+        with ``model.preset=small-gs``) gets a fresh head; anything else is returned as is
+        (a preset mismatch is reported by the caller)."""
+        if getattr(net, "gs_head", 0) is None and preset.gs_head:
+            from da3gs.models.net import with_gs_head
+
+            try:
+                return with_gs_head(net, preset, train_cfg.model.head_chunk)
+            except ValueError:
+                return net
+        return net
 
     def prepare(self, net: nn.Module, train_cfg=None) -> nn.Module:
         """Only the GS head trains (:func:`setup_stage2`; a Da3gsError without one)."""
