@@ -13,6 +13,15 @@ Sparse cross-view attention (long sequences): ``Backbone.cross_view_attention`` 
 the cross-view blocks to keyframes plus temporal neighbours; the window counts in the input
 order of the views, the pattern follows the reference-view reordering. With a pattern that
 covers every view pair (few views) the dense path runs, bit-identical to None (tested).
+
+Context parallelism (``forward(..., shard=)``, :mod:`da3gs.nn.context_parallel`): the same loop
+over the same blocks runs on this rank's views only; three steps differ, each in one place: the
+reference view is chosen from every rank's class tokens (gathered), the cross-view blocks
+attend over every rank's keys and values, and the views are not moved: the reference-first
+order, which in one process reorders the tokens, here places the learned camera tokens (index 0
+on the reference view wherever it lives). Per-view operations do not depend on a view's place
+in the sequence, and attention sums over keys (whose order only changes rounding), so the
+outputs equal the single-process ones to rounding (tested under gloo with 2 and 3 processes).
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from da3gs.errors import ConfigError
 from da3gs.models.presets import Preset
 from da3gs.models.reference_view import (MIN_VIEWS, gather_views, inverse_order,
                                          reference_first_order, select_reference_view)
+from da3gs.nn.context_parallel import ViewShard
 from da3gs.nn.rope import RoPE2D, RotaryTable, constant_positions, patch_positions
 from da3gs.nn.sparse_attention import CrossViewPattern, cross_view_attention_fn
 from da3gs.nn.transformer import Block
@@ -163,6 +174,22 @@ class Backbone(nn.Module):
         return torch.cat([self.camera_token[:, :1].expand(B, 1, -1),
                           self.camera_token[:, 1:].expand(B, V - 1, -1)], dim=1)
 
+    def _shard_camera_tokens(self, cam_token: torch.Tensor | None, positions: torch.Tensor,
+                             ref_mask: torch.Tensor | None) -> torch.Tensor:
+        """Camera tokens of this rank's views under context parallelism, ``(B, V_local, C)``.
+        ``positions: (B, V_local)``: each held view's place in the reference-first order of all
+        views. The learned tokens go by that place (index 0 at place 0, the reference view), as
+        :meth:`learned_camera_tokens` does on the reordered sequence in one process; given
+        ``cam_token`` (this rank's views, input order) is kept, except for the ``ref_mask``
+        samples, whose tokens are the learned ones by contract (see :meth:`forward`)."""
+        first = (positions == 0)[..., None]
+        learned = torch.where(first, self.camera_token[:, :1], self.camera_token[:, 1:])
+        if cam_token is None:
+            return learned
+        if ref_mask is None:
+            return cam_token
+        return torch.where(ref_mask.reshape(-1, 1, 1), learned.to(cam_token.dtype), cam_token)
+
     def _sparse_attention(self, blk: Block, V: int, N: int, order: torch.Tensor | None,
                           ref: torch.Tensor | None, device: torch.device):
         """The cross-view attention callable of :attr:`cross_view_attention` for this input
@@ -176,14 +203,28 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor, cam_token: torch.Tensor | None = None,
                 ref_view_strategy: str = "saddle_balanced",
                 feat_dtype: torch.dtype | None = None,
-                ref_mask: torch.Tensor | None = None) -> BackboneOutput:
+                ref_mask: torch.Tensor | None = None,
+                shard: ViewShard | None = None) -> BackboneOutput:
         """``x: (B, V, 3, H, W)``; ``cam_token: (B, V, C)`` from the camera encoder or None;
         ``feat_dtype``: the dtype of ``feats`` (default: as computed; the camera tokens stay).
         ``ref_mask: (B,)`` bool, with ``cam_token``: the samples whose tokens are the learned
         pose-free ones (:meth:`learned_camera_tokens`, which are positional) and that choose
         their reference view by ``ref_view_strategy`` as without ``cam_token``; the others keep
-        the input order. None: with ``cam_token`` every sample keeps the input order."""
+        the input order. None: with ``cam_token`` every sample keeps the input order.
+        ``shard``: context parallelism (see the module docstring): ``x`` and ``cam_token`` are
+        this rank's ``shard.local_views`` views (input order) and so are the outputs; every
+        rank of ``shard.group`` must call this with the same arguments otherwise."""
         B, V, _, H, W = x.shape
+        V_all = V if shard is None else shard.num_views
+        if shard is not None:
+            if self.cross_view_attention is not None:
+                raise ConfigError("sparse cross-view attention does not run context-parallel; "
+                                  "use full attention (cross_view_attention = None)")
+            if V != shard.local_views:
+                raise ValueError(f"backbone: {V} views on rank {shard.rank}, its shard holds "
+                                 f"{shard.local_views}")
+            positions = torch.arange(shard.offset, shard.offset + V, device=x.device)
+            positions = positions[None].expand(B, -1)
         h, w = H // self.patch_size, W // self.patch_size
         x = self.embed(x)
         N = x.shape[2]
@@ -198,22 +239,29 @@ class Backbone(nn.Module):
         ref = None
         local_x = x
         feats, cams = [], []
-        sparse, sparse_ready = None, self.cross_view_attention is None
+        sparse, sparse_ready = None, self.cross_view_attention is None and shard is None
         for i, blk in enumerate(self.blocks):
-            if (self.alt_start >= 0 and i == self.alt_start - 1 and V >= MIN_VIEWS
+            if (self.alt_start >= 0 and i == self.alt_start - 1 and V_all >= MIN_VIEWS
                     and (cam_token is None or ref_mask is not None)):
-                ref = select_reference_view(x[:, :, 0], ref_view_strategy)
+                cls = x[:, :, 0] if shard is None else shard.gather_views(x[:, :, 0])
+                ref = select_reference_view(cls, ref_view_strategy)
                 if cam_token is not None:  # pose-conditioned samples: reference 0, order kept
                     ref = torch.where(ref_mask, ref, torch.zeros_like(ref))
-                order = reference_first_order(ref, V)
-                x, local_x = gather_views(x, order), gather_views(local_x, order)
+                order = reference_first_order(ref, V_all)
+                if shard is None:
+                    x, local_x = gather_views(x, order), gather_views(local_x, order)
+                else:  # the views stay; their places in the order place the camera tokens
+                    positions = inverse_order(order)[:, shard.local_slice()]
             if self.alt_start >= 0 and i == self.alt_start:
-                if cam_token is None:
+                if shard is not None:
+                    cam_token = self._shard_camera_tokens(cam_token, positions, ref_mask)
+                elif cam_token is None:
                     cam_token = self.learned_camera_tokens(B, V)
                 x = torch.cat([cam_token[:, :, None].to(x.dtype), x[:, :, 1:]], dim=2)
             if self.is_cross_view(i):
                 if not sparse_ready:  # the view order is final from here on
-                    sparse = self._sparse_attention(blk, V, N, order, ref, x.device)
+                    sparse = (shard.cross_view_attention if shard is not None else
+                              self._sparse_attention(blk, V, N, order, ref, x.device))
                     sparse_ready = True
                 x = self._run_block(blk, x.reshape(B, V * N, -1), global_pos,
                                     sparse).reshape(B, V, N, -1)
@@ -231,7 +279,7 @@ class Backbone(nn.Module):
                     out, cam = self.norm(x), x[:, :, 0]
                     if feat_dtype is not None:
                         out = out.to(feat_dtype)
-                if order is not None:
+                if order is not None and shard is None:
                     inv = inverse_order(order)
                     out, cam = gather_views(out, inv), gather_views(cam, inv)
                 feats.append(out[:, :, 1:])

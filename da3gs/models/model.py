@@ -141,7 +141,8 @@ class DA3Model(nn.Module):
               K: torch.Tensor | None = None, *, process_res: int = 504,
               process_method: str = "upper_bound_resize", ref_view: str = "saddle_balanced",
               precision: str = "auto", infer_gs: bool = False,
-              mixed_sizes: str = "cover", offload: bool | None = None) -> Prediction:
+              mixed_sizes: str = "cover", offload: bool | None = None,
+              process_group=None) -> Prediction | None:
         """Depth, confidence and cameras for a set of views.
 
         Args:
@@ -162,6 +163,13 @@ class DA3Model(nn.Module):
           offload: move the per-view outputs to host memory as the heads make them (the
             prediction is then on the CPU); None (default): when more than
             :attr:`OFFLOAD_VIEWS` views run on a GPU.
+          process_group: context parallelism (:mod:`da3gs.models.context_parallel`): one
+            forward over the ranks of this ``torch.distributed`` group
+            (``torch.distributed.group.WORLD``: all processes), each running the network on its
+            share of the views (any-view presets; not nested metric ones). Every rank calls
+            ``infer`` with the same arguments (each prepares every image: the common size and
+            the pose normalisation are those of all views); rank 0 returns the Prediction of all
+            views, the others None. None (default): one process.
         With poses, the camera encoder conditions the network (poses re-based on view 0 and
         scale-normalised) and the outputs come back in the frame and scale of the input poses.
         """
@@ -180,7 +188,15 @@ class DA3Model(nn.Module):
         if infer_gs and not self.has_gs_head:
             raise Da3gsError(f"preset {self.preset.name} has no GS head; cannot predict Gaussians")
         dev = self.device
-        x = imagenet_normalize(prep.images.to(dev))[None]
+        shard = None
+        if process_group is not None:
+            from da3gs.models.context_parallel import make_shard
+
+            if isinstance(self.preset, NestedPreset) or not self.has_cameras:
+                raise Da3gsError(f"preset {self.preset.name}: context parallelism runs any-view "
+                                 f"presets only (not nested metric or monocular ones)")
+            shard = make_shard(V, process_group)
+        x = imagenet_normalize(prep.images[shard.local_slice() if shard else slice(None)].to(dev))[None]
         ext = intr = None
         if in_c2w is not None:
             ext, _ = normalize_input_poses(c2w_to_w2c(in_c2w.to(dev, torch.float32))[None])
@@ -192,9 +208,15 @@ class DA3Model(nn.Module):
         try:
             with autocast:
                 out = self.net(x, ext, intr, ref_view_strategy=ref_view, infer_gs=infer_gs,
-                               fast=fast)
+                               fast=fast, **({} if shard is None else {"shard": shard}))
         finally:
             self.net.set_output_device(None)
+        if shard is not None:
+            from da3gs.models.context_parallel import gather_outputs
+
+            out = gather_outputs(out, shard, device="cpu" if offload else None)
+            if out is None:  # not rank 0: its views' outputs went there
+                return None
         return self._to_prediction(out, prep, in_c2w)
 
     def _to_prediction(self, out: dict, prep, in_c2w: torch.Tensor | None) -> Prediction:

@@ -26,6 +26,7 @@ from da3gs.models.heads.dual_dpt import DualDPT
 from da3gs.models.heads.gs_dpt import GSDPT
 from da3gs.models.metric import fill_sky, metric_scale
 from da3gs.models.presets import NestedPreset, Preset, get_preset
+from da3gs.nn.context_parallel import ViewShard
 
 
 def _no_autocast(device_type: str):
@@ -79,7 +80,8 @@ class DA3Net(nn.Module):
     def forward(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                 intrinsics: torch.Tensor | None = None, ref_view_strategy: str = "saddle_balanced",
                 infer_gs: bool = False, fast: bool = False,
-                pose_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                pose_mask: torch.Tensor | None = None,
+                shard: ViewShard | None = None) -> dict[str, torch.Tensor]:
         """``x: (B, V, 3, H, W)`` normalised; optional ``extrinsics`` (w2c) ``(B, V, 4, 4)`` and
         ``intrinsics (B, V, 3, 3)`` condition the camera tokens (any-view models only).
         ``fast``: under autocast, the heads run in the autocast dtype on features kept in that
@@ -89,9 +91,13 @@ class DA3Net(nn.Module):
         fixed sequence of kernels whatever the mask (training under CUDA graphs); equal per
         sample to running the two groups apart: the pose-free samples choose their reference
         view by ``ref_view_strategy`` (with ``"first"``, view 0, and no reordering at all), the
-        pose-conditioned ones keep the input order."""
+        pose-conditioned ones keep the input order.
+        ``shard``: context parallelism (:mod:`da3gs.models.context_parallel`; any-view
+        networks): ``x`` holds this rank's ``shard.local_views`` views, ``extrinsics`` and
+        ``intrinsics`` every view's (the camera encoder attends across all views; its input is
+        9 numbers a view); the outputs are this rank's views."""
         out, feats = self.forward_features(x, extrinsics, intrinsics, ref_view_strategy, fast,
-                                           pose_mask)
+                                           pose_mask, shard)
         if infer_gs and self.gs_head is not None:
             ref = out.pop("ref_view", None)
             with _head_context(x.device.type, fast):
@@ -103,14 +109,18 @@ class DA3Net(nn.Module):
     def forward_features(self, x: torch.Tensor, extrinsics: torch.Tensor | None = None,
                          intrinsics: torch.Tensor | None = None,
                          ref_view_strategy: str = "saddle_balanced", fast: bool = False,
-                         pose_mask: torch.Tensor | None = None
+                         pose_mask: torch.Tensor | None = None, shard: ViewShard | None = None
                          ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Everything but the GS head: ``(out, feats)`` with ``out`` as :meth:`forward`
         without ``raw_gs*`` and ``feats[i]: (B, V, h*w, 2C)`` the features handed to the
         heads, fp32 (bf16 with ``fast`` under bf16 autocast); feed them to
-        :meth:`gs_from_features` (stage 2 runs this part frozen)."""
+        :meth:`gs_from_features` (stage 2 runs this part frozen). ``shard``: see :meth:`forward`."""
         B, V, _, H, W = x.shape
         dev = x.device.type
+        if shard is not None and not self.has_cameras:
+            raise Da3gsError(f"preset {self.preset.name}: context parallelism needs an any-view "
+                             f"network (one with cross-view attention)")
+        V_all = V if shard is None else shard.num_views
         cam_token = None
         if extrinsics is not None and self.has_cameras:
             if intrinsics is None:
@@ -118,14 +128,16 @@ class DA3Net(nn.Module):
             with _no_autocast(dev):
                 cam_token = self.camera_encoder(extrinsics.float(), intrinsics.float(), (H, W))
                 if pose_mask is not None:
-                    learned = self.backbone.learned_camera_tokens(B, V).to(cam_token.dtype)
+                    learned = self.backbone.learned_camera_tokens(B, V_all).to(cam_token.dtype)
                     cam_token = torch.where(pose_mask.reshape(B, 1, 1), cam_token, learned)
+                if shard is not None:  # every view's tokens made (cross-view), this rank's kept
+                    cam_token = cam_token[:, shard.local_slice()]
         head_dtype = _head_dtype(dev, fast)
         ref_mask = None
         if cam_token is not None and pose_mask is not None and ref_view_strategy != "first":
             ref_mask = ~pose_mask.reshape(B).bool()
         bb = self.backbone(x, cam_token=cam_token, ref_view_strategy=ref_view_strategy,
-                           feat_dtype=head_dtype, ref_mask=ref_mask)
+                           feat_dtype=head_dtype, ref_mask=ref_mask, shard=shard)
         feats = bb.feats
         with _head_context(dev, fast):
             out = dict(self.depth_head(feats, H, W))
