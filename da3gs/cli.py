@@ -80,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     handler = _console_log(args.command)
     try:
         module, _, func = _COMMANDS[args.command]
-        getattr(importlib.import_module(module), func)(args)
+        job = getattr(importlib.import_module(module), func)
+        if hasattr(args, "gpus"):  # render, eval: one process, or context-parallel over several
+            from da3gs.apps.common import run_job
+
+            run_job(args, job)
+        else:
+            job(args)
         return 0
     except Da3gsError as e:
         print(f"da3gs {args.command}: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -258,3 +259,129 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
     if getattr(args, "compile", False):
         model.enable_compile()
     return model, str(source)
+
+
+# --- context parallelism: one forward over several GPUs (--gpus N, or torchrun) ---------------
+
+GPUS_HELP = ("one forward over N GPUs of this machine (context parallelism: each GPU holds 1/N of "
+             "the views, the cross-view attention exchanges keys and values; any-view models). "
+             "Under torchrun, the processes it starts (then --gpus, if given, must equal its "
+             "world size)")
+
+
+def add_gpus_flag(p) -> None:
+    """``--gpus N`` (see :func:`run_job`)."""
+    p.add_argument("--gpus", type=int, default=None, metavar="N", help=GPUS_HELP)
+
+
+def _torchrun_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
+def check_gpus(args) -> int:
+    """The number of processes of the job: ``--gpus`` or torchrun's ``WORLD_SIZE`` (1: one
+    process). Raises Da3gsError (one line, before anything is loaded) for a value this machine
+    cannot run: fewer CUDA devices than ``--gpus``, or ``--gpus`` against ``--device cpu``."""
+    n, world = getattr(args, "gpus", None), _torchrun_world()
+    if n is not None and n < 1:
+        raise Da3gsError(f"--gpus: expected a positive number of GPUs, got {n}")
+    if world > 1:
+        if n is not None and n != world:
+            raise Da3gsError(f"--gpus {n}: torchrun started {world} processes; pass --gpus {world} "
+                             f"or leave --gpus out")
+        return world
+    if n is None or n == 1:
+        return 1
+    if args.device not in ("auto", "cuda"):
+        raise Da3gsError(f"--gpus {n}: runs one process per CUDA device; drop --device "
+                         f"{args.device}")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < n:
+        raise Da3gsError(f"--gpus {n}: this machine has {have} CUDA device"
+                         f"{'' if have == 1 else 's'}")
+    return n
+
+
+def run_job(args, job):
+    """Run ``job(args)`` (a CLI command's function) in one process, or context-parallel over
+    :func:`check_gpus` processes: under torchrun this process is one of them; with ``--gpus N``
+    it starts N (``torch.multiprocessing``, NCCL, one GPU each). Rank 0 runs the job; each of
+    its inferences (:func:`job_infer`) is announced to the other ranks, which load the same
+    model and join the forward with their share of the views, until rank 0 ends."""
+    world = check_gpus(args)
+    if world == 1:
+        return job(args)
+    if _torchrun_world() > 1:
+        return _as_rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)),
+                        "env://", args, job)
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        mp.spawn(_spawned, args=(world, f"tcp://127.0.0.1:{port}", args, job), nprocs=world)
+    except mp.ProcessExitedException as e:  # the failing rank printed its error line
+        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+    return None
+
+
+def _spawned(rank: int, world: int, init: str, args, job) -> None:
+    try:
+        _as_rank(rank, world, rank, init, args, job)
+    except Da3gsError as e:
+        print(f"da3gs {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _as_rank(rank: int, world: int, local_rank: int, init: str, args, job):
+    import torch.distributed as dist
+
+    if args.device != "cpu":  # CUDA: one device a rank, NCCL; --device cpu (tests): gloo
+        if not torch.cuda.is_available():
+            raise Da3gsError(f"rank {rank}: CUDA is not available; pass --device cpu for a "
+                             f"CPU run (gloo)")
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    dist.init_process_group("gloo" if args.device == "cpu" else "nccl", init_method=init,
+                            rank=rank, world_size=world)
+    args.process_group = dist.group.WORLD
+    try:
+        if rank != 0:
+            return _follow(args)
+        try:
+            return job(args)
+        finally:
+            dist.broadcast_object_list([None], src=0)  # the followers' stop
+    finally:
+        dist.destroy_process_group()
+
+
+def job_infer(model, args, *a, **kw):
+    """``model.infer(*a, **kw)`` for a job under :func:`run_job`: context-parallel (the call
+    announced to the other ranks first) when the job runs over several processes."""
+    group = getattr(args, "process_group", None)
+    if group is None:
+        return model.infer(*a, **kw)
+    import torch.distributed as dist
+
+    dist.broadcast_object_list([(a, kw)], src=0)
+    return model.infer(*a, process_group=group, **kw)
+
+
+def _follow(args) -> None:
+    """Ranks > 0: join each inference rank 0 announces (:func:`job_infer`) until it stops."""
+    import torch.distributed as dist
+
+    model = None
+    while True:
+        msg = [None]
+        dist.broadcast_object_list(msg, src=0)
+        if msg[0] is None:
+            return None
+        a, kw = msg[0]
+        if model is None:  # loaded at the first inference: none if rank 0 fails before
+            model, _ = load_job_model(args, torch.device(args.device))
+        model.infer(*a, process_group=args.process_group, **kw)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import (add_model_flags, add_run_flags, check_number,
-                               sparse_attention_pattern, versions)
+from da3gs.apps.common import (add_gpus_flag, add_model_flags, add_run_flags, check_number,
+                               job_infer, sparse_attention_pattern, versions)
 from da3gs.apps.outputs import check_output_dir, write_output_dir
 from da3gs.errors import Da3gsError
 
@@ -30,6 +30,7 @@ def add_eval_flags(p) -> None:
                    help="scene reader options, e.g. factor=8 (LLFF images_8), split=all")
     add_model_flags(p, "network input size (default 504)")
     add_run_flags(p, "<scene>_eval_<task>", "random seed (random: models, refinement)")
+    add_gpus_flag(p)
 
 
 def check_eval_args(args) -> None:
@@ -88,7 +89,7 @@ def infer_views(model, scene, idx, args, bg, conditioned: bool, gs: bool):
     c2w = K = None
     if conditioned:
         c2w, K = scene.c2w[idx].float(), scene.K[idx].float()
-    return model.infer(imgs, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
+    return job_infer(model, args, imgs, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
                        infer_gs=gs)
 
 

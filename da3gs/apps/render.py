@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import (Progress, Timer, add_model_flags, add_run_flags, check_number,
-                               load_job_model, resolve_device, sparse_attention_pattern, versions)
+from da3gs.apps.common import (Progress, Timer, add_gpus_flag, add_model_flags, add_run_flags,
+                               check_number, job_infer, load_job_model, resolve_device,
+                               sparse_attention_pattern, versions)
 from da3gs.apps.view import add_view_flags, check_view_flags
 from da3gs.errors import Da3gsError
 from da3gs.geometry import unproject_depth
@@ -40,6 +41,7 @@ def add_render_parser(sub) -> None:
                    "place: the folder of its images (same as --views)")
     add_model_flags(p)
     add_run_flags(p, "<views>_da3gs")
+    add_gpus_flag(p)
     p.add_argument("--max-views", type=int, default=None,
                    help="use at most this many views, evenly spaced (default: all)")
     p.add_argument("--trajectory", default="interpolate", choices=["interpolate", "orbit", "extend"],
@@ -257,8 +259,8 @@ def run_render(args) -> dict:
         model, source = load_job_model(args, device, job="render")
     progress.stage(f"inference on {len(images)} views ({device})")
     with timer("inference"):
-        pred = model.infer(images, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
-                           infer_gs=model.has_gs_head)
+        pred = job_infer(model, args, images, c2w, K, process_res=args.process_res,
+                         ref_view=args.ref_view, infer_gs=model.has_gs_head)
     names = unique_stems(images)
     V, H, W = pred.depth.shape
     summary: dict = {
@@ -267,6 +269,10 @@ def run_render(args) -> dict:
         "preset": model.preset.name, "device": str(device), "pose_conditioned": pred.pose_conditioned,
         "is_metric": pred.is_metric, "versions": versions(),
     }
+    if getattr(args, "process_group", None) is not None:  # context-parallel (--gpus, torchrun)
+        import torch.distributed as dist
+
+        summary["processes"] = dist.get_world_size(args.process_group)
     if export_notes:
         summary["export_notes"] = export_notes
     progress.stage(f"writing {out}")
