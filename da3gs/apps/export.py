@@ -33,6 +33,10 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     fmt.add_argument("--official", metavar="DIR", help="output folder, official layout")
     fmt.add_argument("--to", choices=["spz", "splat", "ply"],
                      help="convert IN to this splat format")
+    p.add_argument("--spz-version", type=int, choices=[2, 3, 4], default=3,
+                   help="with --to spz: SPZ format version (default 3, which Spark 2.2 and the "
+                   "bundled viewer read; 4 is smaller (zstd, pip install 'da3gs[spz4]') but needs a "
+                   "newer reader; 2 for old readers)")
     p.add_argument("--out", metavar="FILE", help="with --to: output file (default: IN with the "
                    "format's suffix)")
     p.add_argument("--from", dest="source", metavar="SOURCE",
@@ -102,8 +106,12 @@ def run_convert(args: argparse.Namespace) -> None:
                          "choose another name)")
     if not out.parent.is_dir():
         raise Da3gsError(f"--out {out}: folder {out.parent} does not exist")
+    if args.to == "spz" and getattr(args, "spz_version", 3) == 4:
+        from da3gs.io.spz import check_zstd
+
+        check_zstd("--spz-version 4")
     g = read_gaussians(src)
-    write_gaussians(out, g, args.to)
+    write_gaussians(out, g, args.to, spz_version=getattr(args, "spz_version", None))
     size, before = out.stat().st_size, src.stat().st_size
     print(f"wrote {out} ({len(g)} Gaussians, {size / 1e6:.2f} MB, {before / max(size, 1):.1f}x "
           f"smaller than {src.name})" if size < before else

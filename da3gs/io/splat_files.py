@@ -56,8 +56,9 @@ def read_gaussians(path) -> Gaussians:
     raise InputError(f"{path}: unknown splat file type (expected .ply, .spz or .splat)")
 
 
-def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None) -> Path:
-    """Write ``gaussians`` to ``path`` (atomically) as ``fmt`` (default: from the suffix)."""
+def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None, spz_version: int | None = None) -> Path:
+    """Write ``gaussians`` to ``path`` (atomically) as ``fmt`` (default: from the suffix);
+    ``spz_version`` (2, 3 or 4; default 3) picks the SPZ format version."""
     fmt = fmt or splat_format_of(path)
     if fmt == "ply":
         from .ply import write_ply
@@ -66,7 +67,9 @@ def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None) -> Path:
     if fmt == "spz":
         from .spz import write_spz
 
-        return write_spz(path, gaussians)
+        from .spz import SPZ_DEFAULT_VERSION
+
+        return write_spz(path, gaussians, SPZ_DEFAULT_VERSION if spz_version is None else spz_version)
     if fmt == "splat":
         from .splat import write_splat
 
