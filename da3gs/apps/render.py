@@ -70,9 +70,10 @@ def add_render_parser(sub) -> None:
                    help="keep every pixel's Gaussian (no cross-view merge)")
     p.add_argument("--voxel", type=float, default=0.0,
                    help="merge Gaussians of all views falling in one voxel of this size (world units)")
-    p.add_argument("--splat-format", default="both", choices=["ply", "spz", "both", "splat"],
+    p.add_argument("--splat-format", default="both", choices=["ply", "spz", "both", "splat", "sog"],
                    help="Gaussians file(s) written: gaussians.ply, gaussians.spz (Niantic SPZ, "
-                   "~10x smaller), both (default) or gaussians.splat (antimatter15 viewers)")
+                   "~10x smaller), both (default), gaussians.splat (antimatter15 viewers) or "
+                   "gaussians.sog (PlayCanvas SOG, SuperSplat)")
     p.add_argument("--spz-version", type=int, choices=[2, 3, 4], default=3,
                    help="SPZ format version of gaussians.spz (default 3, which the bundled viewer "
                    "reads; 4: smaller, zstd, needs pip install 'da3gs[spz4]' and a newer viewer)")
