@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Sizes and PSNR cost of the compact splat formats (SPZ, .splat) against the PLY.
+"""Sizes and PSNR cost of the compact splat formats (SPZ v2/v3/v4, SOG, .splat) against the PLY.
 
-For each scene the Gaussians are written as PLY, SPZ and .splat, read back, and rendered with
+For each scene the Gaussians are written as PLY, SPZ (versions 2, 3 and 4; 4 only with
+``zstandard``), SOG (bundled ``.sog``) and .splat, read back, and rendered with
 da3gs.render's torch backend at the scene's cameras; PSNR is against the render of the PLY's
 Gaussians (so it measures only what the format loses). Prints markdown table rows:
 
-    | scene | N | SH deg | format | bytes | x smaller | PSNR vs PLY (dB) |
+    | scene | N | SH deg | format | bytes | x smaller | PSNR vs PLY (dB) | write (s) |
 
 Scenes: ``render`` = the output of ``da3gs render --model random:tiny-gs`` on LLFF fern
 (images_8, 3 views at 224 px; random weights, so the cloud is noisy but has da3gs's layout and scale);
@@ -18,9 +19,11 @@ rest coefficients in [-0.3, 0.3]) at the dataset's first camera.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -73,13 +76,21 @@ def main() -> None:
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="da3gs_splatbench_"))
     work.mkdir(parents=True, exist_ok=True)
-    print("| scene | N | SH deg | format | bytes | x smaller | PSNR vs PLY (dB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scene | N | SH deg | format | bytes | x smaller | PSNR vs PLY (dB) | write (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, make in (("render", render_scene), ("garden", garden_scene)):
         g, w2c, K, w, h = make(work)
         ref = None
-        for fmt in ("ply", "spz", "splat"):
-            path = write_gaussians(work / f"{name}.{fmt}", g, fmt)
+        variants = [("ply", "ply", None), ("spz v2", "spz", 2), ("spz v3", "spz", 3)]
+        if importlib.util.find_spec("zstandard"):
+            variants.append(("spz v4", "spz", 4))
+        variants += [("sog", "sog", None), ("splat", "splat", None)]
+        for label, fmt, version in variants:
+            path = work / f"{name}{'_v' + str(version) if version else ''}.{fmt}"
+            path.unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            write_gaussians(path, g, fmt, spz_version=version)
+            dt = time.perf_counter() - t0
             back = read_gaussians(path)
             with torch.no_grad():
                 img = render(back, w2c, K, w, h, backend="torch").color
@@ -87,8 +98,8 @@ def main() -> None:
             size = path.stat().st_size
             ply_size = (work / f"{name}.ply").stat().st_size
             psnr = _psnr(img, ref)
-            print(f"| {name} | {len(g)} | {g.sh_degree} | {fmt} | {size} | {ply_size / size:.1f} | "
-                  f"{'ref' if fmt == 'ply' else f'{psnr:.1f}'} |", flush=True)
+            print(f"| {name} | {len(g)} | {g.sh_degree} | {label} | {size} | {ply_size / size:.1f} | "
+                  f"{'ref' if fmt == 'ply' else f'{psnr:.1f}'} | {dt:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium 
     (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "setup_env: could not install chromium (the viewer browser test will skip)" >&2
 fi
+# PlayCanvas's splat-transform (npm, MIT) into .node/ (git-ignored): the reference of the SOG
+# tests (tests/io/test_sog.py skips without node or it). 3-6 s with the npm cache warm; needs
+# Node >= 20 (2.7.1 is the last release that runs on Node 20). Never fatal.
+if command -v npm >/dev/null && [ ! -x .node/node_modules/.bin/splat-transform ]; then
+    npm install --silent --no-audit --no-fund --prefix .node "@playcanvas/splat-transform@2.7.1" >/dev/null 2>&1 \
+        || echo "setup_env: could not install @playcanvas/splat-transform (the SOG reference tests will skip)" >&2
+fi

@@ -72,9 +72,13 @@ def add_render_parser(sub) -> None:
                    help="keep every pixel's Gaussian (no cross-view merge)")
     p.add_argument("--voxel", type=float, default=0.0,
                    help="merge Gaussians of all views falling in one voxel of this size (world units)")
-    p.add_argument("--splat-format", default="both", choices=["ply", "spz", "both", "splat"],
+    p.add_argument("--splat-format", default="both", choices=["ply", "spz", "both", "splat", "sog"],
                    help="Gaussians file(s) written: gaussians.ply, gaussians.spz (Niantic SPZ, "
-                   "~10x smaller), both (default) or gaussians.splat (antimatter15 viewers)")
+                   "~10x smaller), both (default), gaussians.splat (antimatter15 viewers) or "
+                   "gaussians.sog (PlayCanvas SOG, SuperSplat)")
+    p.add_argument("--spz-version", type=int, choices=[2, 3, 4], default=3,
+                   help="SPZ format version of gaussians.spz (default 3, which the bundled viewer "
+                   "reads; 4: smaller, zstd, needs pip install 'da3gs[spz4]' and a newer viewer)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps of the pruned Gaussians on the input views "
                    "(default 0: none)")
@@ -139,6 +143,10 @@ def check_render_args(args) -> None:
                  what="a positive number of pixel footprints (--no-merge turns merging off)")
     check_number(getattr(args, "refine_steps", 0), "--refine-steps", 0,
                  what="a non-negative number of steps")
+    if getattr(args, "spz_version", 3) == 4 and getattr(args, "splat_format", "both") in ("spz", "both"):
+        from da3gs.io.spz import check_zstd
+
+        check_zstd("--spz-version 4")
     sparse_attention_pattern(args)
 
 
@@ -368,7 +376,8 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
     fmt = getattr(args, "splat_format", "both")
     exts = {"both": ("ply", "spz")}.get(fmt, (fmt,))
     for e in exts:
-        pool.submit(f"gaussians_{e}", write_gaussians, tmp / f"gaussians.{e}", g, e)
+        pool.submit(f"gaussians_{e}", write_gaussians, tmp / f"gaussians.{e}", g, e,
+                    spz_version=getattr(args, "spz_version", None))
     summary["gaussians"] = report.as_dict()
     summary["splat_files"] = {f"gaussians.{e}": None for e in exts}  # sizes once written
     shutil.copyfile(VIEWER_HTML, tmp / "viewer.html")  # the page `da3gs view` serves

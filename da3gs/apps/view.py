@@ -34,7 +34,7 @@ from da3gs.errors import Da3gsError
 
 log = logging.getLogger(__name__)
 
-SPLAT_NAMES = ("gaussians.spz", "gaussians.ply", "gaussians.splat")
+SPLAT_NAMES = ("gaussians.spz", "gaussians.sog", "gaussians.ply", "gaussians.splat")
 PATH_FILE = "video_cameras.json"
 MAX_POINTS = 400_000  # depth points sent to the page (about 6 MB); the grid stride keeps fewer
 CONF_PERCENTILE = 30.0
@@ -43,7 +43,7 @@ CONF_PERCENTILE = 30.0
 def add_view_parser(sub) -> None:
     """Register the ``view`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("view", help="show a render folder (splats + cameras) in the browser",
-                       description="Serve a da3gs render folder (or one .spz/.ply/.splat file) "
+                       description="Serve a da3gs render folder (or one .spz/.sog/.ply/.splat file) "
                        "with the Spark web viewer on 127.0.0.1 and open it in the browser. "
                        "Ctrl-C stops the server.")
     p.add_argument("target", metavar="OUT_DIR", help="da3gs render output folder, or a splat file")
@@ -158,6 +158,7 @@ def encode_points(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
 class _Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
                       ".spz": "application/octet-stream", ".splat": "application/octet-stream",
+                      ".sog": "application/octet-stream", ".webp": "image/webp",
                       ".ply": "application/octet-stream"}
 
     def __init__(self, *a, scene: dict, **kw):
@@ -224,7 +225,7 @@ def make_server(target, port: int = 0) -> ThreadingHTTPServer:
     elif target.is_dir():
         folder, scene = target, scene_info(target)
         if scene["splat"] is None and scene["cameras"] is None:
-            raise Da3gsError(f"{target}: no gaussians.spz/.ply/.splat nor cameras.json to show")
+            raise Da3gsError(f"{target}: no gaussians.spz/.sog/.ply/.splat nor cameras.json to show")
     else:
         raise Da3gsError(f"{target}: no such folder or file")
     if not 0 <= port < 65536:

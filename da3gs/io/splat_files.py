@@ -1,8 +1,9 @@
-"""One entry point for the Gaussian splat file formats: PLY (INRIA), SPZ (Niantic) and ``.splat``.
+"""One entry point for the Gaussian splat file formats: PLY (INRIA), SPZ (Niantic), ``.splat`` and
+SOG (PlayCanvas; a ``.sog`` bundle or an unbundled folder's ``meta.json``).
 
 :func:`read_gaussians` picks the reader from the file name's suffix; :func:`write_gaussians` the
 writer from ``fmt`` (default: the suffix). The formats themselves live in :mod:`.ply`,
-:mod:`.spz` and :mod:`.splat`.
+:mod:`.spz`, :mod:`.splat` and :mod:`.sog`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from .errors import InputError
 
 __all__ = ["SPLAT_FORMATS", "splat_format_of", "read_gaussians", "write_gaussians", "write_encoded"]
 
-SPLAT_FORMATS = ("ply", "spz", "splat")
+SPLAT_FORMATS = ("ply", "spz", "splat", "sog")
 
 
 def splat_format_of(path) -> str | None:
-    """``"ply"``, ``"spz"`` or ``"splat"`` from ``path``'s suffix (case-insensitive); None otherwise."""
+    """``"ply"``, ``"spz"``, ``"splat"`` or ``"sog"`` from ``path``'s suffix (case-insensitive; a file
+    named ``meta.json`` is an unbundled SOG); None otherwise."""
+    if Path(path).name.lower() == "meta.json":
+        return "sog"
     suffix = Path(path).suffix.lower().lstrip(".")
     return suffix if suffix in SPLAT_FORMATS else None
 
@@ -39,7 +43,8 @@ def write_encoded(path, gaussians: Gaussians, encode) -> Path:
 
 
 def read_gaussians(path) -> Gaussians:
-    """Read a ``.ply``, ``.spz`` or ``.splat`` file -> float32 CPU ``Gaussians``."""
+    """Read a ``.ply``, ``.spz``, ``.splat`` or ``.sog`` file (or a SOG folder's ``meta.json``)
+    -> float32 CPU ``Gaussians``."""
     fmt = splat_format_of(path)
     if fmt == "ply":
         from .ply import read_ply
@@ -53,11 +58,16 @@ def read_gaussians(path) -> Gaussians:
         from .splat import read_splat
 
         return read_splat(path)
-    raise InputError(f"{path}: unknown splat file type (expected .ply, .spz or .splat)")
+    if fmt == "sog":
+        from .sog import read_sog
+
+        return read_sog(path)
+    raise InputError(f"{path}: unknown splat file type (expected .ply, .spz, .splat, .sog or meta.json)")
 
 
-def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None) -> Path:
-    """Write ``gaussians`` to ``path`` (atomically) as ``fmt`` (default: from the suffix)."""
+def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None, spz_version: int | None = None) -> Path:
+    """Write ``gaussians`` to ``path`` (atomically) as ``fmt`` (default: from the suffix);
+    ``spz_version`` (2, 3 or 4; default 3) picks the SPZ format version."""
     fmt = fmt or splat_format_of(path)
     if fmt == "ply":
         from .ply import write_ply
@@ -66,9 +76,15 @@ def write_gaussians(path, gaussians: Gaussians, fmt: str | None = None) -> Path:
     if fmt == "spz":
         from .spz import write_spz
 
-        return write_spz(path, gaussians)
+        from .spz import SPZ_DEFAULT_VERSION
+
+        return write_spz(path, gaussians, SPZ_DEFAULT_VERSION if spz_version is None else spz_version)
     if fmt == "splat":
         from .splat import write_splat
 
         return write_splat(path, gaussians)
+    if fmt == "sog":
+        from .sog import write_sog
+
+        return write_sog(path, gaussians)
     raise InputError(f"{path}: unknown splat format {fmt!r} (expected one of {', '.join(SPLAT_FORMATS)})")

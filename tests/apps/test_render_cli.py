@@ -230,7 +230,7 @@ def test_render_failed_background_write_leaves_nothing(tmp_path, capsys, monkeyp
     line); no output folder and no temporary are left behind."""
     import da3gs.io.splat_files as splat_files
 
-    def broken(path, g, fmt=None):
+    def broken(path, g, fmt=None, **options):
         Path(path).write_bytes(b"half")
         raise splat_files.InputError(f"{path}: disk full")
 

@@ -183,6 +183,18 @@ def test_viewer_draws_in_headless_chromium(tmp_path, camera):
 
 
 @needs_chromium
+def test_viewer_first_view_is_novel_and_photo_free(tmp_path):
+    """No camera=N: the page opens near camera 0 but not on it (camera -2), photos off, and the
+    splats draw; with the splats off and the frustums on, no photo covers the centre."""
+    out = _scene(tmp_path / "out")
+    rep, img = _shoot(tmp_path, out, "cameras=0&path=0")
+    assert rep["camera"] == -2 and rep["splats"] == 4000
+    assert _centre_differs(img) > 0.2, "the splats do not draw in the first view"
+    rep, img = _shoot(tmp_path, out, "splats=0&path=0")
+    assert _centre_differs(img) < 0.05, "something (a photo?) covers the first view with splats off"
+
+
+@needs_chromium
 def test_viewer_depth_points_toggle(tmp_path):
     """Splats off: the depth points (a bright plane filling camera a's view) draw only when
     toggled on."""

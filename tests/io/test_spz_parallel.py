@@ -122,17 +122,19 @@ def test_spz_written_in_parallel_reads_back(tmp_path, monkeypatch):
     assert write_spz(tmp_path / "q.spz", g).read_bytes() == data  # deterministic
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
-def test_spz_raw_does_not_depend_on_row_chunks_or_threads(monkeypatch, degree):
+def test_spz_raw_does_not_depend_on_row_chunks_or_threads(monkeypatch, degree, version):
     from da3gs.io import spz
 
     g = _gaussians(1003, degree, seed=degree)
     g.quats[:3] = 0  # zero quaternions encode as identity
     g.quats[3:6, 0] = -1  # negative w flips xyz
-    one = spz.spz_raw(g, threads=1)
-    assert len(one) == 16 + 1003 * (9 + 1 + 3 + 3 + 3 + 3 * ((degree + 1) ** 2 - 1))
+    one = spz.spz_raw(g, threads=1, version=version)
+    rot = 3 if version == 2 else 4
+    assert len(one) == 16 + 1003 * (9 + 1 + 3 + 3 + rot + 3 * ((degree + 1) ** 2 - 1))
     monkeypatch.setattr(spz, "_ROWS", 100)  # 11 chunks, the last one short
     for threads in (1, 3):
-        assert np.array_equal(spz.spz_raw(g, threads=threads), one)
-    assert gzip.decompress(spz_bytes(g, threads=3)) == one.tobytes()
-    assert len(spz.spz_raw(_gaussians(0, degree), threads=2)) == 16
+        assert np.array_equal(spz.spz_raw(g, threads=threads, version=version), one)
+    assert gzip.decompress(spz_bytes(g, threads=3, version=version)) == one.tobytes()
+    assert len(spz.spz_raw(_gaussians(0, degree), threads=2, version=version)) == 16
