@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import (Progress, Timer, add_model_flags, add_run_flags, check_number,
+from da3gs.apps.common import (Progress, Timer, add_model_flags, add_refine_strategy_flags,
+                               add_run_flags, check_number, refine_strategy_kwargs,
                                load_job_model, resolve_device, sparse_attention_pattern, versions)
 from da3gs.apps.view import add_view_flags, check_view_flags
 from da3gs.errors import Da3gsError
@@ -76,6 +77,7 @@ def add_render_parser(sub) -> None:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps of the pruned Gaussians on the input views "
                    "(default 0: none)")
+    add_refine_strategy_flags(p)
     add_view_flags(p)
 
 
@@ -137,6 +139,7 @@ def check_render_args(args) -> None:
                  what="a positive number of pixel footprints (--no-merge turns merging off)")
     check_number(getattr(args, "refine_steps", 0), "--refine-steps", 0,
                  what="a non-negative number of steps")
+    refine_strategy_kwargs(args)
     sparse_attention_pattern(args)
 
 
@@ -356,7 +359,8 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
         bar, on_step = Progress("render", args.quiet).steps(int(args.refine_steps), "refine")
         with bar:
             g, rep = refine_gaussians(g.to(summary["device"]), pred.images, pred.w2c, pred.K,
-                                      int(args.refine_steps), seed=args.seed, on_step=on_step)
+                                      int(args.refine_steps), seed=args.seed, on_step=on_step,
+                                      **refine_strategy_kwargs(args))
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
     fmt = getattr(args, "splat_format", "both")
