@@ -29,6 +29,18 @@ at equal refinement steps::
 
     python scripts/bench_nvs.py --scenes ../shared/data/llff_fern --model mini \
         --pose-mode conditioned free --refine-steps 0 100 --inits model random --append
+
+Densification: ``--strategies none default mcmc`` runs every refined (K > 0) combination once per
+strategy (``da3gs eval nvs --refine-strategy S``, folder suffix ``_S``); the refine-steps
+column then reads ``K S``. One command thus gives both inits at the same steps and strategies::
+
+    python scripts/bench_nvs.py --scenes ../shared/data/llff_fern --model mini \
+        --pose-mode conditioned --refine-steps 100 500 2000 --inits model random \
+        --strategies none default mcmc --append
+
+After the runs a comparison is printed (and returned by :func:`comparison`): for each scene,
+steps and strategy, the model's PSNR / LPIPS after refinement beside random init's and the
+difference (model - random; the issue-21 bar: PSNR >= 0 and LPIPS <= 0).
 """
 
 from __future__ import annotations
@@ -95,14 +107,15 @@ def cell(mean: dict, before: dict | None, key: str, fmt: str) -> str:
     return f"{fmt.format(before[key])} -> {after}" if before and key in before else after
 
 
-def row(m: dict, cmd: list[str], steps: int, device: str) -> str:
+def row(m: dict, cmd: list[str], steps: int, device: str, strategy: str = "none") -> str:
     mean, before = m["mean"], m.get("mean_before_refinement")
     p = m["protocol"]
     model = m["model"]
     if p.get("init") == "random":
         model = f"random init ({p['init_points']}, extent x{p['init_extent']:g})"
     cols = [Path(m["scene"]).name, model, p["pose_mode"],
-            f"{len(p['context_indices'])} ({p['context_select']})", str(steps),
+            f"{len(p['context_indices'])} ({p['context_select']})",
+            str(steps) + (f" {strategy}" if strategy != "none" else ""),
             cell(mean, before, "psnr", "{:.2f}"), cell(mean, before, "ssim", "{:.4f}"),
             cell(mean, before, "lpips_vgg", "{:.4f}"), cell(mean, before, "lpips_alex", "{:.4f}"),
             f"{m['timings_s']['total']:.1f}", device, m["date"][:10],
@@ -130,6 +143,9 @@ def main(argv=None) -> int:
                     help="--inits random: number of random Gaussians (eval's --init-points)")
     ap.add_argument("--init-extent", type=float, default=3.0,
                     help="--inits random: cube half-side in camera extents (eval's --init-extent)")
+    ap.add_argument("--strategies", nargs="+", default=["none"], choices=["none", "default", "mcmc"],
+                    help="densification strategies of the refined runs (eval's --refine-strategy); "
+                    "each K > 0 run is repeated per strategy")
     ap.add_argument("--out-root", default="bench_out/nvs", help="folder for the eval outputs")
     ap.add_argument("--output", default=str(ROOT / "docs" / "nvs_results.md"))
     ap.add_argument("--append", action="store_true", help="keep the rows already in --output")
@@ -140,27 +156,29 @@ def main(argv=None) -> int:
         ap.error(f"--init-points: expected at least 4, got {args.init_points}")
     if not (math.isfinite(args.init_extent) and args.init_extent > 0):
         ap.error(f"--init-extent: expected a positive number, got {args.init_extent}")
-    rows, failed = [], 0
+    rows, failed, results = [], 0, []
     dev = device_name(args.device) if not args.dry_run else args.device
     for spec in args.scenes:
         path_s, _, name = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
         path = Path(path_s)
         preset = preset_of(path, name or None)
         proto = protocol_args(path, preset, args)
-        runs = []  # (label, eval flags, refine steps, output folder)
+        runs = []  # (label, eval flags, refine steps, output folder, strategy)
+        strats = lambda steps: args.strategies if steps > 0 else ["none"]  # noqa: E731
+        sfx = lambda s: "" if s == "none" else f"_{s}"  # noqa: E731
         if "model" in args.inits:
             runs += [(mode, ["--model", args.model, "--pose-mode", mode], steps,
-                      f"{path.name}_{mode}_r{steps}")
-                     for mode in args.pose_mode for steps in args.refine_steps]
+                      f"{path.name}_{mode}_r{steps}{sfx(st)}", st)
+                     for mode in args.pose_mode for steps in args.refine_steps for st in strats(steps)]
         if "random" in args.inits:
             if 0 in args.refine_steps:
                 print(f"bench_nvs: {path.name}: random init is not run at 0 refine steps",
                       file=sys.stderr)
             runs += [("random init", ["--init", "random", "--init-points", str(args.init_points),
                                       "--init-extent", f"{args.init_extent:g}"], steps,
-                      f"{path.name}_random_r{steps}")
-                     for steps in args.refine_steps if steps > 0]
-        for label, flags, steps, folder in runs:
+                      f"{path.name}_random_r{steps}{sfx(st)}", st)
+                     for steps in args.refine_steps if steps > 0 for st in strats(steps)]
+        for label, flags, steps, folder, strat in runs:
             out = Path(args.out_root) / folder
             cmd = ["da3gs", "eval", "nvs", "--scene", str(path), *flags,
                    "--process-res", str(args.process_res),
@@ -169,6 +187,7 @@ def main(argv=None) -> int:
             if steps:
                 cmd += ["--refine-steps", str(steps)]
                 cmd += ["--refine-cameras"] if args.refine_cameras else []
+                cmd += ["--refine-strategy", strat] if strat != "none" else []
             if args.max_targets:
                 cmd += ["--max-targets", str(args.max_targets)]
             print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
@@ -181,14 +200,41 @@ def main(argv=None) -> int:
                 failed += 1
                 continue
             m = json.loads((out / "metrics.json").read_text())
-            rows.append(row(m, cmd, steps, dev))
+            rows.append(row(m, cmd, steps, dev, strat))
+            results.append((path.name, label, steps, strat, m))
             print(rows[-1], flush=True)
     if args.dry_run:
         return 0
+    print(comparison(results))
     output = Path(args.output)
     write_table(output, rows, args.append)
     print(f"bench_nvs: {len(rows)} rows -> {output}" + (f"; {failed} runs failed" if failed else ""))
     return 1 if failed else 0
+
+
+def comparison(results: list[tuple]) -> str:
+    """Markdown table: per (scene, pose mode, steps, strategy) the model's PSNR / LPIPS after
+    refinement, random init's at the same steps and strategy, and model - random.
+
+    ``results``: ``(scene, label, steps, strategy, metrics.json dict)`` per run, label
+    ``"random init"`` for the baseline and the pose mode otherwise."""
+    def lp(mean):
+        return mean.get("lpips_vgg", mean.get("lpips_alex", float("nan")))
+
+    rand = {(sc, st, s): m["mean"] for sc, lab, st, s, m in results if lab == "random init"}
+    out = ["| scene | pose mode | steps | strategy | model PSNR | random PSNR | dPSNR | "
+           "model LPIPS | random LPIPS | dLPIPS |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for sc, lab, st, s, m in results:
+        if lab == "random init" or st == 0:
+            continue
+        r, mm = rand.get((sc, st, s)), m["mean"]
+        if r is None:
+            cells = [f"{mm['psnr']:.2f}", "-", "-", f"{lp(mm):.4f}", "-", "-"]
+        else:
+            cells = [f"{mm['psnr']:.2f}", f"{r['psnr']:.2f}", f"{mm['psnr'] - r['psnr']:+.2f}",
+                     f"{lp(mm):.4f}", f"{lp(r):.4f}", f"{lp(mm) - lp(r):+.4f}"]
+        out.append("| " + " | ".join([sc, lab, str(st), s, *cells]) + " |")
+    return "\n".join(out)
 
 
 def table_text(old: str | None, rows: list[str]) -> str:

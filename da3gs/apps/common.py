@@ -23,7 +23,8 @@ from da3gs._version import __version__
 
 __all__ = ["DEFAULT_MODEL", "FALLBACK_MODEL", "MODEL_HELP", "REF_VIEWS", "DEFAULT_PROCESS_RES", "add_model_flags",
            "add_run_flags", "check_number", "Timer", "Progress", "resolve_device", "versions",
-           "load_job_model", "sparse_attention_pattern"]
+           "load_job_model", "sparse_attention_pattern", "add_refine_strategy_flags",
+           "refine_strategy_kwargs"]
 
 log = logging.getLogger("da3gs")
 
@@ -196,6 +197,45 @@ class Progress:
             bar.update(1)
 
         return bar, on_step
+
+
+def add_refine_strategy_flags(p) -> None:
+    """``--refine-strategy`` and ``--refine-strategy-opt`` (``render``, ``eval nvs``)."""
+    p.add_argument("--refine-strategy", default="none",
+                   help="densification during --refine-steps: none (default: the cloud is only "
+                   "adjusted), default (gsplat's DefaultStrategy: 3DGS clone / split / prune) or "
+                   "mcmc (gsplat's MCMCStrategy); schedule scaled to the number of steps "
+                   "(da3gs.train.densify.strategy_defaults)")
+    p.add_argument("--refine-strategy-opt", default=None, metavar="KEY=VALUE[,...]",
+                   help="strategy parameters overriding the scaled defaults, e.g. "
+                   "grow_grad2d=4e-4,reset_every=100")
+
+
+def refine_strategy_kwargs(args) -> dict:
+    """``strategy`` and ``strategy_options`` of ``refine_gaussians`` from the flags, checked
+    before any work (one-line :class:`Da3gsError` naming the flag)."""
+    from da3gs.train.refine import STRATEGIES as REFINE_STRATEGIES
+
+    name = getattr(args, "refine_strategy", "none") or "none"
+    text = getattr(args, "refine_strategy_opt", None)
+    steps = int(getattr(args, "refine_steps", 0) or 0)
+    if name not in REFINE_STRATEGIES:
+        raise Da3gsError(f"--refine-strategy: expected one of {', '.join(REFINE_STRATEGIES)}, "
+                         f"got {name!r}")
+    if name == "none":
+        if text:
+            raise Da3gsError("--refine-strategy-opt needs --refine-strategy default or mcmc")
+        return {"strategy": "none", "strategy_options": None}
+    if steps <= 0:
+        raise Da3gsError(f"--refine-strategy {name} needs --refine-steps K > 0")
+    from da3gs.train.densify import make_strategy, parse_strategy_options
+
+    opts = parse_strategy_options(text) or None
+    try:
+        make_strategy(name, steps, 1, torch.device("cpu"), opts)  # unknown names fail here
+    except Da3gsError as e:
+        raise Da3gsError(f"--refine-strategy-opt: {e}") from None
+    return {"strategy": name, "strategy_options": opts}
 
 
 def resolve_device(name: str) -> torch.device:

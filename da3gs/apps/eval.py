@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
-from da3gs.apps.common import Timer, load_job_model, resolve_device
+from da3gs.apps.common import Timer, add_refine_strategy_flags, load_job_model, resolve_device
 from da3gs.apps.eval_common import (add_eval_flags, check_eval_args, eval_out_dir, infer_views,
                                     load_eval_scene, metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
@@ -90,6 +90,7 @@ def add_eval_parser(sub) -> None:
     n.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps on the context views (default 0)")
     n.add_argument("--refine-cameras", action="store_true", help="also refine context cameras")
+    add_refine_strategy_flags(n)
     n.add_argument("--lpips", default="vgg,alex",
                    help="LPIPS nets: vgg,alex (default, also 'both'), vgg, alex or none")
     n.add_argument("--ssim-mode", default="gaussian", choices=["gaussian", "skimage"])

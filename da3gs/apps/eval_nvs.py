@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from da3gs.apps import eval_views as ev
-from da3gs.apps.common import Progress, Timer, load_job_model, resolve_device
+from da3gs.apps.common import Progress, Timer, load_job_model, refine_strategy_kwargs, resolve_device
 from da3gs.apps.eval_common import (eval_out_dir, infer_views, load_eval_scene,
                                     metrics_header, pose_errors, write_metrics)
 from da3gs.errors import Da3gsError
@@ -117,7 +117,7 @@ def _refine(g, scene, ctx, bg, args, timer):
     with timer("refine"), bar:
         return refine_gaussians(g, imgs, w2c, scene.K[ctx].float(), int(args.refine_steps),
                                 refine_cameras=args.refine_cameras, background=bg, seed=args.seed,
-                                on_step=on_step)
+                                on_step=on_step, **refine_strategy_kwargs(args))
 
 
 RANDOM_INIT_SH_DEGREE = 3  # 3DGS / gsplat default; higher bands start at zero
@@ -178,6 +178,7 @@ def run_nvs(args) -> dict:
         raise Da3gsError(f"--refine-steps: expected a non-negative number, got {args.refine_steps}")
     if args.refine_cameras and args.refine_steps == 0:
         raise Da3gsError("--refine-cameras needs --refine-steps K > 0")
+    refine_strategy_kwargs(args)
     _check_init(args)
     random_init = getattr(args, "init", "model") == "random"
     if random_init and args.pose_mode is not None and not args.quiet:

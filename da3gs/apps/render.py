@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from da3gs.apps.common import (Progress, Timer, add_gpus_flag, add_model_flags, add_run_flags,
-                               check_number, job_infer, load_job_model, resolve_device,
+from da3gs.apps.common import (Progress, Timer, add_gpus_flag, add_model_flags,
+                               add_refine_strategy_flags, add_run_flags, check_number, job_infer,
+                               load_job_model, refine_strategy_kwargs, resolve_device,
                                sparse_attention_pattern, versions)
 from da3gs.apps.view import add_view_flags, check_view_flags
 from da3gs.errors import Da3gsError
@@ -82,6 +83,7 @@ def add_render_parser(sub) -> None:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="test-time refinement steps of the pruned Gaussians on the input views "
                    "(default 0: none)")
+    add_refine_strategy_flags(p)
     add_view_flags(p)
 
 
@@ -147,6 +149,7 @@ def check_render_args(args) -> None:
         from da3gs.io.spz import check_zstd
 
         check_zstd("--spz-version 4")
+    refine_strategy_kwargs(args)
     sparse_attention_pattern(args)
 
 
@@ -370,7 +373,8 @@ def _write_scene(tmp: Path, pred: Prediction, args, summary: dict, pool: WriterP
         bar, on_step = Progress("render", args.quiet).steps(int(args.refine_steps), "refine")
         with bar:
             g, rep = refine_gaussians(g.to(summary["device"]), pred.images, pred.w2c, pred.K,
-                                      int(args.refine_steps), seed=args.seed, on_step=on_step)
+                                      int(args.refine_steps), seed=args.seed, on_step=on_step,
+                                      **refine_strategy_kwargs(args))
         g = g.to("cpu")
         summary["refinement"] = rep.as_dict()
     fmt = getattr(args, "splat_format", "both")

@@ -161,7 +161,8 @@ def _prepare(g: Gaussians, w2c, K, width, height, backend, background, sh_degree
 
 def render(gaussians: Gaussians, w2c: torch.Tensor, K: torch.Tensor, width: int, height: int,
            backend: str = "auto", background=None, sh_degree: int | None = None,
-           near: float = 0.01, far: float = 1e10, tile_size: int = 16) -> RenderOutput:
+           near: float = 0.01, far: float = 1e10, tile_size: int = 16,
+           info: dict | None = None) -> RenderOutput:
     """Render Gaussians into C pinhole cameras (OpenCV axes, pixel centres at u + 0.5).
 
     Args:
@@ -177,6 +178,12 @@ def render(gaussians: Gaussians, w2c: torch.Tensor, K: torch.Tensor, width: int,
       tile_size: gsplat's tile size in pixels. The torch backend's images do not depend on
         the tiling (every Gaussian's box holds its whole alpha >= 1/255 support), so it
         chooses its own per camera (4 or 8 px, from the splats' sizes).
+      info: optional dict filled with the rasteriser's per-Gaussian screen-space data, the
+        ``info`` of gsplat's densification strategies: ``means2d`` (projected centres in the
+        autograd graph: (C, N, 2) with the torch backend, gsplat's packed (nnz, 2) with
+        ``gaussian_ids`` (nnz,) otherwise), ``radii`` (the backend's own shape: (C, N, 2)
+        torch, gsplat's version-dependent (nnz,) / (nnz, 2)), ``width``, ``height``,
+        ``n_cameras``, ``gaussian_ids`` (None when not packed).
     Returns:
       RenderOutput with (C, H, W, ·) color / alpha / depth and (C, N, 2) radii.
       Differentiable w.r.t. every Gaussian parameter, w2c and background (first order; K
@@ -191,10 +198,10 @@ def render(gaussians: Gaussians, w2c: torch.Tensor, K: torch.Tensor, width: int,
     kw = dict(sh_degree=deg, background=bg, near=near, far=far)
     if name == "gsplat":
         from da3gs.render.gsplat_backend import rasterize_gsplat
-        color, alpha, depth, radii = rasterize_gsplat(*args, tile_size=tile_size, **kw)
+        color, alpha, depth, radii = rasterize_gsplat(*args, tile_size=tile_size, meta=info, **kw)
     else:
         from da3gs.render.torch_rasterizer import rasterize
-        color, alpha, depth, radii = rasterize(*args, **kw)
+        color, alpha, depth, radii = rasterize(*args, meta=info, **kw)
     return RenderOutput(color=color, alpha=alpha, depth=depth, radii=radii, backend=name)
 
 

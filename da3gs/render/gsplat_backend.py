@@ -93,14 +93,14 @@ def _check_cuda(means: torch.Tensor) -> None:
 
 
 def _rasterize(gsplat, means, quats, scales, opacities, sh, w2c, K, width, height, sh_degree,
-               background, near, far, eps2d, tile_size, packed, radii):
+               background, near, far, eps2d, tile_size, packed, radii, meta=None):
     """One ``gsplat.rasterization`` call over the leading dims ``lead`` of ``means (*lead, N,
     3)`` (none with 1.4); background composited here (module docstring)."""
     if sh_degree is None:
         sh_degree = sh_degree_from_bases(sh.shape[-2])
     f32 = torch.float32
     lead, C, N = tuple(means.shape[:-2]), w2c.shape[-3], means.shape[-2]
-    render, alpha, meta = gsplat.rasterization(
+    render, alpha, gmeta = gsplat.rasterization(
         means.to(f32), quats.to(f32), scales.to(f32), opacities.to(f32), sh.to(f32),
         w2c.to(f32), K.to(f32), int(width), int(height),
         near_plane=float(near), far_plane=float(far), eps2d=float(eps2d),
@@ -109,15 +109,21 @@ def _rasterize(gsplat, means, quats, scales, opacities, sh, w2c, K, width, heigh
     color = render[..., :3]
     if background is not None:
         color = color + (1.0 - alpha) * background.to(f32).expand(*lead, C, 3)[..., None, None, :]
-    rad = _dense_radii(meta, lead, C, N, means.device) if radii else None
+    rad = _dense_radii(gmeta, lead, C, N, means.device) if radii else None
+    if meta is not None:
+        meta.update(gmeta)
     return color, alpha, render[..., 3:4], rad
 
 
 def rasterize_gsplat(means, quats, scales, opacities, sh, w2c, K, width: int, height: int,
                      sh_degree: int | None = None, background=None, near: float = 0.01,
                      far: float = 1e10, eps2d: float = 0.3, tile_size: int = 16,
-                     packed: bool = True):
+                     packed: bool = True, meta: dict | None = None):
     """Render with ``gsplat.rasterization(..., render_mode="RGB+ED")``.
+
+    ``meta``: optional dict, updated with gsplat's own meta (``means2d`` (C, N, 2), or (nnz, 2)
+    when packed, with ``gaussian_ids``; ``radii`` in the installed version's shape; ``width``,
+    ``height``, ``n_cameras``, ...), the ``info`` gsplat's densification strategies read.
 
     Args:
       means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,), sh (N, K, 3), all
@@ -130,7 +136,8 @@ def rasterize_gsplat(means, quats, scales, opacities, sh, w2c, K, width: int, he
     """
     _check_cuda(means)
     return _rasterize(import_gsplat(), means, quats, scales, opacities, sh, w2c, K, width,
-                      height, sh_degree, background, near, far, eps2d, tile_size, packed, True)
+                      height, sh_degree, background, near, far, eps2d, tile_size, packed, True,
+                      meta)
 
 
 def rasterize_gsplat_batch(means, quats, scales, opacities, sh, w2c, K, width: int, height: int,

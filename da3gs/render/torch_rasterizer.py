@@ -229,7 +229,7 @@ def _tile_intersections(means2d, radii, depths, tile_size, tiles_x, tiles_y):
 def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: int,
               sh_degree: int | None = None, background=None, near: float = 0.01,
               far: float = 1e10, eps2d: float = 0.3, tile_size: int | None = None,
-              max_elems: int = 1 << 18):
+              max_elems: int = 1 << 18, meta: dict | None = None):
     """Render N Gaussians into C cameras on any device with plain autograd ops.
 
     Args:
@@ -240,6 +240,12 @@ def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: i
         camera, :func:`auto_tile_size` of its visible Gaussians' radii;
       max_elems: (pixel x Gaussian) pairs evaluated per step; peak memory is about
         ``30 * max_elems * itemsize`` bytes on top of O(N + intersections) buffers.
+      meta: optional dict, filled (as gsplat's ``rasterization`` meta, unpacked) with
+        ``means2d`` (C, N, 2) projected centres in pixels, the tensor the images are
+        differentiated through (``meta["means2d"].retain_grad()`` before backward gives the
+        per-Gaussian screen-space gradients densification uses; culled entries get 0),
+        ``radii`` (C, N, 2) int32, ``depths`` (C, N), ``width``, ``height``, ``n_cameras``
+        (C), ``gaussian_ids`` None (not packed).
     Returns:
       color (C, H, W, 3), alpha (C, H, W, 1) = 1 - T, depth (C, H, W, 1) expected z
       (sum w z / alpha, 0 where alpha == 0), radii (C, N, 2) int32.
@@ -250,6 +256,9 @@ def rasterize(means, quats, scales, opacities, sh, w2c, K, width: int, height: i
     C = w2c.shape[0]
     means2d, conics, depths, radii = project_gaussians(
         means, quats, scales, opacities, w2c, K, width, height, near, far, eps2d)
+    if meta is not None:
+        meta.update(means2d=means2d, radii=radii, depths=depths, width=int(width),
+                    height=int(height), n_cameras=C, gaussian_ids=None)
     campos = torch.linalg.inv(w2c)[:, :3, 3]                                # (C, 3)
     use_ckpt = torch.is_grad_enabled() and any(
         isinstance(v, torch.Tensor) and v.requires_grad

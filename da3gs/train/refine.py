@@ -14,9 +14,18 @@ quaternions 1e-3, opacity 5e-2 (on logits), SH DC 2.5e-3 and higher bands 2.5e-3
 3DGS decays the position rate exponentially over 30k steps; refinement runs are short
 (hundreds of steps), so rates are constant.
 
-No densification (cloning, splitting) and no opacity reset: a feed-forward cloud already holds
-one Gaussian per input pixel, far denser than what 3DGS reaches by densification, and the
-short schedule would not amortise the growth; the pruned cloud is only adjusted.
+Densification (``strategy``): ``"none"`` (default) keeps the cloud's size and only adjusts it,
+as before; ``"default"`` and ``"mcmc"`` run gsplat's ``DefaultStrategy`` (3DGS clone / split /
+prune, optional opacity reset) and ``MCMCStrategy`` (relocation of dead Gaussians, growth,
+position noise) on CUDA and on the CPU (gsplat's strategy code is torch; the torch rasteriser
+provides the ``info`` it reads), with the schedule scaled to the run length and never-contributing
+Gaussians pruned (:mod:`da3gs.train.densify`: which gsplat code runs, what differs and why, and
+:func:`~da3gs.train.densify.strategy_defaults` for the scaling rule). Parameters live in a
+``torch.nn.ParameterDict`` with one Adam per parameter (gsplat's strategy contract: the
+strategies replace parameters and their Adam moments when the cloud grows or shrinks); with
+``"none"`` this is numerically the same optimisation as one Adam over the parameter groups. The
+strategies' random draws (split offsets, MCMC sampling and noise) use torch's global generator,
+seeded from ``seed`` inside a forked RNG state (the caller's state is left as it was).
 
 Optional camera refinement (``refine_cameras=True``): each context view but view 0 gets an
 se(3) correction (axis-angle ``omega``, translation ``tau``) applied on the camera side,
@@ -27,6 +36,7 @@ is held by the cloud itself).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +44,10 @@ import torch
 
 from da3gs.errors import Da3gsError
 
-__all__ = ["RefineReport", "refine_gaussians", "scene_extent", "so3_exp"]
+__all__ = ["RefineReport", "STRATEGIES", "refine_gaussians", "scene_extent", "so3_exp"]
+
+#: densification strategies of :func:`refine_gaussians` (:mod:`da3gs.train.densify`)
+STRATEGIES = ("none", "default", "mcmc")
 
 
 @dataclass
@@ -54,6 +67,11 @@ class RefineReport:
       camera_rotation_deg / camera_translation: size of each view's camera correction
         (0 for view 0), when cameras were refined.
       w2c: (V, 4, 4) refined cameras (the input cameras when not refined); not serialised.
+      strategy: densification strategy ("none", "default", "mcmc").
+      strategy_params: the strategy's parameters (scaled defaults and overrides).
+      num_gaussians_before: size of the input cloud (``num_gaussians`` is the output's).
+      densify_stats: counts of what the strategy did (grown, pruned, unseen pruned, resets,
+        relocated, added).
     """
 
     steps: int
@@ -70,6 +88,10 @@ class RefineReport:
     camera_rotation_deg: list[float] | None = None
     camera_translation: list[float] | None = None
     w2c: torch.Tensor | None = None
+    strategy: str = "none"
+    strategy_params: dict = field(default_factory=dict)
+    num_gaussians_before: int = 0
+    densify_stats: dict = field(default_factory=dict)
 
     def as_dict(self, curve_points: int = 100) -> dict:
         """JSON-ready summary; the loss curve is averaged into at most ``curve_points`` bins
@@ -89,7 +111,10 @@ class RefineReport:
             "loss_first": self.loss[0] if n else None, "loss_last": self.loss[-1] if n else None,
             "loss_curve": curve, "time_s": round(self.time_s, 4),
             "num_gaussians": self.num_gaussians, "extent": self.extent, "lrs": self.lrs,
-            "refine_cameras": self.refine_cameras, "densification": False,
+            "refine_cameras": self.refine_cameras, "densification": self.strategy != "none",
+            "strategy": self.strategy, "strategy_params": self.strategy_params,
+            "num_gaussians_before": self.num_gaussians_before,
+            "densify_stats": self.densify_stats,
         }
         if self.refine_cameras:
             d["camera_rotation_deg"] = self.camera_rotation_deg
@@ -122,7 +147,9 @@ def scene_extent(w2c: torch.Tensor, means: torch.Tensor) -> float:
     return ext if ext > 1e-9 else 1.0
 
 
-def _check(g, images, w2c, K, steps):
+def _check(g, images, w2c, K, steps, strategy="none"):
+    if strategy not in STRATEGIES:
+        raise Da3gsError(f"refine strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not isinstance(steps, int) or steps < 0:
         raise Da3gsError(f"refine steps: expected a non-negative integer, got {steps!r}")
     if images.dim() != 4 or images.shape[1] != 3:
@@ -152,7 +179,8 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
                      lr: dict | None = None, refine_cameras: bool = False, backend: str = "auto",
                      ssim_weight: float = 0.2, on_step=None, background=None,
                      seed: int = 0, extent: float | None = None,
-                     lr_camera_rot: float = 1e-3, lr_camera_trans: float = 1e-3):
+                     lr_camera_rot: float = 1e-3, lr_camera_trans: float = 1e-3,
+                     strategy: str = "none", strategy_options: dict | None = None):
     """Fit Gaussians ``g`` to context views for ``steps`` Adam steps (module docstring).
 
     Args:
@@ -168,17 +196,25 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
       on_step: optional ``on_step(step, steps, loss)`` called after every step (the
         commands drive their progress bar with it; library code prints nothing).
       background: (3,) colour under the splats (None: black), as in the images.
-      seed: seed of the view sampler.
-      extent: scene extent for the position rate (default: :func:`scene_extent`).
+      seed: seed of the view sampler (and of the strategy's random draws).
+      extent: scene extent for the position rate (default: :func:`scene_extent`); also the
+        strategies' ``scene_scale`` (gsplat's: 1.1 x the cameras' largest distance from their
+        mean, the same quantity).
       lr_camera_rot, lr_camera_trans: camera rates (radians; translation times ``extent``).
+      strategy: densification, ``"none"`` | ``"default"`` | ``"mcmc"`` (module docstring).
+      strategy_options: overrides of the strategy's parameters (names of gsplat's
+        ``DefaultStrategy`` / ``MCMCStrategy`` fields, e.g. ``{"grow_grad2d": 4e-4,
+        "reset_every": 100}``, plus ``prune_unseen`` and, for MCMC, ``opacity_reg`` /
+        ``scale_reg``); defaults: :func:`da3gs.train.densify.strategy_defaults`.
     Returns:
-      (refined Gaussians (detached, same optional fields), :class:`RefineReport`).
+      (refined Gaussians (detached; with a strategy the per-pixel fields ``conf``, ``view``,
+      ``pixel`` are dropped, the cloud no longer maps to pixels), :class:`RefineReport`).
     """
     from da3gs.metrics import ssim
     from da3gs.render import render
     from da3gs.types import Gaussians
 
-    _check(g, images, w2c, K, steps)
+    _check(g, images, w2c, K, steps, strategy)
     dev = g.means.device
     images = images.to(dev, torch.float32)
     w2c, K = w2c.to(dev, torch.float32), K.to(dev, torch.float32)
@@ -191,38 +227,55 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
     if unknown:
         raise Da3gsError(f"refine lr: unknown groups {sorted(unknown)}; expected {sorted(rates)}")
     rates.update(lr or {})
+    strat = None
+    if strategy != "none" or strategy_options:
+        from da3gs.train.densify import make_strategy
+
+        strat = make_strategy(strategy, steps, len(g), dev, strategy_options)
     report = RefineReport(steps=steps, num_gaussians=len(g), extent=ext, refine_cameras=refine_cameras,
-                          lrs={**rates, "means_scaled": rates["means"] * ext})
+                          lrs={**rates, "means_scaled": rates["means"] * ext}, strategy=strategy,
+                          num_gaussians_before=len(g))
+    if strat is not None:
+        report.strategy_params = {k: getattr(strat, k) for k in strat.__dataclass_fields__
+                                  if k not in ("verbose", "key_for_gradient")}
     report.psnr_before_per_view = _psnr_views(g, images, w2c, K, backend, bg)
 
     f32 = dict(dtype=torch.float32, device=dev)
-    P = {
+    # (N, 3) means, (N, 3) log-scales, (N, 4) quats, (N,) logit opacities, (N, 1, 3) SH DC,
+    # (N, K - 1, 3) higher SH bands
+    P = torch.nn.ParameterDict({
         "means": g.means.detach().to(**f32).clone(),
         "scales": g.scales.detach().to(**f32).clamp_min(1e-10).log(),
         "quats": g.quats.detach().to(**f32).clone(),
         "opacities": torch.logit(g.opacities.detach().to(**f32).clamp(1e-4, 1 - 1e-4)),
         "sh_dc": g.sh.detach()[:, :1].to(**f32).clone(),
         "sh_rest": g.sh.detach()[:, 1:].to(**f32).clone(),
-    }
-    groups = []
-    for k, p in P.items():
-        p.requires_grad_(True)
-        if p.numel():
-            groups.append({"params": [p], "lr": rates[k] * (ext if k == "means" else 1.0), "name": k})
+    })
+    # one Adam per parameter (gsplat's strategy contract); per group the same maths as one Adam
+    opts = {k: torch.optim.Adam([{"params": [p], "lr": rates[k] * (ext if k == "means" else 1.0),
+                                  "name": k}], eps=1e-15) for k, p in P.items()}
     omega = torch.zeros(max(V - 1, 0), 3, **f32, requires_grad=True)
     tau = torch.zeros(max(V - 1, 0), 3, **f32, requires_grad=True)
+    cam_opt = None
     if refine_cameras and V > 1:
-        groups += [{"params": [omega], "lr": lr_camera_rot, "name": "cam_rot"},
-                   {"params": [tau], "lr": lr_camera_trans * ext, "name": "cam_trans"}]
-    opt = torch.optim.Adam(groups, eps=1e-15)
+        cam_opt = torch.optim.Adam([{"params": [omega], "lr": lr_camera_rot, "name": "cam_rot"},
+                                    {"params": [tau], "lr": lr_camera_trans * ext,
+                                     "name": "cam_trans"}], eps=1e-15)
     gen = torch.Generator().manual_seed(int(seed))
+    sstate = None
+    if strat is not None:
+        strat.check_sanity(P, opts)
+        sstate = (strat.initialize_state(scene_scale=ext) if strategy == "default"
+                  else strat.initialize_state())
+    keep_pixels = strat is None
 
     def current() -> Gaussians:
         q = P["quats"] / P["quats"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return Gaussians(means=P["means"], quats=q, scales=P["scales"].exp(),
                          opacities=torch.sigmoid(P["opacities"]),
                          sh=torch.cat([P["sh_dc"], P["sh_rest"]], 1),
-                         conf=g.conf, view=g.view, pixel=g.pixel)
+                         conf=g.conf if keep_pixels else None, view=g.view if keep_pixels else None,
+                         pixel=g.pixel if keep_pixels else None)
 
     def cameras() -> torch.Tensor:
         if not (refine_cameras and V > 1):
@@ -232,32 +285,58 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
         delta = torch.cat([top, bottom], 1)
         return torch.cat([w2c[:1], delta @ w2c[1:]], 0)
 
+    all_opts = list(opts.values()) + ([cam_opt] if cam_opt is not None else [])
+    rng = (torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+           if strat is not None else contextlib.nullcontext())
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        v = int(torch.randint(V, (1,), generator=gen))
-        cams = cameras()
-        out = render(current(), cams[v], K[v], W, H, backend=backend, background=bg)
-        pred = out.color[0].permute(2, 0, 1)[None]
-        gt = images[v][None]
-        loss = (1 - ssim_weight) * (pred - gt).abs().mean()
-        if ssim_weight > 0:
-            loss = loss + ssim_weight * (1 - ssim(pred, gt, mode="gaussian")[0])
-        if loss.requires_grad:  # False when no Gaussian reaches this view: nothing to learn
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        report.loss.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, steps, report.loss[-1])
+    with rng:
+        if strat is not None:
+            torch.manual_seed(int(seed))
+        for step in range(1, steps + 1):
+            v = int(torch.randint(V, (1,), generator=gen))
+            cams = cameras()
+            info: dict | None = {} if strat is not None else None
+            out = render(current(), cams[v], K[v], W, H, backend=backend, background=bg, info=info)
+            pred = out.color[0].permute(2, 0, 1)[None]
+            gt = images[v][None]
+            loss = (1 - ssim_weight) * (pred - gt).abs().mean()
+            if ssim_weight > 0:
+                loss = loss + ssim_weight * (1 - ssim(pred, gt, mode="gaussian")[0])
+            report.loss.append(float(loss.detach()))
+            if loss.requires_grad:  # False when no Gaussian reaches this view: nothing to learn
+                if strat is not None:
+                    loss = loss + _strategy_regularisers(strat, P)
+                    info.update(view=v, n_views=V)
+                    if strategy == "default":
+                        strat.step_pre_backward(P, opts, sstate, step, info)
+                    else:
+                        info["means2d"].retain_grad()  # for never-contributing Gaussians
+                for o in all_opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in all_opts:
+                    o.step()
+                if strat is not None:  # after the optimiser step, as gsplat's simple_trainer
+                    packed = info.get("gaussian_ids") is not None
+                    if strategy == "default":
+                        strat.step_post_backward(P, opts, sstate, step, info, packed=packed)
+                    else:
+                        strat.step_post_backward(P, opts, sstate, step, info,
+                                                 lr=opts["means"].param_groups[0]["lr"], packed=packed)
+            if on_step is not None:
+                on_step(step, steps, report.loss[-1])
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     report.time_s = time.perf_counter() - t0
+    if sstate is not None:
+        report.densify_stats = {k: v for k, v in sstate.items() if k.startswith("n_")}
 
     with torch.no_grad():
         out_g = current().detach()
         out_g = Gaussians(**{k: (v.clone() if isinstance(v, torch.Tensor) else v)
                              for k, v in out_g.__dict__.items()})
         cams = cameras().detach()
+    report.num_gaussians = len(out_g)
     report.w2c = cams
     report.psnr_after_per_view = _psnr_views(out_g, images, cams, K, backend, bg)
     report.psnr_before = sum(report.psnr_before_per_view) / V
@@ -270,3 +349,14 @@ def refine_gaussians(g, images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor
         report.camera_rotation_deg = [round(float(a), 6) for a in ang]
         report.camera_translation = [round(float(d), 8) for d in rel[:, :3, 3].norm(dim=-1)]
     return out_g.to(g.means.device), report
+
+
+def _strategy_regularisers(strat, P) -> torch.Tensor | float:
+    """MCMC's ``opacity_reg * mean(opacity) + scale_reg * mean(scale)`` (gsplat simple_trainer's
+    MCMC recipe); 0 for strategies without them."""
+    reg = 0.0
+    if getattr(strat, "opacity_reg", 0.0):
+        reg = reg + strat.opacity_reg * torch.sigmoid(P["opacities"]).mean()
+    if getattr(strat, "scale_reg", 0.0):
+        reg = reg + strat.scale_reg * torch.exp(P["scales"]).mean()
+    return reg

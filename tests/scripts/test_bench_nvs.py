@@ -67,3 +67,26 @@ def test_append_keeps_prose_and_other_tables(tmp_path):
     b.write_table(f, ["| c |", "| d |"], append=True)
     assert f.read_text() == prose + f"\n{b.HEADER}\n{sep}\n| b |\n| c |\n| d |\n\nClosing words.\n"
     assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporaries left
+
+
+def test_strategies_run_both_inits_at_equal_steps_and_compare(capsys):
+    b = _module()
+    assert b.main(["--scenes", str(TOY), "--model", "mini", "--pose-mode", "conditioned",
+                   "--refine-steps", "0", "5", "--inits", "model", "random",
+                   "--strategies", "none", "default", "mcmc", "--device", "cpu", "--dry-run"]) == 0
+    cmds = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
+    assert len(cmds) == 1 + 3 + 3  # model at 0 steps; model and random x 3 strategies at 5
+    for s in ("default", "mcmc"):
+        pair = [c for c in cmds if f"--refine-strategy {s}" in c]
+        assert len(pair) == 2 and sum("--init random" in c for c in pair) == 1
+        assert all("--refine-steps 5" in c and f"_r5_{s} " in c for c in pair)
+    assert sum("--refine-strategy" not in c for c in cmds) == 3
+    m, r = _metrics("model"), _metrics("random")
+    m["mean"] = {"psnr": 21.0, "lpips_vgg": 0.3}
+    r["mean"] = {"psnr": 20.0, "lpips_vgg": 0.4}
+    assert b.row(m, ["da3gs"], 5, "cpu", "mcmc").split(" | ")[4] == "5 mcmc"
+    table = b.comparison([("fern", "conditioned", 5, "mcmc", m), ("fern", "random init", 5, "mcmc", r),
+                          ("fern", "random init", 5, "none", r)])
+    lines = table.splitlines()
+    assert len(lines) == 3 and "| fern | conditioned | 5 | mcmc | 21.00 | 20.00 | +1.00 |" in lines[2]
+    assert lines[2].endswith("| 0.3000 | 0.4000 | -0.1000 |")
