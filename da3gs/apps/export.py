@@ -86,6 +86,7 @@ def run_convert(args: argparse.Namespace) -> None:
     """``da3gs export IN --to FORMAT [--out FILE]``: convert a splat file; prints one line."""
     from pathlib import Path
 
+    from da3gs.apps.outputs import check_writable, environment_error
     from da3gs.errors import Da3gsError
     from da3gs.io.splat_files import read_gaussians, splat_format_of, write_gaussians
 
@@ -102,8 +103,12 @@ def run_convert(args: argparse.Namespace) -> None:
                          "choose another name)")
     if not out.parent.is_dir():
         raise Da3gsError(f"--out {out}: folder {out.parent} does not exist")
+    check_writable(out, "--out")  # read-only, over-long name: refused before reading IN
     g = read_gaussians(src)
-    write_gaussians(out, g, args.to)
+    try:
+        write_gaussians(out, g, args.to)
+    except OSError as e:  # disk full, quota, ... while writing (the file is written atomically)
+        raise (environment_error(e, f"--out {out}") or e) from None
     size, before = out.stat().st_size, src.stat().st_size
     print(f"wrote {out} ({len(g)} Gaussians, {size / 1e6:.2f} MB, {before / max(size, 1):.1f}x "
           f"smaller than {src.name})" if size < before else

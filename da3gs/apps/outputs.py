@@ -78,7 +78,7 @@ from da3gs.io.atomic import (NAME_MAX, publish_modes, remove_path, rename_norepl
 
 __all__ = ["MARKER", "OutputError", "Terminated", "check_output_dir", "write_output_dir",
            "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception", "WriterPool",
-           "ENVIRONMENT_ERRNOS", "environment_error"]
+           "ENVIRONMENT_ERRNOS", "environment_error", "check_writable"]
 
 MARKER = ".da3gs-output.json"
 SIGNATURE = "da3gs output folder"
@@ -216,12 +216,24 @@ def _nearest_existing(p: Path) -> Path:
     return p
 
 
-def _check_writable(out: Path, flag: str, shown: str) -> None:
-    # parents that exist must be folders
+def check_writable(out: str | os.PathLike, flag: str, shown: str | None = None,
+                   folder: bool = False) -> None:
+    """Raise :class:`OutputError` (one line naming ``flag``) unless ``out`` can be created: every
+    existing ancestor is a folder, the nearest existing one accepts new entries (a probe folder is
+    made and removed: catches read-only file systems and permissions), and the name fits NAME_MAX.
+    With ``folder``, ``out`` is a folder written into: if it exists it must be a folder, and it is
+    the place probed. Call it before expensive work (downloads, model loading)."""
+    out = Path(os.path.abspath(out))
+    shown = str(out) if shown is None else shown
+    if len(out.name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise OutputError(f"{flag} {shown}: the name is longer than {NAME_MAX} bytes, which file "
+                          "systems do not allow; choose a shorter name")
     for anc in reversed(out.parents):
         if anc.exists() and not anc.is_dir():
             raise OutputError(f"{flag} {shown}: {anc} is a file, not a folder")
-    base = _nearest_existing(out.parent)
+    if folder and out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {shown}: is a file, not a folder")
+    base = _nearest_existing(out if folder else out.parent)
     try:
         probe = base / f".da3gs-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.mkdir()
@@ -273,10 +285,7 @@ def check_output_dir(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
                           "folder, e.g. {flag} result".replace("{flag}", flag))
     if out_abs == out_abs.parent:
         raise OutputError(f"{flag} {shown}: is the file-system root")
-    if len(out_abs.name.encode("utf-8", "surrogateescape")) > NAME_MAX:
-        raise OutputError(f"{flag} {shown}: the folder name is longer than {NAME_MAX} bytes, "
-                          "which file systems do not allow; choose a shorter name")
-    _check_writable(out_abs, flag, shown)
+    check_writable(out_abs, flag, shown)
     if Path(out).is_symlink() or out_abs.exists():
         if not overwrite:
             raise OutputError(f"{flag} {shown}: already exists; pass --overwrite to replace it")
