@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"da3gs {args.command}: interrupted; no output written", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment (disk full, read-only ...): one line, not a traceback
+        from da3gs.apps.outputs import environment_error
+
+        err = environment_error(e, str(e.filename or "output"))
+        if err is None:
+            raise
+        print(f"da3gs {args.command}: error: {err}", file=sys.stderr)
+        return 2
     finally:
         logging.getLogger("da3gs").removeHandler(handler)
 

@@ -12,5 +12,6 @@ bash scripts/setup_env.sh || exit 1
 da3gs render --views examples/toy_scene --out out/toy_scene --overwrite --process-res 252 --frames 60 \
     ${DA3GS_MODEL:+--model "$DA3GS_MODEL"} "$@"
 rc=$?
-[ $rc -eq 0 ] && echo "demo: outputs in out/toy_scene (gaussians.ply, video.mp4, depth/, cameras.json, transforms.json, colmap/)"
+[ $rc -eq 0 ] && echo "demo: outputs in out/toy_scene (gaussians.ply, video.mp4, depth/, cameras.json, transforms.json, colmap/)" \
+    && echo "demo: next, in this shell: . .venv/bin/activate && da3gs view out/toy_scene"
 exit $rc

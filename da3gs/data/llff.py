@@ -60,8 +60,10 @@ def read_llff(path: Path, *, factor: int | None = None, images_dir=None, holdout
         img_dir = root / name
         if not img_dir.is_dir():
             found = _image_folders(root)
+            factors = [f[len("images_"):] for f in found if f[len("images_"):].isdigit()]
+            pick = f"factor={factors[-1]}" if factors else "factor=N"
             raise SceneError(f"{root}: no {name}/ folder (found: {', '.join(found) or 'no image folders'}); "
-                             "pick one with factor=N or images_dir=")
+                             f"pick one with {pick} or images_dir=NAME")
     files = sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
                    and not p.name.startswith("."))
     n = pb.shape[0]

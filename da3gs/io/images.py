@@ -204,6 +204,19 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in parts], p.name
 
 
+CAMERA_FILES = frozenset({"transforms.json", "cameras.json", "poses_bounds.npy", "cameras.txt",
+                          "cameras.bin", "images.txt", "images.bin", "points3d.txt",
+                          "points3d.bin", "project.ini", "database.db"})
+"""Camera files that often sit among the images (nerfstudio / NeRF, da3gs, LLFF, COLMAP):
+neither images nor "skipped" (lower-case names; ``transforms_*.json`` splits too)."""
+
+
+def is_camera_file(p: Path) -> bool:
+    """True for a recognised camera file (:data:`CAMERA_FILES`, ``transforms_train.json`` ...)."""
+    name = p.name.lower()
+    return name in CAMERA_FILES or (name.startswith("transforms_") and name.endswith(".json"))
+
+
 def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
     """Image files of ``folder`` in natural order (``img2`` before ``img10``).
 
@@ -212,7 +225,9 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
     skipped, see :func:`skipped_note`). Hidden files and sub-folders are ignored.
 
     Returns:
-        ``(images, skipped)``: image paths and the other (non-image) files.
+        ``(images, skipped)``: image paths and the other (non-image) files, less recognised
+        camera files (:func:`is_camera_file`: ``transforms.json``, COLMAP files ...), which
+        belong there and are not reported.
 
     Raises:
         InputError: the folder is missing, not a folder, or holds no images.
@@ -227,7 +242,10 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[Path]]:
         if p.name.startswith(".") or not p.is_file():
             continue
         ok = p.suffix.lower() in IMAGE_EXTS or (is_heif(p) and heif_available())
-        (images if ok else skipped).append(p)
+        if ok:
+            images.append(p)
+        elif not is_camera_file(p):
+            skipped.append(p)
     if not images:
         hint = f"; {HEIF_HINT}" if any(is_heif(p) for p in skipped) else ""
         raise InputError(f"{folder}: no images found (supported: {' '.join(IMAGE_EXTS)}){hint}")

@@ -6,7 +6,8 @@ images ("per image, then mean"). See each module for the exact conventions.
 
 from .depth import depth_metrics
 from .image import MetricsError, psnr, ssim
-from .lpips import LPIPS, LPIPSWeightsError, load_lpips, lpips, lpips_cache_dir
+from .lpips import (LPIPS, LPIPSWeightsError, load_lpips, lpips, lpips_cache_dir,
+                    lpips_models, parse_lpips_nets)
 from .pose import ate, auc_from_errors, pose_auc, relative_pose_errors
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "load_lpips",
     "lpips",
     "lpips_cache_dir",
+    "lpips_models",
+    "parse_lpips_nets",
     "relative_pose_errors",
     "pose_auc",
     "auc_from_errors",

@@ -42,6 +42,8 @@ __all__ = [
     "TORCHVISION_FILES",
     "lpips",
     "load_lpips",
+    "lpips_models",
+    "parse_lpips_nets",
     "lpips_cache_dir",
     "lpips_weight_shapes",
 ]
@@ -255,6 +257,29 @@ def load_lpips(
     model.load_state_dict(full)
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def parse_lpips_nets(spec: str) -> list[str]:
+    """``"vgg,alex"``, ``"vgg"``, ``"alex"``, ``"both"`` or ``"none"`` -> the nets, in order
+    (``[]`` for none). Raises :class:`MetricsError` for anything else."""
+    s = str(spec).strip().lower()
+    if s == "none":
+        return []
+    nets = list(NETS) if s == "both" else [n.strip() for n in s.split(",") if n.strip()]
+    if not nets or any(n not in NETS for n in nets):
+        raise MetricsError(f"expected vgg,alex, vgg, alex, both or none, got {spec!r}")
+    return nets
+
+
+def lpips_models(nets, device: str | torch.device = "cpu",
+                 weights: str | os.PathLike | None = None) -> dict[str, LPIPS]:
+    """``{net: LPIPS}`` for each of ``nets`` (:func:`load_lpips`; ``weights`` only for a single
+    net): the one LPIPS path of ``da3gs eval nvs`` and the stage-2 held-out evaluation.
+    Raises :class:`LPIPSWeightsError` (naming the fetch command) when weights are missing."""
+    nets = list(nets)
+    if weights is not None and len(nets) > 1:
+        raise MetricsError("weights: one file serves one net; pass one net with weights")
+    return {n: load_lpips(n, weights=weights, device=device) for n in nets}
 
 
 @functools.lru_cache(maxsize=8)

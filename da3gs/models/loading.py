@@ -21,6 +21,7 @@ and does not exist is reported as not found, never tried on the hub.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -210,6 +211,30 @@ def save_model(model: DA3Model, path: str | Path) -> Path:
         raise ModelSourceError(f"{path}: already exists; not overwriting")
     tmp.rename(path)
     return path
+
+
+FALLBACK = "mini"
+"""The bundled model (:data:`BUNDLED`) used when a default hub model is neither cached nor
+fetchable and the user named no model (CLI, nerfstudio plugin): :func:`load_model_or_bundled`."""
+
+
+def load_model_or_bundled(source: str | Path, device: str | torch.device = "cpu",
+                          fallback: str = FALLBACK, note: str = "",
+                          loader=None) -> tuple[DA3Model, str]:
+    """``load_model(source)``, or, when it is unavailable (offline and not cached:
+    :class:`ModelUnavailableError`), the bundled ``fallback`` with one warning on the ``da3gs``
+    logger (``note`` appended: how to pick the fallback explicitly). Returns ``(model, the source
+    used)``. For a *default* source only: a model the user named is never silently replaced.
+    ``loader`` replaces :func:`load_model` (callers that let tests patch ``da3gs.load_model``)."""
+    load = loader or load_model
+    try:
+        return load(source, device=device), str(source)
+    except ModelUnavailableError:
+        logging.getLogger("da3gs").warning(
+            "%s is not cached and cannot be fetched (offline?); using the bundled model %r "
+            "instead (7.8 M parameters trained by da3gs, far below DA3's quality%s)",
+            source, fallback, f"; {note}" if note else "")
+        return load(fallback, device=device), fallback
 
 
 def _looks_local(src: str) -> bool:

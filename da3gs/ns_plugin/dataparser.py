@@ -30,6 +30,7 @@ from da3gs.geometry.gaussians import transform_gaussians
 from da3gs.render.sh import sh0_to_rgb
 
 MIN_IMAGES = 2
+DEFAULT_MODEL = "depth-anything/DA3-GIANT-1.1"  # as the CLI (da3gs.apps.common.DEFAULT_MODEL)
 
 
 @dataclass
@@ -39,8 +40,9 @@ class Da3gsDataParserConfig(DataParserConfig):
     _target: Type = field(default_factory=lambda: Da3gsDataParser)
     data: Path = Path()
     """Folder of images (or a scene folder with transforms.json / COLMAP model and images)."""
-    model: str = "depth-anything/DA3-GIANT-1.1"
-    """da3gs model: hub repo id, local folder, checkpoint or random:PRESET."""
+    model: str = DEFAULT_MODEL
+    """da3gs model: hub repo id, local folder, checkpoint or random:PRESET (default: DA3-GIANT;
+    offline and not cached: the bundled 'mini', with one note, as the da3gs CLI does)."""
     cameras: Literal["auto", "dataset", "predicted"] = "auto"
     """auto: dataset poses when the folder has them, else predicted."""
     process_res: int = 504
@@ -120,6 +122,7 @@ def run_da3gs(cfg: Da3gsDataParserConfig) -> dict:
     the seed Gaussians of the training views."""
     from da3gs.models.loading import load_model
     from da3gs.gaussians import prune_gaussians
+    from da3gs.models.loading import FALLBACK, load_model_or_bundled
 
     paths, scene = _images_and_poses(cfg)
     if len(paths) < MIN_IMAGES:
@@ -130,7 +133,15 @@ def run_da3gs(cfg: Da3gsDataParserConfig) -> dict:
         eval_idx = []
     train_idx = [i for i in range(n) if i not in eval_idx]
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(cfg.model, device=device)
+    if cfg.model == DEFAULT_MODEL:  # the default: offline, fall back to the bundled model
+        model, source = load_model_or_bundled(
+            cfg.model, device, note=f"ns-train da3gs da3gs-data --model {FALLBACK} selects it "
+            "explicitly", loader=load_model)
+        if source != cfg.model:
+            CONSOLE.log(f"da3gs-data: {cfg.model} unavailable offline; using the bundled model "
+                        f"{source!r}")
+    else:
+        model = load_model(cfg.model, device=device)
     if not model.has_cameras:
         raise Da3gsError(f"model {cfg.model}: preset {model.preset.name} predicts no cameras")
     c2w_in = K_in = None

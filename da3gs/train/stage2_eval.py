@@ -5,12 +5,16 @@ For every held-out batch, the views are split as in training but deterministical
 go through the network twice, pose-free and pose-conditioned, and the targets are rendered
 (pose-free: through the predicted cameras aligned to the ground truth on the context
 cameras, as in training and as ``da3gs eval nvs`` does). PSNR and SSIM of the targets
-(renders clamped to [0, 1]), and LPIPS (VGG) when its weights are available offline.
+(renders clamped to [0, 1]), and LPIPS through the same path as ``da3gs eval nvs``
+(:func:`da3gs.metrics.lpips_models`; VGG by default, ``lpips_nets`` picks). Missing LPIPS weights
+are reported (one warning on the ``da3gs`` logger, naming the fetch command), not silently
+dropped; the other metrics are still computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import torch
@@ -24,30 +28,39 @@ from da3gs.train.stage2 import Stage2Config, _geometry, _net, frozen_forward, gs
 __all__ = ["nvs_metrics"]
 
 
-def _lpips_net(device, weights=None):
-    """LPIPS (VGG) for scoring, from ``weights`` (the training config's
-    ``stage2.loss.lpips_weights``) or the default search places; None when not found."""
-    from da3gs.metrics.lpips import LPIPSWeightsError, load_lpips
+log = logging.getLogger("da3gs")
+_REPORTED: set[str] = set()  # LPIPS weight errors already reported in this process
+
+
+def _lpips_nets(device, nets, weights=None) -> dict:
+    """``{net: LPIPS}`` for scoring (:func:`da3gs.metrics.lpips_models`; ``weights``: the
+    training config's ``stage2.loss.lpips_weights``, for a single net). Missing weights: ``{}``
+    and one warning per distinct error (so every evaluation does not repeat it)."""
+    from da3gs.metrics import LPIPSWeightsError, lpips_models
 
     try:
-        return load_lpips("vgg", weights=weights, device=device)
-    except LPIPSWeightsError:
-        return None
+        return lpips_models(nets, device, weights if len(nets) == 1 else None)
+    except LPIPSWeightsError as e:
+        if str(e) not in _REPORTED:
+            _REPORTED.add(str(e))
+            log.warning("held-out LPIPS not computed: %s", e)
+        return {}
 
 
 @torch.no_grad()
 def nvs_metrics(model: nn.Module, batches: list, cfg: Stage2Config, device: torch.device,
-                lpips: bool = True) -> dict[str, float]:
+                lpips: bool = True, lpips_nets=("vgg",)) -> dict[str, float]:
     """Mean target-view PSNR / SSIM / LPIPS over ``batches`` (ViewBatch list, V >= 2 views),
-    per pose mode: keys ``nvs_psnr/pose_free``, ``nvs_ssim/pose_conditioned``, ... (LPIPS
-    keys only when ``lpips`` and the VGG weights are found). The network's train/eval modes
-    are restored afterwards."""
+    per pose mode: keys ``nvs_psnr/pose_free``, ``nvs_ssim/pose_conditioned``, ... LPIPS keys
+    (``nvs_lpips/MODE`` for VGG, ``nvs_lpips_alex/MODE`` for AlexNet) only when ``lpips`` and
+    the weights are found; missing weights are warned about (:func:`_lpips_nets`). The
+    network's train/eval modes are restored afterwards."""
     from da3gs.metrics import psnr, ssim
 
     net = _net(model)
     was = net.training
     net.eval()
-    lp = _lpips_net(device, cfg.loss.lpips_weights) if lpips else None
+    lps = _lpips_nets(device, list(lpips_nets), cfg.loss.lpips_weights) if lpips else {}
     acc: dict[str, list[float]] = {}
     try:
         for batch in batches:
@@ -71,8 +84,9 @@ def nvs_metrics(model: nn.Module, batches: list, cfg: Stage2Config, device: torc
                     gt = batch.images[b, fo.tgt].float()
                     acc.setdefault(f"nvs_psnr/{mode}", []).extend(psnr(pred, gt).tolist())
                     acc.setdefault(f"nvs_ssim/{mode}", []).extend(ssim(pred, gt).tolist())
-                    if lp is not None:
-                        acc.setdefault(f"nvs_lpips/{mode}", []).extend(lp(pred, gt).tolist())
+                    for n, lp in lps.items():
+                        key = "nvs_lpips" if n == "vgg" else f"nvs_lpips_{n}"
+                        acc.setdefault(f"{key}/{mode}", []).extend(lp(pred, gt).tolist())
     finally:
         net.train(was)
     return {k: float(np.mean(v)) for k, v in acc.items() if v}

@@ -238,3 +238,19 @@ def test_render_refine_steps(scene, tmp_path):
     r = s["refinement"]
     assert r["steps"] == 3 and len(r["psnr_after_per_view"]) == 3
     assert r["num_gaussians"] == s["gaussians"]["final"]
+
+
+def test_eval_llff_without_factor_names_the_scene_opt(tmp_path, capsys):
+    """An LLFF folder with only images_4/ and images_8/: the error says which --scene-opt picks one."""
+    import numpy as np
+
+    from da3gs.cli import main
+
+    scene = tmp_path / "fern"
+    (scene / "images_4").mkdir(parents=True)
+    (scene / "images_8").mkdir()
+    np.save(scene / "poses_bounds.npy", np.zeros((3, 17)))
+    assert main(["eval", "nvs", "--scene", str(scene), "--model", "random:tiny-gs", "--device",
+                 "cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--scene-opt factor=8" in err and "Traceback" not in err

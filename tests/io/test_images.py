@@ -405,3 +405,18 @@ def test_prepare_images_drops_alpha_by_default(tmp_path):
         assert torch.equal(p.images, ref.images)
         white = prepare_images([item], background=(1, 1, 1))  # opt-in compositing
         torch.testing.assert_close(white.images, torch.ones_like(white.images), rtol=0, atol=1e-5)
+
+
+def test_camera_files_among_images_are_not_reported_as_skipped(tmp_path):
+    """The demo's own example holds transforms.json; a "skipped ... transforms.json" note read as
+    an error. Recognised camera files are neither images nor skipped; other files still are."""
+    from PIL import Image
+
+    from da3gs.io.images import list_images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    for n in ("transforms.json", "transforms_train.json", "cameras.json", "poses_bounds.npy",
+              "cameras.txt", "images.bin", "points3D.txt", "notes.txt"):
+        (tmp_path / n).write_bytes(b"x")
+    images, skipped = list_images(tmp_path)
+    assert [p.name for p in images] == ["a.png"] and [p.name for p in skipped] == ["notes.txt"]

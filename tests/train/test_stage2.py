@@ -3,6 +3,7 @@ steps lower the rendering loss; only the GS head is optimised; pose-free samples
 to the ground truth by the Sim(3) of their context cameras."""
 
 import dataclasses
+import importlib
 import math
 
 import pytest
@@ -252,6 +253,45 @@ def test_nvs_metrics_both_pose_modes():
                         for p in ("pose_free", "pose_conditioned")}
     assert all(math.isfinite(v) for v in res.values())
     assert model.net.training and model.net.gs_head.training  # modes restored
+
+
+def test_nvs_metrics_lpips_missing_weights_reported(monkeypatch, caplog):
+    """One LPIPS path with `da3gs eval nvs` (metrics.lpips_models); a weights error is a warning
+    naming the fetch command, not silently dropped."""
+    lpips_mod = importlib.import_module("da3gs.metrics.lpips")
+    from da3gs.metrics import LPIPSWeightsError
+    from da3gs.train import stage2_eval
+
+    def missing(net, *a, **k):
+        raise LPIPSWeightsError(f"LPIPS {net} backbone weights not found; run `da3gs fetch lpips`")
+
+    monkeypatch.setattr(lpips_mod, "load_lpips", missing)
+    monkeypatch.setattr(stage2_eval, "_REPORTED", set())
+    model = _model()
+    batch = plane_batch(B=1, V=3)
+    with caplog.at_level("WARNING", logger="da3gs"):
+        res = stage2_eval.nvs_metrics(model, [batch], Stage2Config(init_head=True),
+                                      torch.device("cpu"))
+    assert not any("lpips" in k for k in res) and "nvs_psnr/pose_free" in res
+    warned = [r.getMessage() for r in caplog.records if "LPIPS not computed" in r.getMessage()]
+    assert len(warned) == 1 and "da3gs fetch lpips" in warned[0]
+
+
+def test_nvs_metrics_lpips_nets_through_the_shared_loader(monkeypatch):
+    lpips_mod = importlib.import_module("da3gs.metrics.lpips")
+    from da3gs.train.stage2_eval import nvs_metrics
+
+    asked = []
+
+    def fake(net, weights=None, device="cpu", **k):
+        asked.append(net)
+        return lambda pred, gt: torch.full((pred.shape[0],), 0.25)
+
+    monkeypatch.setattr(lpips_mod, "load_lpips", fake)
+    res = nvs_metrics(_model(), [plane_batch(B=1, V=3)], Stage2Config(init_head=True),
+                      torch.device("cpu"), lpips_nets=("vgg", "alex"))
+    assert asked == ["vgg", "alex"]
+    assert res["nvs_lpips/pose_free"] == 0.25 and res["nvs_lpips_alex/pose_conditioned"] == 0.25
 
 
 def test_training_geometry_recorded_in_checkpoints(tmp_path):
