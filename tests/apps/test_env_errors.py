@@ -215,9 +215,9 @@ def test_view_page_errors_reach_the_console(tmp_path, caplog):
 
 
 def test_render_view_busy_port_refused_before_the_render(tmp_path, capsys, monkeypatch):
-    import da3gs
+    import da3gs.models.loading
 
-    monkeypatch.setattr(da3gs, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(da3gs.models.loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "photos").mkdir()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -176,9 +176,9 @@ def test_render_long_out_name(tmp_path):
 
 
 def test_out_name_too_long_refused_before_work(tmp_path, capsys, monkeypatch):
-    import da3gs
+    import da3gs.models.loading
 
-    monkeypatch.setattr(da3gs, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(da3gs.models.loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     assert _render("--views", _views(tmp_path / "v"), "--out", tmp_path / ("r" * 256)) == 2
     assert "longer than 255 bytes" in capsys.readouterr().err
 

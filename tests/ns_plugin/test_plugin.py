@@ -115,18 +115,18 @@ def test_seeded_model_equals_prediction(tmp_path):
 def test_dataparser_default_model_offline_falls_back_to_mini(tmp_path, monkeypatch, caplog):
     """README's `ns-train da3gs --data photos/` offline: the default model is neither cached nor
     fetchable, so the bundled mini is used with one note (as the da3gs CLI does), not a crash."""
-    import da3gs
+    import da3gs.models.loading
     from da3gs.errors import ModelUnavailableError
 
     DEFAULT_MODEL = "depth-anything/DA3-GIANT-1.1"
-    real = da3gs.load_model
+    real = da3gs.models.loading.load_model
 
     def offline(source, *a, **k):
         if str(source) == DEFAULT_MODEL:
             raise ModelUnavailableError(f"{source}: offline")
         return real(source, *a, **k)
 
-    monkeypatch.setattr(da3gs, "load_model", offline)
+    monkeypatch.setattr(da3gs.models.loading, "load_model", offline)
     data = _photos(tmp_path, 3)
     cfg = Da3gsDataParserConfig(data=data, process_res=70, device="cpu", eval_interval=0)
     assert cfg.model == DEFAULT_MODEL
