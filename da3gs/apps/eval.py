@@ -28,25 +28,26 @@ the alignment (``align``) and states its formula (``align_formula``).
 recon: fused predicted depth against a ground-truth mesh, point cloud or depth maps, as the
 official bench's ``evaluate_3d_reconstruction`` (:mod:`da3gs.apps.eval_recon`).
 
+The protocols themselves are :mod:`da3gs.eval` (model, scene and options in, metrics out); this
+module and :mod:`da3gs.apps.eval_nvs` / :mod:`da3gs.apps.eval_recon` turn the flags into their
+options and add the output folder and the printing.
+
 Every task writes ``metrics.json`` into ``--out`` atomically (hidden temporary folder renamed
 at the end); an existing folder is only replaced with ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
-import numpy as np
-import torch
-
-from da3gs.apps import eval_views as ev
 from da3gs.apps.common import Timer, add_refine_strategy_flags, load_job_model, resolve_device
-from da3gs.apps.eval_common import (add_eval_flags, check_eval_args, eval_out_dir, infer_views,
-                                    load_eval_scene, metrics_header, pose_errors, write_metrics)
-from da3gs.errors import Da3gsError
-from da3gs.metrics.depth import ALIGN_FORMULAS, ALIGN_MODES
+from da3gs.apps.eval_common import (add_eval_flags, check_eval_args, eval_hooks, eval_out_dir,
+                                    load_eval_scene, metrics_header, scene_errors, write_metrics)
+from da3gs.eval import views as ev
+from da3gs.eval.depth import DepthOptions, check_depth_scene, evaluate_depth
+from da3gs.eval.pose import PoseOptions, check_pose_views, evaluate_pose
+from da3gs.metrics.depth import ALIGN_MODES
 
 __all__ = ["add_eval_parser", "run_eval"]
 
@@ -145,29 +146,18 @@ def select_eval_views(args, scene) -> list[int]:
 
 
 def run_pose(args) -> dict:
-    from da3gs.geometry import align_cameras
-    from da3gs.metrics import ate, pose_auc
-
     t0, timer = time.perf_counter(), Timer()
     scene = load_eval_scene(args)
     out = eval_out_dir(args, "pose")
     idx = select_eval_views(args, scene)
-    if len(idx) < 2:
-        raise Da3gsError("eval pose: needs at least 2 views (relative poses)")
+    check_pose_views(idx)
     device = resolve_device(args.device)
     with timer("load_model"):
         model, source = load_job_model(args, device, job="eval")
-    with timer("inference"):
-        pred = infer_views(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0), False, False)
-    pc, gc = pred.c2w.double().cpu(), scene.c2w[idx]
-    auc_mode = getattr(args, "auc_mode", "bench")
-    sim, aligned = align_cameras(pc, gc, orientation_fallback=True)
+    opts = PoseOptions(process_res=args.process_res, ref_view=args.ref_view,
+                       auc_mode=getattr(args, "auc_mode", "bench"), select=args.select)
     m = metrics_header(args, "pose", scene, source, device)
-    m.update({"views": idx, "view_names": [scene.names[i] for i in idx], "select": args.select,
-              "auc_mode": auc_mode,
-              "auc": pose_auc(pc, gc, thresholds=(3, 5, 15, 30), mode=auc_mode),
-              "ate": ate(pc, gc, "sim3"),
-              "alignment_scale": float(sim.s), "aligned_errors": pose_errors(aligned, gc)})
+    m.update(evaluate_pose(model, scene, idx, opts, eval_hooks(args, timer)))
     write_metrics(out, m, t0, timer)
     if not args.quiet:
         a = m["auc"]
@@ -177,44 +167,25 @@ def run_pose(args) -> dict:
 
 
 def run_depth(args) -> dict:
-    import torch.nn.functional as F
-
-    from da3gs.metrics import depth_metrics
-
     t0, timer = time.perf_counter(), Timer()
     scene = load_eval_scene(args)
-    if scene.depth_paths is None:
-        raise Da3gsError(f"--scene {args.scene}: the {scene.format} scene has no depth maps (use an "
-                         "RGB-D scene: TUM groundtruth.txt, ICL/Open3D trajectory.log, or "
-                         "nerfstudio depth_file_path)")
+    with scene_errors(args):
+        check_depth_scene(scene)
     out = eval_out_dir(args, "depth")
     idx = select_eval_views(args, scene)
     device = resolve_device(args.device)
     with timer("load_model"):
         model, source = load_job_model(args, device, job="eval")
-    with timer("inference"):
-        pred = infer_views(model, scene, idx, args, scene.background or (1.0, 1.0, 1.0),
-                      args.pose_mode == "conditioned", False)
-    per_view = []
-    kw = {"mode": "nearest"} if args.resize == "nearest" else {"mode": "bilinear", "align_corners": False}
-    with timer("metrics"):
-        for j, i in enumerate(idx):
-            gt = torch.from_numpy(scene.load_depth(i))
-            p = F.interpolate(pred.depth[j][None, None].float().cpu(), size=tuple(gt.shape), **kw)[0, 0]
-            r = depth_metrics(p, gt, align=args.align, reduction="none")
-            per_view.append({"index": i, "name": scene.names[i],
-                             **{k: float(v[0]) for k, v in r.items()}})
-    keys = [k for k in per_view[0] if k not in ("index", "name")]
-    valid = [v for v in per_view if not math.isnan(v["abs_rel"])]
-    if not valid:
-        raise Da3gsError(f"--scene {args.scene}: no valid ground-truth depth in the chosen views")
-    mean = {k: float(np.mean([v[k] for v in valid])) for k in keys}
+    opts = DepthOptions(process_res=args.process_res, ref_view=args.ref_view,
+                        pose_mode=args.pose_mode, align=args.align, resize=args.resize,
+                        select=args.select)
+    with scene_errors(args):
+        r = evaluate_depth(model, scene, idx, opts, eval_hooks(args, timer))
     m = metrics_header(args, "depth", scene, source, device)
-    m.update({"views": idx, "select": args.select, "pose_mode": args.pose_mode,
-              "align": args.align, "align_formula": ALIGN_FORMULAS[args.align],
-              "resize": args.resize, "per_view": per_view, "mean": mean, "n_images": len(valid)})
+    m.update(r)
     write_metrics(out, m, t0, timer)
     if not args.quiet:
-        print(f"da3gs eval depth: {len(valid)} views  AbsRel {mean['abs_rel']:.4f}  "
+        mean = m["mean"]
+        print(f"da3gs eval depth: {m['n_images']} views  AbsRel {mean['abs_rel']:.4f}  "
               f"delta1 {mean['delta1']:.4f} ({args.align} alignment) -> {out}")
     return m

@@ -1,11 +1,13 @@
-"""What ``da3gs eval nvs`` (:mod:`da3gs.apps.eval_nvs`) and ``eval pose | depth``
-(:mod:`da3gs.apps.eval`) share: their common flags, scene loading, output folder, inference,
-pose errors and the metrics.json header and writer."""
+"""What ``da3gs eval nvs`` (:mod:`da3gs.apps.eval_nvs`), ``eval recon``
+(:mod:`da3gs.apps.eval_recon`) and ``eval pose | depth`` (:mod:`da3gs.apps.eval`) share: their
+common flags, scene loading, output folder, the protocols' hooks (:mod:`da3gs.eval`) and the
+metrics.json header and writer."""
 
 from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,9 +18,10 @@ from da3gs.apps.common import (add_gpus_flag, add_model_flags, add_run_flags, ch
                                job_infer, sparse_attention_pattern, versions)
 from da3gs.apps.outputs import check_output_dir, write_output_dir
 from da3gs.errors import Da3gsError
+from da3gs.eval.common import EvalSceneError, Hooks
 
 __all__ = ["NERF_FORMATS", "add_eval_flags", "check_eval_args", "scene_opts", "load_eval_scene",
-           "eval_out_dir", "infer_views", "pose_errors", "metrics_header", "write_metrics"]
+           "eval_out_dir", "eval_hooks", "scene_errors", "metrics_header", "write_metrics"]
 
 NERF_FORMATS = ("blender", "nerfstudio", "nerf", "instant-ngp", "ngp")
 
@@ -82,39 +85,20 @@ def eval_out_dir(args, task: str) -> Path:
     return out
 
 
-def infer_views(model, scene, idx, args, bg, conditioned: bool, gs: bool):
-    """Run the model on the scene views ``idx`` (RGBA composited on ``bg``), optionally
-    conditioned on their cameras."""
-    from PIL import Image
-
-    paths = [scene.image_paths[i] for i in idx]
-    with Image.open(paths[0]) as im:
-        alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    # prepare_images drops alpha (as the official reader); composite on bg here instead
-    imgs = scene.subset(idx).load_images(bg) if alpha else paths
-    c2w = K = None
-    if conditioned:
-        c2w, K = scene.c2w[idx].float(), scene.K[idx].float()
-    return job_infer(model, args, imgs, c2w, K, process_res=args.process_res, ref_view=args.ref_view,
-                       infer_gs=gs)
+def eval_hooks(args, timer, progress=None) -> Hooks:
+    """The app's hooks of a protocol (:class:`da3gs.eval.Hooks`): ``timer`` stages, ``progress``
+    bars and the context-parallel inference of ``--gpus`` (:func:`job_infer`)."""
+    return Hooks(timer=timer, progress=progress,
+                 infer=lambda model, *a, **kw: job_infer(model, args, *a, **kw))
 
 
-def pose_errors(pred_c2w, gt_c2w) -> dict:
-    """Per-view errors of already aligned cameras, and pair-wise relative errors."""
-    from da3gs.metrics import relative_pose_errors
-    from da3gs.metrics.pose import rotation_angle_deg
-
-    Rp, Rg = pred_c2w[:, :3, :3].double(), gt_c2w[:, :3, :3].double()
-    rot = rotation_angle_deg(Rg.transpose(1, 2) @ Rp)
-    trans = (pred_c2w[:, :3, 3].double() - gt_c2w[:, :3, 3].double()).norm(dim=-1)
-    d = {"rotation_error_deg": [round(float(v), 4) for v in rot],
-         "translation_error": [round(float(v), 6) for v in trans],
-         "rotation_error_deg_mean": float(rot.mean()), "translation_error_mean": float(trans.mean())}
-    if len(rot) >= 2:
-        rr, rt = relative_pose_errors(pred_c2w.double(), gt_c2w.double())
-        d["relative_rotation_error_deg_mean"] = float(rr.mean())
-        d["relative_translation_error_deg_mean"] = float(rt.mean())
-    return d
+@contextmanager
+def scene_errors(args):
+    """:class:`da3gs.eval.EvalSceneError` -> one-line error naming ``--scene``."""
+    try:
+        yield
+    except EvalSceneError as e:
+        raise Da3gsError(f"--scene {args.scene}: {e}") from None
 
 
 def _json_default(o):

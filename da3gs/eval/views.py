@@ -1,4 +1,5 @@
-"""View selection for ``da3gs eval``: target protocols, context sampling, comparison panels.
+"""View selection of the evaluation protocols (``da3gs eval``): targets, context sampling,
+comparison panels.
 
 Targets (``--targets``):
   * ``everyN`` (default ``every8``): the LLFF protocol, views with ``index % N == 0`` held out;
