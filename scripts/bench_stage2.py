@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's shared timing
 
 import torch  # noqa: E402
 
@@ -50,6 +50,7 @@ from da3gs.train.loop import build_network, configure_backends, seed_all  # noqa
 from da3gs.train.optim import build_optimizer, lr_at, set_lr  # noqa: E402
 from da3gs.train.stage2 import Stage2Objective  # noqa: E402
 from da3gs.train.step import StepModule, batch_to_device, train_step  # noqa: E402
+from bench_train import time_passes  # noqa: E402
 
 IMPLS = {"old": False, "new": True}  # stage2.batched
 
@@ -135,14 +136,7 @@ def throughput(impl: str, pool: list, args) -> dict:
         step(b)
     _sync(dev)
     row["warm_pass_s"] = time.perf_counter() - t0
-    times = []
-    for _ in range(args.passes):
-        t0 = time.perf_counter()
-        for b in pool:
-            step(b)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    row["pass_s"] = statistics.median(times)
+    row["pass_s"] = time_passes(step, pool, args.passes, dev)
     row["images_per_s"] = imgs / row["pass_s"]
     row["images_per_step"] = imgs / len(pool)
     if dev.type == "cuda":

@@ -226,6 +226,19 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def time_passes(step, pool: list, passes: int, dev: torch.device) -> float:
+    """Median seconds of ``passes`` passes of ``step`` over ``pool``, each synchronised only
+    at its end (shared with bench_stage2.py)."""
+    times = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for b in pool:
+            step(b)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def throughput(mode: str, args) -> dict:
     """images/s of one step mode (see the module docstring, ``--modes``)."""
     graphed = mode == "graphed"
@@ -285,14 +298,7 @@ def throughput(mode: str, args) -> dict:
     print(f"[{mode}] first step {row['first_step_s']:.2f} s, warm-up pass "
           f"{row['warm_pass_s']:.1f} s" + (f" ({gstep.captures} graphs, {gstep.capture_s:.1f} s "
                                           "capturing)" if gstep else ""), flush=True)
-    times = []
-    for _ in range(args.passes):
-        t0 = time.perf_counter()
-        for b in pool:
-            step(b)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    row["pass_s"] = statistics.median(times)
+    row["pass_s"] = time_passes(step, pool, args.passes, dev)
     row["images_per_s"] = imgs / row["pass_s"]
     row["images_per_step"] = imgs / len(pool)
     print(f"[{mode}] {args.passes} passes: median {row['pass_s']:.3f} s, "

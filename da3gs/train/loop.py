@@ -302,18 +302,22 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
     last_ckpt, last_metrics, reason = ckpt, {}, "done"
     win_t, win_imgs, step_time = time.time(), 0, 0.0
 
-    def sync_bad() -> None:
-        """The graphed step's non-finite counters into ``counters`` (one host read); stop
-        like the eager loop when too many updates in a row were skipped."""
-        if gstep is None:
-            return
-        counters.bad_in_row, counters.bad_total = gstep.read()
+    def stop_if_diverged(at: str) -> None:
+        """Stop (keeping the last good checkpoint) after ``run.max_bad_steps`` non-finite
+        steps in a row."""
         if counters.bad_in_row >= cfg.run.max_bad_steps:
             kept = latest_checkpoint(run_dir)
             logger.close()
             raise TrainingDiverged(
-                f"{counters.bad_in_row} non-finite steps in a row by step {counters.step}; "
+                f"{counters.bad_in_row} non-finite steps in a row {at} step {counters.step}; "
                 f"stopped; last good checkpoint: {kept or 'none'}")
+
+    def sync_bad() -> None:
+        """The graphed step's non-finite counters into ``counters`` (one host read)."""
+        if gstep is None:
+            return
+        counters.bad_in_row, counters.bad_total = gstep.read()
+        stop_if_diverged("by")
 
     def checkpoint_now() -> Path | None:
         ranks = gather_objects({"rng": rng_state(), "data": source.state_dict()
@@ -374,12 +378,7 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
             counters.bad_total += 1
             logger.scalars(counters.step, {"loss": float(res.loss), "bad_in_row": counters.bad_in_row,
                                            "bad_total": counters.bad_total}, "skipped")
-            if counters.bad_in_row >= cfg.run.max_bad_steps:
-                kept = latest_checkpoint(run_dir)
-                logger.close()
-                raise TrainingDiverged(
-                    f"{counters.bad_in_row} non-finite steps in a row at step {counters.step}; "
-                    f"stopped; last good checkpoint: {kept or 'none'}")
+            stop_if_diverged("at")
             continue
         counters.step += 1
         if gstep is None:
