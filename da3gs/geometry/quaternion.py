@@ -117,7 +117,7 @@ def mat_to_quat(R: torch.Tensor) -> torch.Tensor:
         ],
         dim=-2,
     )
-    flr = torch.tensor(0.1, dtype=q_abs.dtype, device=q_abs.device)
+    flr = q_abs.new_full((), 0.1)  # a fill, not a host copy (CUDA-graph capture allows it)
     cands = cands / (2.0 * q_abs[..., None].max(flr))
     best = q_abs.argmax(dim=-1)  # first maximum on ties, like the official one-hot select
     q = torch.gather(cands, -2, best[..., None, None].expand(batch + (1, 4))).squeeze(-2)

@@ -428,8 +428,12 @@ def _unify(views, orig_sizes, mode: str, reload, Ks) -> list:
 def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.ndim < 3 or x.shape[-3] != 3:
         raise InputError(f"x: expected a tensor of shape (..., 3, H, W), got {tuple(x.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    # filled on the device element by element, not copied from the host: the training step runs
+    # inside a CUDA-graph capture, which refuses host-to-device copies from pageable memory
+    mean, std = (torch.empty(3, 1, 1, dtype=x.dtype, device=x.device) for _ in range(2))
+    for i in range(3):
+        mean[i] = IMAGENET_MEAN[i]
+        std[i] = IMAGENET_STD[i]
     return mean, std
 
 
