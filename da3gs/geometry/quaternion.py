@@ -32,13 +32,13 @@ __all__ = [
 def xyzw_to_wxyz(q: torch.Tensor) -> torch.Tensor:
     """Reorder ``q: (..., 4)`` from scalar-last (xyzw) to scalar-first (wxyz)."""
     check_shape(q, "q", (4,))
-    return q[..., [3, 0, 1, 2]]
+    return torch.roll(q, 1, -1)  # q[..., [3, 0, 1, 2]] without a host-made index (graph capture)
 
 
 def wxyz_to_xyzw(q: torch.Tensor) -> torch.Tensor:
     """Reorder ``q: (..., 4)`` from scalar-first (wxyz) to scalar-last (xyzw)."""
     check_shape(q, "q", (4,))
-    return q[..., [1, 2, 3, 0]]
+    return torch.roll(q, -1, -1)  # q[..., [1, 2, 3, 0]]
 
 
 def rotation_from_components(r, i, j, k, two_s) -> torch.Tensor:
