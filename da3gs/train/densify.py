@@ -214,10 +214,7 @@ def _relocate_torch(params, optimizers, mask, binoms, min_opacity):
     new_o, new_s = _relocation(params, binoms, sampled, min_opacity)
 
     def param_fn(name, p):
-        if name == "opacities":
-            p[sampled] = torch.logit(new_o)
-        elif name == "scales":
-            p[sampled] = torch.log(new_s)
+        _write_relocated(name, p, sampled, new_o, new_s)
         p[dead] = p[sampled]
         return torch.nn.Parameter(p, requires_grad=p.requires_grad)
 
@@ -226,6 +223,15 @@ def _relocate_torch(params, optimizers, mask, binoms, min_opacity):
         return v
 
     _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+
+
+def _write_relocated(name: str, p: torch.Tensor, sampled: torch.Tensor, new_o: torch.Tensor,
+                     new_s: torch.Tensor) -> None:
+    """Write the relocated sources' opacity (logit) and scale (log) into parameter ``p``."""
+    if name == "opacities":
+        p[sampled] = torch.logit(new_o)
+    elif name == "scales":
+        p[sampled] = torch.log(new_s)
 
 
 @torch.no_grad()
@@ -239,10 +245,7 @@ def _sample_add_torch(params, optimizers, n, binoms, min_opacity):
     new_o, new_s = _relocation(params, binoms, sampled, min_opacity)
 
     def param_fn(name, p):
-        if name == "opacities":
-            p[sampled] = torch.logit(new_o)
-        elif name == "scales":
-            p[sampled] = torch.log(new_s)
+        _write_relocated(name, p, sampled, new_o, new_s)
         return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
 
     def optimizer_fn(key, v):

@@ -13,21 +13,15 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from da3gs.apps.outputs import MARKER, OutputError, check_output_dir, write_output_dir
 from da3gs.cli import main
+from tests.apps.test_outputs import _views as photos
 
 
-def _views(folder: Path, n: int = 2, size=(64, 48)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
-            folder / f"img{i}.png")
-    return folder
+def _views(folder: Path) -> Path:
+    return photos(folder, n=2, size=(64, 48))
 
 
 def _render(*args) -> int:
