@@ -304,6 +304,14 @@ def throughput(mode: str, args) -> dict:
     print(f"[{mode}] {args.passes} passes: median {row['pass_s']:.3f} s, "
           f"{row['images_per_s']:.0f} images/s ({row['images_per_step']:.0f} images/step)",
           flush=True)
+    if args.profile and dev.type == "cuda":  # where a pass's device time goes (kernels
+        from torch.profiler import ProfilerActivity, profile  # inside the graphs included)
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            time_passes(step, pool, 1, dev)
+        print(f"\n== [{mode}] one pass, top 30 ops by CUDA time ==")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30,
+                                        max_name_column_width=70))
     if args.e2e:
         n_img = 0
         _sync(dev)

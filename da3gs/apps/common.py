@@ -64,8 +64,9 @@ def add_model_flags(p, process_res_help: str | None = None) -> None:
                    "faster default with bf16 heads (docs/performance.md); no effect on the CPU")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks and heads: faster forwards after a "
-                   "one-time warm-up of tens of seconds (cached on disk); pays off for many "
-                   "views or repeated runs, not for one small render")
+                   "one-time warm-up of tens of seconds, kept on disk for later runs "
+                   "($DA3GS_COMPILE_CACHE, default ~/.cache/da3gs/compile); pays off for many "
+                   "views or repeated runs")
 
 
 SPARSE_DEFAULTS = CrossViewPattern()  # --keyframe-every / --window defaults

@@ -13,6 +13,7 @@ from da3gs.geometry import (align_cameras, align_cameras_batched, as_homogeneous
                             w2c_to_c2w)
 from da3gs.io.images import imagenet_normalize, prepare_images
 from da3gs.models.gaussian_adapter import GEOMETRIES, build_gaussians
+from da3gs.models.compile_cache import use_compile_cache
 from da3gs.models.net import build_net, compile_network
 from da3gs.models.presets import NestedPreset, Preset, get_preset
 from da3gs.models.reference_view import STRATEGIES
@@ -125,14 +126,18 @@ class DA3Model(nn.Module):
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=dev, dtype=dtype), precision == "fast"
 
-    def enable_compile(self, backend: str = "inductor") -> "DA3Model":
+    def enable_compile(self, backend: str = "inductor", cache: bool = True) -> "DA3Model":
         """``torch.compile`` the transformer blocks and the heads' per-chunk forward in place
         (:func:`~da3gs.models.net.compile_network`; parameters and state dict unchanged) for
         inference throughput: on an H200 the large preset at 32 views runs 1.5x faster than
         uncompiled (docs/performance.md), after a first forward that compiles for tens of
-        seconds (Inductor caches kernels on disk, so later processes warm up faster; each new
-        input shape may recompile). ``backend``: any ``torch.compile`` backend (tests use
-        ``"eager"``). Returns ``self``."""
+        seconds; each new input shape may recompile). ``cache``: keep what Inductor generates
+        in the persistent folder of :func:`~da3gs.models.compile_cache.use_compile_cache`
+        (``$DA3GS_COMPILE_CACHE``, default ``~/.cache/da3gs/compile``), so a later process
+        loads it instead of compiling again. ``backend``: any ``torch.compile`` backend (tests
+        use ``"eager"``). Returns ``self``."""
+        if cache and backend == "inductor":
+            use_compile_cache()
         compile_network(self.net, backend=backend)
         return self
 
