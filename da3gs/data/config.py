@@ -60,6 +60,9 @@ class DataConfig:
         frame (``c2w[:, 0]`` is the identity); ``"scene"``: the source's world frame.
       samples_per_scene: samples drawn from each real scene per epoch.
       num_workers: DataLoader worker processes for real scenes (0: in the main process).
+      prefetch: on CUDA, batches made ahead of the step by a background thread on a side
+        stream (:class:`da3gs.data.prefetch.Prefetcher`; same batches, same order); 0: made
+        in line. Ignored on the CPU, where the thread would only compete for the cores.
       seed: seed of the whole stream (ranks derive their own).
       procedural: keyword arguments of
         :class:`da3gs.data.procedural.ProceduralConfig` (its ``seed`` is unused: the stream
@@ -82,6 +85,7 @@ class DataConfig:
     world_frame: str = "first"
     samples_per_scene: int = 100
     num_workers: int = 0
+    prefetch: int = 2
     seed: int = 0
     procedural: dict = field(default_factory=dict)
 

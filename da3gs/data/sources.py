@@ -33,6 +33,7 @@ from .multiview import (
     to_first_frame,
 )
 from .overlap import select_views
+from .prefetch import Prefetcher
 
 __all__ = ["ProceduralSource", "SceneSource", "make_eval_sets", "make_generator", "make_train_source"]
 
@@ -149,11 +150,16 @@ class SceneSource:
 def make_train_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, device="cpu",
                       generator=None) -> Iterator[ViewBatch]:
     """The trainer's data stream: :class:`ProceduralSource` when ``cfg.source ==
-    "procedural"``, else :class:`SceneSource` over the scene list. ``generator`` replaces the
-    procedural generator (tests)."""
+    "procedural"``, else :class:`SceneSource` over the scene list, made ``cfg.prefetch``
+    batches ahead by a :class:`~da3gs.data.prefetch.Prefetcher` when ``device`` is CUDA.
+    ``generator`` replaces the procedural generator (tests)."""
     if cfg.source == "procedural":
-        return ProceduralSource(cfg, rank, world_size, device, generator=generator)
-    return SceneSource(cfg, rank, world_size, device)
+        src = ProceduralSource(cfg, rank, world_size, device, generator=generator)
+    else:
+        src = SceneSource(cfg, rank, world_size, device)
+    if cfg.prefetch > 0 and torch.device(device).type == "cuda":
+        return Prefetcher(src, cfg.prefetch, device)
+    return src
 
 
 def _real_hw(src_hw: tuple[int, int], longest: int) -> tuple[int, int]:

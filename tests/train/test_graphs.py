@@ -240,6 +240,7 @@ def test_cuda_capture_replays_the_step():
     for capture in (False, True):
         torch.manual_seed(0)
         net = build_network(cfg, dev)
+        init = [p.detach().clone() for p in net.parameters() if p.requires_grad]
         mod = StepModule(net, Stage1Objective(cfg.loss.stage1, "fp32", mixed=True))
         opt = build_optimizer(net, cfg.optim, capturable=True)
         g = GraphedStep(mod, [p for p in net.parameters() if p.requires_grad], opt, EMA(net, 0.9),
@@ -250,8 +251,20 @@ def test_cuda_capture_replays_the_step():
             set_lr(opt, 1e-3)
             losses.append(float(g.step(b, s).loss))
         assert g.captures == (1 if capture else 0)
-        results.append((losses, [p.detach().clone() for p in net.parameters()]))
-    (l0, p0), (l1, p1) = results
+        params = [p for p in net.parameters() if p.requires_grad]
+        results.append((losses, [p.detach() - p0 for p, p0 in zip(params, init)],
+                        [opt.state[p]["exp_avg"].clone() for p in params if p in opt.state]))
+    (l0, d0, m0), (l1, d1, m1) = results
+    assert len(m0) == len(m1) > 0
     assert l0 == pytest.approx(l1, rel=1e-4, abs=1e-6)
-    for a, b in zip(p0, p1):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+    # Adam's first moments are linear in the gradients: equal up to rounding. The weights are
+    # not compared elementwise (the first GPU run of this test did, and failed): a gradient that
+    # is zero up to rounding (a bias right before a LayerNorm) gets a full +-lr Adam step of
+    # random sign on CUDA, whose kernels accumulate in varying order, in either mode.
+    for a, b in zip(m0, m1):
+        assert float((a - b).abs().max()) <= 1e-3 * float(a.abs().max()) + 1e-7
+    # ... so the updates are compared as a whole: equal but for those few sign-noise weights
+    # (an update skipped or applied twice would give 1)
+    num = sum(float((a - b).pow(2).sum()) for a, b in zip(d0, d1)) ** 0.5
+    den = sum(float(a.pow(2).sum()) for a in d0) ** 0.5
+    assert num / den < 0.5
