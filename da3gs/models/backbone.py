@@ -135,9 +135,25 @@ class Backbone(nn.Module):
         """RoPE tables of the within-view blocks (patch grid) and the cross-view blocks (every
         view's tokens at the same constant positions), one view's ``1 + h*w`` tokens each."""
         n = 1 + h * w
-        return self._cached(("rope", h, w, device, self._mode(device)), lambda: (
-            self.rope.table(patch_positions(1, h, w, 1, device)),
-            self.rope.table(constant_positions(1, n, 1, device))))
+
+        def make():
+            tables = (self.rope.table(patch_positions(1, h, w, 1, device)),
+                      self.rope.table(constant_positions(1, n, 1, device)))
+            # filled here, outside the blocks: a table first filled inside a compiled block is
+            # a dict mutation Dynamo guards on, so every block would compile an "empty" and a
+            # "filled" variant (tiny: N x head_dim per dtype; a dtype not made here is still
+            # made on first use)
+            attn = self.blocks[0].attn
+            head_dim = attn.qkv.in_features // attn.num_heads
+            dtypes = {torch.float32, self.pos_embed.dtype}  # what the blocks' queries will be
+            if torch.is_autocast_enabled(device.type):
+                dtypes.add(torch.get_autocast_dtype(device.type))
+            for t in tables:
+                for dt in dtypes:
+                    t.cos_sin(head_dim, dt)
+            return tables
+
+        return self._cached(("rope", h, w, device, self._mode(device)), make)
 
     def _resize_pos_embed(self, h: int, w: int) -> torch.Tensor:
         M = self.pos_grid
