@@ -41,12 +41,14 @@ class TrainingDiverged(Da3gsError):
 @dataclass
 class Counters:
     """step: optimizer updates done; batches: batches drawn from the source (incl. skipped);
-    bad_in_row / bad_total: non-finite steps."""
+    bad_in_row / bad_total: non-finite steps; images: images (views) of the updates done, over
+    every rank (0 at a resume of a checkpoint written before it was counted)."""
 
     step: int = 0
     batches: int = 0
     bad_in_row: int = 0
     bad_total: int = 0
+    images: int = 0
 
 
 @dataclass
@@ -120,10 +122,25 @@ def preserved_rng():
         set_rng_state(st)
 
 
+def init_source(src: str) -> str:
+    """``model.init`` as a ``load_model`` source: a da3gs run folder means its newest complete
+    checkpoint (a warm start from a run that is still going, e.g. a campaign stretch)."""
+    p = Path(src).expanduser()
+    if (p / RUN_MARKER).is_file():
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise ConfigError(f"model.init {src!r}: a run folder without a complete checkpoint")
+        return str(ck)
+    return src
+
+
 def build_network(cfg: TrainConfig, device: torch.device, objective=None) -> nn.Module:
     """The network: ``model.init`` loaded with ``load_model`` (its preset must match
-    ``model.preset``), else a random one of ``model.preset`` (seeded by ``run.seed``), made
-    ready by the stage's objective (``objective.prepare``: which parameters train)."""
+    ``model.preset``; a run folder: its newest checkpoint), else a random one of
+    ``model.preset`` (seeded by ``run.seed``), made ready by the stage's objective
+    (``objective.prepare``: which parameters train). A warm start keeps every loaded tensor,
+    the GS head included (stage 1 freezes it; stage 2 trains it, re-initialising its output
+    biases only with ``stage2.init_head``)."""
     from da3gs.models.net import build_net
     from da3gs.models.presets import get_preset
 
@@ -136,7 +153,7 @@ def build_network(cfg: TrainConfig, device: torch.device, objective=None) -> nn.
     if cfg.model.init:
         from da3gs.models.loading import load_model
 
-        model = load_model(cfg.model.init, device="cpu")
+        model = load_model(init_source(cfg.model.init), device="cpu")
         net = model.net
         net.gs_geometry = model.gs_geometry  # "official" for the official GS weights
         net = objective.adapt_loaded(net, preset, cfg)
@@ -386,7 +403,9 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
             if ema is not None:
                 ema.update(net, counters.step)
         step_time = 0.9 * step_time + 0.1 * (time.time() - ts) if step_time else time.time() - ts
-        win_imgs += batch.images.shape[0] * batch.images.shape[1] * info.world_size
+        n_imgs = batch.images.shape[0] * batch.images.shape[1] * info.world_size
+        win_imgs += n_imgs
+        counters.images += n_imgs
         s = counters.step
         if s % cfg.run.log_every == 0 or s == total:  # the only step that reads the values
             sync_bad()
@@ -395,7 +414,8 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
             vals = mean_over_ranks(vals, dev)
             ips = win_imgs / max(1e-9, time.time() - win_t)
             vals.update(lr=lr, grad_norm=grad_norm, images_per_s=ips,
-                        bad_total=counters.bad_total)
+                        bad_total=counters.bad_total, images_seen=counters.images,
+                        elapsed_s=round(time.time() - t0, 1))
             logger.scalars(s, vals, "train")
             logger.progress(s, total, ips, f"loss {vals['loss']:.4f} lr {lr:.2e}")
             win_t, win_imgs = time.time(), 0
@@ -418,6 +438,8 @@ def _train_locked(cfg: TrainConfig, info: DistInfo, t0: float, run_dir: Path,
             logger.message(f"time limit: stopped at step {s} with a checkpoint; resume with "
                            "--resume")
             break
+    if hasattr(source, "close"):  # a Prefetcher's thread
+        source.close()
     if reason == "done" and (not cfg.eval.every or counters.step % cfg.eval.every):
         last_metrics = run_eval()
     logger.close()
