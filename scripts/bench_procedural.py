@@ -3,7 +3,7 @@
 Usage:
     python scripts/bench_procedural.py [--device cuda] [--modes eager static graphed compiled]
         [--sizes 32x8 64x4] [--res 256 256] [--repeats 5] [--warmup 2] [--count-ops [BxV]]
-        [--capacity-stats BxV] [--grid grid.png] [--threads N]
+        [--capacity-stats BxV] [--grid grid.png [--grid-kinds K ...] [--grid-effects]] [--threads N]
 
 Default: for each mode (``eager``: the default path, ``ProceduralConfig()``; ``static``: the
 fixed-shape, sync-free path, ``static=True``; ``graphed``: that path captured in CUDA graphs,
@@ -19,8 +19,8 @@ and mean fraction per ray of every fixed-capacity selection next to its capacity
 (:data:`da3gs.data.procedural.static.CAPACITY`). ``--count-ops BxV`` also profiles one call per mode on the CPU side: top-level aten ops
 dispatched, compiled-graph calls, host syncs (``nonzero``, ``item`` / ``bool`` / ``tolist``)
 and, on CUDA, kernel launches (counts, not GPU time). ``--grid PATH`` writes a PNG (or JPEG
-by extension) with, for a few scenes, rows of images, depth (turbo-like colour map, sky black)
-and normals.
+by extension) with, for a few scenes of each kind, rows of images, depth (turbo-like colour
+map, sky black) and normals; ``--grid-effects`` adds a strip of the photographic effects.
 """
 
 from __future__ import annotations
@@ -122,11 +122,12 @@ def count_ops(gen, B: int, V: int, H: int, W: int, dev) -> dict:
 _MODES = {"eager": {}, "static": {"static": True}, "graphed": {"graphs": True}, "compiled": {"compile": True}}
 
 
-def capacity_stats(dev, B: int, V: int, H: int, W: int, calls: int):
+def capacity_stats(dev, B: int, V: int, H: int, W: int, calls: int, over: dict | None = None):
     """Largest and mean fraction per ray (pixel) of each static selection over ``calls`` seeded
     calls (capacities scaled by 8 so that no overflow biases the later counts)."""
     from da3gs.data.procedural.static import CAPACITY, DEFAULT_FRACTION
-    gen = ProceduralGenerator(ProceduralConfig(static=True, static_capacity=8.0, static_min_capacity=0), device=dev)
+    gen = ProceduralGenerator(ProceduralConfig(**{**(over or {}), "static": True, "static_capacity": 8.0,
+                                                  "static_min_capacity": 0}), device=dev)
     st: dict = {}
     for seed in range(calls):
         gen.sample(B, V, H, W, seed=seed)
@@ -161,24 +162,83 @@ def _time(gen, B, V, H, W, dev, warmup, repeats):
     return statistics.median(ts), min(ts), max(ts), peak
 
 
-def write_grid(gen, path: str, scenes: int, views: int, gh: int, gw: int):
-    """A grid of ``scenes`` scenes (equal numbers of each kind) x ``views`` views."""
-    batch = gen.sample(3 * scenes, views, gh, gw, seed=7)
-    # the same number of scenes of each kind, in kind order
-    kinds = [s.split("/")[1] for s in batch.scene_ids]
-    per = max(1, scenes // 3)
-    pick = [i for k in ("room", "ground_sky", "backdrop") for i in [j for j, x in enumerate(kinds) if x == k][:per]]
-    sel = torch.tensor(pick, device=batch.images.device)
-    batch = ViewBatch(images=batch.images[sel], depth=batch.depth[sel], valid=batch.valid[sel], c2w=batch.c2w[sel],
-                      K=batch.K[sel], normals=batch.normals[sel], sky=batch.sky[sel],
-                      scene_ids=[batch.scene_ids[i] for i in pick])
-    grid = make_grid(batch, len(pick), views)
+_FX_OFF = dict(defocus_prob=0.0, motion_blur_prob=0.0, jpeg_prob=0.0, vignetting_prob=0.0, distortion_prob=0.0)
+#: The effects strip: (label, config overrides), each effect alone and strong, then the default draws.
+_FX_STRIP = (("none", {}), ("defocus", dict(defocus_prob=1.0, defocus=(0.012, 0.012))),
+             ("motion blur", dict(motion_blur_prob=1.0, motion_blur=(0.04, 0.04))),
+             ("vignetting", dict(vignetting_prob=1.0, vignetting=(0.45, 0.45))),
+             ("JPEG q15", dict(jpeg_prob=1.0, jpeg_quality=(15.0, 15.0))),
+             ("barrel 3%", dict(distortion_prob=1.0, distortion=(0.03, 0.03))),
+             ("pincushion 3%", dict(distortion_prob=1.0, distortion=(-0.03, -0.03))),
+             ("all", dict(defocus_prob=1.0, motion_blur_prob=1.0, jpeg_prob=1.0, vignetting_prob=1.0,
+                          distortion_prob=1.0)))
+
+
+def _select(batch, idx):
+    sel = torch.tensor(idx, device=batch.images.device)
+    return ViewBatch(images=batch.images[sel], depth=batch.depth[sel], valid=batch.valid[sel], c2w=batch.c2w[sel],
+                     K=batch.K[sel], normals=batch.normals[sel], sky=batch.sky[sel],
+                     scene_ids=[batch.scene_ids[i] for i in idx])
+
+
+def _effects_strip(cfg, dev, gh: int, gw: int, seed: int, cols: int) -> np.ndarray:
+    """One tabletop view with each photographic effect alone (strong), then all of them at the
+    config's ranges, labelled; ``cols`` tiles per row."""
+    from dataclasses import replace
+
+    from PIL import ImageDraw
+
+    from da3gs.data.procedural import SCENE_KINDS
+    w = tuple(1.0 if k == "tabletop" else 0.0 for k in SCENE_KINDS)
+    tiles = []
+    for label, kw in _FX_STRIP:
+        # "all": every effect on, at the config's own ranges
+        c = replace(cfg, scene_kinds=w, **(kw if label == "all" else dict(_FX_OFF, **kw)))
+        img = ProceduralGenerator(c, device=dev).sample(1, 1, gh, gw, seed=seed).images[0, 0]
+        im = Image.fromarray((img.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
+        ImageDraw.Draw(im).text((3, 2), label, fill=(255, 40, 40))
+        tiles.append(np.asarray(im))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+    rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
+    return np.concatenate(rows, 0)
+
+
+def write_grid(gen, path: str, scenes: int, views: int, gh: int, gw: int, kinds=None, effects: bool = False):
+    """A grid of ``scenes`` scenes (equal numbers of each of ``kinds``, default: every kind with a
+    positive weight in the config; kind k drawn with seed 7 + k from the config with that kind
+    alone) x ``views`` views; ``effects``: an effects strip below (:data:`_FX_STRIP`, seed 3).
+    PNG files are written with a 256-colour adaptive palette (small enough for the docs)."""
+    from dataclasses import replace
+
+    from da3gs.data.procedural import SCENE_KINDS
+    cfg = gen.config
+    kinds = list(kinds or [k for k, w in zip(SCENE_KINDS, cfg.scene_kinds) if w > 0])
+    per = max(1, scenes // len(kinds))
+    parts, ids = [], []
+    for k in kinds:
+        w = tuple(1.0 if x == k else 0.0 for x in SCENE_KINDS)
+        seed = 7 + SCENE_KINDS.index(k)
+        b = ProceduralGenerator(replace(cfg, scene_kinds=w), device=gen.device).sample(per, views, gh, gw, seed=seed)
+        parts.append(make_grid(b, per, views))
+        ids += list(b.scene_ids)
+    sep = lambda a: np.full((4, a.shape[1], 3), 255, np.uint8)  # noqa: E731
+    rows = []
+    for p_ in parts:
+        rows += [p_, sep(p_)]
+    grid = np.concatenate(rows[:-1], 0)
+    if effects:
+        strip = _effects_strip(cfg, gen.device, gh, gw, seed=3, cols=max(views, 1))
+        if strip.shape[1] != grid.shape[1]:  # pad the narrower one on the right
+            wd = max(strip.shape[1], grid.shape[1])
+            pad = lambda a: np.pad(a, ((0, 0), (0, wd - a.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
+            strip, grid = pad(strip), pad(grid)
+        grid = np.concatenate([grid, np.full((8, grid.shape[1], 3), 255, np.uint8), strip], 0)
     im = Image.fromarray(grid)
     if path.lower().endswith((".jpg", ".jpeg")):
         im.save(path, quality=85)
     else:
-        im.save(path)
-    print(f"grid: {path} {grid.shape[1]}x{grid.shape[0]}  scenes: {batch.scene_ids}")
+        im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    print(f"grid: {path} {grid.shape[1]}x{grid.shape[0]}  scenes: {ids}")
 
 
 def main(argv=None):
@@ -204,7 +264,12 @@ def main(argv=None):
     ap.add_argument("--grid-scenes", type=int, default=6)
     ap.add_argument("--grid-views", type=int, default=4)
     ap.add_argument("--grid-res", type=int, nargs=2, default=[160, 224], metavar=("H", "W"))
+    ap.add_argument("--grid-kinds", nargs="+", default=None, help="scene kinds in the grid (default: all weighted)")
+    ap.add_argument("--grid-effects", action="store_true", help="add a strip of the photographic effects")
     ap.add_argument("--compile-cpu", action="store_true", help="compiled mode compiles on the CPU too (op counts only)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="ProceduralConfig overrides for every mode (Python literals), e.g. jpeg_prob=0 "
+                         "'scene_kinds=(1,0,0)'")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (the CPU proxy of docs/procedural.md uses 2)")
     a = ap.parse_args(argv)
@@ -218,9 +283,14 @@ def main(argv=None):
     H, W = a.res
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (compile applies to CUDA only)"
     print(f"device: {name}  torch {torch.__version__}  res {H}x{W}  modes {a.modes}")
+    import ast
+    over = {k: ast.literal_eval(v) for k, v in (x.split("=", 1) for x in a.set)}
+    if over:
+        print(f"config overrides: {over}")
     rows, counts, gen = [], [], None
     for mode in a.modes:
-        kw = dict(_MODES[mode], **({"static_capacity": a.static_capacity} if mode in ("static", "graphed") else {}))
+        kw = dict(_MODES[mode], **({"static_capacity": a.static_capacity} if mode in ("static", "graphed") else {}),
+                  **over)
         gen = ProceduralGenerator(ProceduralConfig(**kw), device=dev)
         print(f"\n{mode}:\n| B x V | images | median s | images/s | min s | max s | peak GiB |\n|---|---|---|---|---|---|---|")
         for sz in a.sizes:
@@ -234,7 +304,7 @@ def main(argv=None):
             print(f"overflow (items dropped by capacities, all calls): {int(gen.overflow)}")
         if mode == "graphed":
             B, V = _bv(a.sizes[0])
-            ref = ProceduralGenerator(ProceduralConfig(static=True, static_capacity=a.static_capacity),
+            ref = ProceduralGenerator(ProceduralConfig(static=True, static_capacity=a.static_capacity, **over),
                                       device=dev).sample(B, V, H, W, seed=0)
             out = gen.sample(B, V, H, W, seed=0)
             diff = max(float((getattr(ref, k).float() - getattr(out, k).float()).abs().max())
@@ -256,9 +326,9 @@ def main(argv=None):
         for mode, call, c in counts:
             print(f"| {mode} | {call} | {c['aten_ops']} | {c['compiled_calls']} | {c['syncs']} | {c['launches'] if c['launches'] is not None else 'n/a'} |")
     if a.capacity_stats:
-        capacity_stats(dev, *_bv(a.capacity_stats), H, W, a.stat_calls)
+        capacity_stats(dev, *_bv(a.capacity_stats), H, W, a.stat_calls, over)
     if a.grid:
-        write_grid(gen, a.grid, a.grid_scenes, a.grid_views, *a.grid_res)
+        write_grid(gen, a.grid, a.grid_scenes, a.grid_views, *a.grid_res, kinds=a.grid_kinds, effects=a.grid_effects)
     if a.profile:
         try:
             _profile(gen, a.profile, H, W, dev)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from da3gs.data.batch import ViewBatch
-from da3gs.data.procedural import CAMERA_MODES, SCENE_KINDS, ProceduralConfig, ProceduralGenerator, render
+from da3gs.data.procedural import (CAMERA_MODES, SCENE_KINDS, TEXTURE_KINDS, ProceduralConfig, ProceduralGenerator,
+                                  render)
 from da3gs.data.procedural.primitives import NUM_SLOTS, TYPE_NAMES, slot_types
 from da3gs.data.procedural.scene import sample_scenes
 from da3gs.geometry.conventions import c2w_to_w2c
@@ -20,7 +21,9 @@ B, V, H, W = 2, 3, 32, 48
 
 @pytest.fixture(scope="module")
 def gen():
-    return ProceduralGenerator(ProceduralConfig(seed=3), device="cpu")
+    # pinhole cameras: the exact re-projection checks below go through K (lens distortion bends
+    # the rays, K is then its pinhole approximation: see test_lens_distortion_bends_rays_exactly)
+    return ProceduralGenerator(ProceduralConfig(seed=3, distortion_prob=0.0), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +76,10 @@ def test_valid_mask_and_sky(batch, many):
     kinds = [s.split("/")[1] for s in many.scene_ids]
     sky_frac = many.sky.float().mean((1, 2, 3))
     for k, f in zip(kinds, sky_frac.tolist()):
-        if k != "ground_sky":
-            assert f == 0.0, k  # rooms and domes are closed
-    assert max(f for k, f in zip(kinds, sky_frac.tolist()) if k == "ground_sky") > 0
+        if k not in ("ground_sky", "facade"):
+            assert f == 0.0, k  # rooms, domes and tabletop rooms are closed
+    for open_kind in ("ground_sky", "facade"):
+        assert max(f for k, f in zip(kinds, sky_frac.tolist()) if k == open_kind) > 0
 
 
 def test_normals_unit_and_facing(batch):
@@ -91,12 +95,14 @@ def test_every_kind_and_mode(many):
     kinds = {s.split("/")[1] for s in many.scene_ids}
     modes = {s.split("/")[2] for s in many.scene_ids}
     assert kinds == set(SCENE_KINDS) and modes == set(CAMERA_MODES)
-    sc = sample_scenes(ProceduralConfig(), 16, torch.Generator().manual_seed(0), "cpu")
+    sc = sample_scenes(ProceduralConfig(), 64, torch.Generator().manual_seed(0), "cpu")
     n = sc.active.sum(1)
-    assert n.min() >= 4 and n.max() <= NUM_SLOTS
+    orig, tab = sc.kind < 3, sc.kind == SCENE_KINDS.index("tabletop")
+    assert n[orig].min() >= 4 and n.max() <= NUM_SLOTS  # num_primitives: the original kinds
+    assert n[tab].min() >= 1 and n[tab].max() <= 8  # tabletop: one object of 1-5 parts, 0-3 items
     types = set(slot_types()[sc.active.nonzero()[:, 1]].tolist())
     assert types == set(range(len(TYPE_NAMES)))
-    assert set(sc.tex_kind.flatten().tolist()) == set(range(5))
+    assert set(sc.tex_kind.flatten().tolist()) == set(range(len(TEXTURE_KINDS)))
     assert set((sc.prm[..., 8].round()[:, slot_types() == 5]).flatten().tolist()) == {0.0, 1.0, 2.0, 3.0}
 
 
@@ -117,34 +123,51 @@ def _cross_points(bt, i, j, b):
     return uv[inb], z[inb]
 
 
+def _retrace(bt, sc, cfg, b, i, j):
+    """View i's valid pixels of sample b re-projected into view j and re-traced along the exact
+    ray through their projection (a 1x1 camera centred on that point): the relative depth error
+    of the first surface hit (negative: occluded in view j), or None with fewer than 20 points."""
+    uv, z = _cross_points(bt, i, j, b)
+    if len(uv) < 20:
+        return None
+    h, w = bt.depth.shape[-2:]
+    m = len(uv)
+    K1 = bt.K[b, j].clone().expand(m, 3, 3).clone()
+    K1[:, 0, 2] -= uv[:, 0] - 0.5
+    K1[:, 1, 2] -= uv[:, 1] - 0.5
+    out = render(sc.select(slice(b, b + 1)), cfg, bt.c2w[b, j].expand(1, m, 4, 4), K1[None], 1, 1, shaded=False)
+    return (out["depth"].reshape(m) - z) / z
+
+
 def test_depth_and_cameras_consistent_exact(gen, batch):
     """Points from view i re-projected into view j land on view j's first surface along the
-    exact ray through their projection (re-traced with a 1x1 camera centred on that point)."""
+    exact ray through their projection (re-traced with a 1x1 camera centred on that point), or
+    are occluded in view j (in front of them); none lies behind it."""
     cfg = gen.config
     # reproduce the batch's scenes: sample() draws the scenes first from the seeded generator
     sc = sample_scenes(cfg, B, torch.Generator().manual_seed(11), "cpu")
-    checked = 0
+    checked, same_all = 0, []
     for b in range(B):
+        # how much of view i is occluded in view j depends on the scene: up to a third for an
+        # orbit around clutter, up to two thirds for the all-around tabletop orbits (views up to
+        # 90 degrees apart around a large object; measured 0.36-0.55 on this batch's tabletop)
+        tabletop = batch.scene_ids[b].split("/")[1] == "tabletop"
         for i in range(V):
             for j in range(V):
                 if i == j:
                     continue
-                uv, z = _cross_points(batch, i, j, b)
-                if len(uv) < 20:
+                rel = _retrace(batch, sc, cfg, b, i, j)
+                if rel is None:
                     continue
-                m = len(uv)
-                K1 = batch.K[b, j].clone().expand(m, 3, 3).clone()
-                K1[:, 0, 2] -= uv[:, 0] - 0.5
-                K1[:, 1, 2] -= uv[:, 1] - 0.5
-                out = render(sc.select(slice(b, b + 1)), cfg, batch.c2w[b, j].expand(1, m, 4, 4), K1[None], 1, 1, shaded=False)
-                d = out["depth"].reshape(m)
-                rel = (d - z) / z
-                same = rel.abs() < 1e-3
-                assert same.float().mean() > 0.75, (b, i, j, float(same.float().mean()))
+                same = (rel.abs() < 1e-3).float().mean()
+                assert same > 0.3, (b, i, j, float(same))
                 # nothing re-traced lies behind the re-projected surface point
                 assert (rel < 1e-3).float().mean() > 0.97, (b, i, j)
+                if not tabletop:
+                    same_all.append(same)
                 checked += 1
     assert checked >= 4
+    assert not same_all or torch.stack(same_all).mean() > 0.6, same_all
 
 
 def test_depth_and_cameras_consistent_batch(many):

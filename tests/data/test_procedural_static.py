@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from da3gs.data.procedural import ProceduralConfig, ProceduralGenerator
+from da3gs.data.procedural import SCENE_KINDS, ProceduralConfig, ProceduralGenerator
 from da3gs.data.procedural.static import Budget, LazySceneIds
 
 B, V, H, W = 2, 2, 32, 32
@@ -73,16 +73,29 @@ def test_static_deterministic_per_seed(static_gen):
     assert list(a.scene_ids) == list(b.scene_ids)
 
 
-@pytest.mark.parametrize("cfg_kw,shape,seed", [({}, (B, V, H, W), 4), ({"seed": 3}, (2, 3, 32, 48), 11),
-                                               ({"camera_tries": 2, "overlap_res": 16}, (32, 2, 12, 16), 1)])
+_ALL_FX = dict(defocus_prob=1.0, motion_blur_prob=1.0, jpeg_prob=1.0, vignetting_prob=1.0, distortion_prob=1.0)
+
+
+@pytest.mark.parametrize("cfg_kw,shape,seed", [
+    ({}, (B, V, H, W), 4), ({"seed": 3}, (2, 3, 32, 48), 11),
+    ({"camera_tries": 2, "overlap_res": 16}, (32, 2, 12, 16), 1),
+    # the added kinds (tabletop, furnished_room, facade) only, and each with every effect on
+    ({"scene_kinds": (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)}, (6, 2, 24, 32), 6),
+    ({"scene_kinds": (0.0, 0.0, 0.0, 1.0, 0.0, 0.0), **_ALL_FX}, (2, 3, 24, 32), 2),
+    ({"scene_kinds": (0.0, 0.0, 0.0, 0.0, 1.0, 0.0), **_ALL_FX}, (2, 2, 24, 32), 3),
+    ({"scene_kinds": (0.0, 0.0, 0.0, 0.0, 0.0, 1.0), **_ALL_FX}, (2, 2, 24, 32), 5)])
 def test_static_matches_default_path(cfg_kw, shape, seed):
     """Same tensors as the default (dynamic) path while no capacity overflows: geometry, masks,
     normals and cameras bit-identical; images to 1e-6 (CPU SIMD vs scalar tails of a few
-    transcendental ops on differently sized tensors: measured at most 6e-8, on < 1e-4 of values)."""
+    transcendental ops on differently sized tensors: measured at most 6e-8, on < 1e-4 of values;
+    the photographic effects are the same function of identical inputs on both paths)."""
     ref = ProceduralGenerator(ProceduralConfig(**cfg_kw), device="cpu").sample(*shape, seed=seed)
     gen = ProceduralGenerator(ProceduralConfig(static=True, **cfg_kw), device="cpu")
     out = gen.sample(*shape, seed=seed)
     assert int(gen.overflow) == 0
+    kinds = {SCENE_KINDS.index(i.split("/")[1]) for i in ref.scene_ids}
+    w = gen.config.scene_kinds
+    assert kinds == {k for k in range(len(w)) if w[k] > 0} or len(ref.scene_ids) < 6  # every allowed kind drawn
     for k in ("depth", "valid", "sky", "c2w", "K", "normals"):
         assert torch.equal(getattr(ref, k), getattr(out, k)), k
     assert torch.allclose(ref.images, out.images, atol=1e-6, rtol=0)

@@ -15,8 +15,9 @@ Usage::
 
 Modules: :mod:`.config` (what is randomised), :mod:`.scene` (scene sampling),
 :mod:`.primitives` and :mod:`.sdf` (intersections, sphere tracing), :mod:`.textures` (solid
-textures, sky), :mod:`.trace` (batched ray casting), :mod:`.shading` (normals, Lambert + Phong,
-shadows), :mod:`.cameras` (camera modes, intrinsics), :mod:`.generator` (the public API).
+textures, surface patterns, sky), :mod:`.trace` (batched ray casting), :mod:`.shading` (normals,
+Lambert + Phong, shadows), :mod:`.cameras` (camera modes, intrinsics), :mod:`.photo`
+(photographic effects, distorted rays), :mod:`.generator` (the public API).
 See docs/procedural.md.
 """
 

@@ -15,8 +15,8 @@ import math
 import torch
 
 from .config import ProceduralConfig
-from .primitives import const
-from .scene import Scene, _Rng
+from .primitives import BOX, QUAD, const, slot_types
+from .scene import BACKDROP, FACADE, FURNISHED, ROOM, TABLETOP, Scene, _Rng
 
 __all__ = ["sample_cameras", "sample_intrinsics", "positions_ok"]
 
@@ -53,18 +53,25 @@ def _look_at(eye: torch.Tensor, tgt: torch.Tensor, up: torch.Tensor) -> torch.Te
 
 
 def _clamp_inside(scene: Scene, eye: torch.Tensor) -> torch.Tensor:
-    """Keep eyes (S, V, 3) inside rooms (0.25 from the walls) and domes, above the ground."""
-    room = (scene.kind == 0)[:, None, None]
+    """Keep eyes (S, V, 3) inside rooms (0.25 from the walls), domes and streets (0.4 from the
+    façades, 0.5 before an end façade), above the ground or table."""
+    kind = scene.kind
+    boxed = ((kind == ROOM) | (kind == FURNISHED) | (kind == TABLETOP))[:, None, None]
     lim = (scene.room[:, None, :2] - 0.25).clamp_min(0.1)
     xy = torch.maximum(torch.minimum(eye[..., :2], lim), -lim)
     z = torch.minimum(eye[..., 2], scene.room[:, None, 2] - 0.25)
     er = torch.cat([xy, z[..., None]], -1)
-    dome = (scene.kind == 2)[:, None, None]
+    dome = (kind == BACKDROP)[:, None, None]
     rmax = (0.85 * scene.dome_r)[:, None, None]
     nrm = eye.norm(dim=-1, keepdim=True)
     ed = torch.where(nrm > rmax, eye * rmax / nrm, eye)
-    eye = torch.where(room, er, torch.where(dome, ed, eye))
-    lo = torch.where(scene.kind == 0, 0.3, 0.05 * scene.scale)[:, None]
+    wy = (scene.env_prm[:, 0, None] - 0.4).clamp_min(0.1)
+    ex = scene.env_prm[:, 5, None] - 0.5
+    es = torch.stack([torch.minimum(eye[..., 0], ex), torch.maximum(torch.minimum(eye[..., 1], wy), -wy), eye[..., 2]],
+                     -1)
+    eye = torch.where(boxed, er, torch.where(dome, ed, torch.where((kind == FACADE)[:, None, None], es, eye)))
+    lo = torch.where(kind == ROOM, 0.3, torch.where(kind == FURNISHED, 0.5, torch.where(
+        kind == FACADE, 0.3, torch.where(kind == TABLETOP, 0.1, 0.05) * scene.scale)))[:, None]
     return torch.cat([eye[..., :2], torch.maximum(eye[..., 2], lo)[..., None]], -1)
 
 
@@ -72,20 +79,39 @@ def sample_cameras(scene: Scene, cfg: ProceduralConfig, mode: torch.Tensor, V: i
     """Camera-to-world matrices for every sample.
 
     mode: (S,) long index into CAMERA_MODES. Returns c2w: (S, V, 4, 4) OpenCV.
+
+    Per kind: rooms and furnished rooms keep cameras at 0.45-0.9 of the smaller half side from
+    the focus, 0-20 degrees above it; tabletop cameras are close (2.0-3.4 L from the object,
+    12-55 degrees above it) and their orbits go all around (200-360 degrees, at most 90 V, views
+    ``span / V`` apart, so that a full circle does not repeat view 0); façade cameras stand at eye height
+    (1.3-2.0) looking along the street or, when the focus is on a building front, at it from
+    across the street; other kinds 1.3-2.3 L away, 5-35 degrees above the focus.
     """
     S, dev = scene.num, scene.kind.device
     r = _Rng(gen, dev)
     L, f = scene.scale[:, None], scene.focus[:, None, :]
-    room = scene.kind == 0
+    kind = scene.kind
+    room = (kind == ROOM) | (kind == FURNISHED)
+    tab, fac = (kind == TABLETOP)[:, None], (kind == FACADE)[:, None]
     vfrac = torch.linspace(0, 1, V, device=dev)[None] if V > 1 else torch.zeros(1, 1, device=dev)
     dist = torch.where(room[:, None], r.u((S, 1), 0.45, 0.9) * scene.room[:, :2].amin(-1, keepdim=True),
                        L * r.u((S, 1), 1.3, 2.3))
+    dist = torch.where(tab, L * r.u((S, 1), 2.0, 3.4), torch.where(fac, L * r.u((S, 1), 0.8, 2.0), dist))
     el = torch.where(room[:, None], r.u((S, 1), 0.0, 20.0), r.u((S, 1), 5.0, 35.0))
-    el = _deg(el)
+    el = _deg(torch.where(tab, r.u((S, 1), 12.0, 55.0), el))
+    # façades: eye height 1.3-2.0 whatever the focus height
+    eye_h = r.u((S, 1), 1.3, 2.0)
+    el = torch.where(fac, torch.asin(((eye_h - f[..., 2]) / dist).clamp(-0.9, 0.9)), el)
     az0 = r.u((S, 1), 0, 2 * math.pi)
-    # orbit: an arc around the focus
-    span = _deg(r.u((S, 1), 15.0, 110.0))
-    az = az0 + span * (vfrac - 0.5) + 0.03 * span * r.n((S, V))
+    # façades: along the street (+-x, +-30 degrees) or, facing a building front at y = +-wy, from
+    # across the street (+-50 degrees)
+    along = torch.where(r.u((S, 1)) < 0.5, 0.0, math.pi) + _deg(r.u((S, 1), -30.0, 30.0))
+    facing = torch.where(f[..., 1] > 0, -0.5 * math.pi, 0.5 * math.pi) + _deg(r.u((S, 1), -50.0, 50.0))
+    az0 = torch.where(fac, torch.where(f[..., 1] != 0, facing, along), az0)
+    # orbit: an arc around the focus (tabletop: all around, views span / V apart)
+    span = torch.where(tab, _deg(r.u((S, 1), 200.0, 360.0).clamp_max(90.0 * V)), _deg(r.u((S, 1), 15.0, 110.0)))
+    vo = torch.where(tab, torch.arange(V, device=dev)[None] / V - 0.5, vfrac - 0.5)
+    az = az0 + span * vo + 0.03 * span * r.n((S, V)) / torch.where(tab, float(max(V, 1)), 1.0)
     elv = el + _deg(2.0) * r.n((S, V))
     eye_orbit = f + (dist * (1 + 0.04 * r.n((S, V))))[..., None] * _sph(az, elv)
     tgt_orbit = f + 0.08 * L[..., None] * r.n((S, V, 3))
@@ -151,9 +177,19 @@ def sample_intrinsics(cfg: ProceduralConfig, S: int, V: int, H: int, W: int, mod
 
 
 def positions_ok(scene: Scene, c2w: torch.Tensor) -> torch.Tensor:
-    """(S,) bool: no camera within an active primitive's bounding sphere (plus a margin)."""
+    """(S,) bool: no camera within an active primitive (plus a margin of 3% of the scale): within
+    its box for boxes and quads (the camera's point in the primitive's frame; a quad is a box of
+    zero thickness), within its bounding sphere for the other types."""
     eye = c2w[..., :3, 3]  # (S, V, 3)
-    dd = (eye[:, :, None] - scene.center[:, None]).norm(dim=-1)  # (S, V, P)
-    margin = scene.bound[:, None] + 0.03 * scene.scale[:, None, None]
-    inside = (dd < margin) & scene.active[:, None]
+    rel = eye[:, :, None] - scene.center[:, None]  # (S, V, P, 3)
+    dd = rel.norm(dim=-1)
+    m = 0.03 * scene.scale[:, None, None]
+    margin = scene.bound[:, None] + m
+    loc = (rel[..., None, :] @ scene.rot[:, None])[..., 0, :].abs()  # R^T (eye - c)
+    typ = slot_types(eye.device)
+    quad = (typ == QUAD)[:, None]
+    half = torch.where(quad, torch.cat([scene.prm[..., :2], torch.zeros_like(scene.prm[..., :1])], -1),
+                       scene.prm[..., :3])[:, None]
+    in_box = (loc < half + m[..., None]).all(-1)
+    inside = torch.where((typ == BOX) | (typ == QUAD), in_box, dd < margin) & scene.active[:, None]
     return ~inside.any(-1).any(-1)

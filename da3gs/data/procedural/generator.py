@@ -2,10 +2,12 @@
 
 ``sample`` draws B scenes and a camera set of V views for each, checks that the views overlap
 (a low-resolution depth render: view 0's valid pixels re-projected into every other view must
-land in frame, in front, and on the same surface; sets failing are resampled), then renders
-at full resolution in chunks of whole samples: exact z-depth, camera-frame normals, valid and
-sky masks, and shaded images with per-view exposure, white balance, gamma and noise applied
-after shading (the depth is untouched by them).
+land in frame, in front, and on the same surface -- for tabletop scenes, whose orbits go all
+around, each view's pixels in the next view; sets failing are resampled), then renders at full
+resolution in chunks of whole samples: exact z-depth, camera-frame normals, valid and sky
+masks, and shaded images developed per view by :mod:`.photo` (defocus, motion blur,
+vignetting, exposure, white balance, gamma, noise, JPEG; the depth is untouched by them). Lens
+distortion bends the rendered rays, so depth and masks stay exact per pixel.
 
 ``ProceduralConfig.static`` selects the static path (fixed shapes, no host sync: :mod:`.static`)
 and ``ProceduralConfig.graphs`` replays it from CUDA graphs (:class:`GraphedSampler`).
@@ -20,9 +22,12 @@ from ..batch import ViewBatch
 from .cameras import positions_ok, sample_cameras, sample_intrinsics
 from .config import CAMERA_MODES, SCENE_KINDS, ProceduralConfig
 from .primitives import const, maybe_compile, use_compile
-from da3gs.geometry.rays import ray_directions
+from da3gs.geometry.rays import _camera_directions, ray_directions
 
-from .scene import PRIMITIVE_FIELDS, Scene, _Rng, sample_scenes
+from . import photo
+from .photo import distort_directions
+
+from .scene import PRIMITIVE_FIELDS, TABLETOP, Scene, _Rng, sample_scenes
 from .shading import shade
 from .static import Budget, LazySceneIds
 from .trace import closest_hit, environment_hit
@@ -30,22 +35,30 @@ from .trace import closest_hit, environment_hit
 __all__ = ["ProceduralGenerator", "GraphedSampler", "render"]
 
 #: Scene fields read by the cameras and the unshaded overlap render (besides the primitives').
-_CAMERA_FIELDS = ("kind", "scale", "focus", "room", "ground_r", "dome_r")
+_CAMERA_FIELDS = ("kind", "scale", "focus", "room", "ground_r", "dome_r", "env_prm", "sky_seed")
 
 
 def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tensor, H: int, W: int,
-           shaded: bool = True, approx: bool = False, budget: Budget | None = None) -> dict:
+           shaded: bool = True, approx: bool = False, budget: Budget | None = None,
+           distortion: torch.Tensor | None = None) -> dict:
     """Ray-cast S scenes from V cameras each.
 
     c2w: (S, V, 4, 4) OpenCV; K: (S, V, 3, 3) pixels of H x W. ``approx`` (unshaded only):
     tori and blends as their bounding spheres (fast; for the overlap check). ``budget``: the
-    static path (fixed shapes, no host sync; :mod:`.static`). Returns a dict with ``depth``
+    static path (fixed shapes, no host sync; :mod:`.static`). ``distortion``: (S, V) radial
+    coefficients k of :func:`.photo.distort_directions` (the rays are bent; None or 0: pinhole
+    rays, bit-identical). Returns a dict with ``depth``
     (S, V, H, W) z-depth (0 on sky), ``hit`` (S, V, H, W) bool and, if ``shaded``, ``rgb``
     (S, V, H, W, 3) in [0, 1] and ``normals`` (S, V, H, W, 3) camera-frame unit normals facing
     the camera (zeros on sky).
     """
     S, V = c2w.shape[:2]
-    d = ray_directions(c2w, K, H, W, check=False).reshape(S, V, H * W, 3)  # camera-frame z = 1
+    if distortion is None:
+        d = ray_directions(c2w, K, H, W, check=False)
+    else:  # as ray_directions, with bent camera-frame directions (still z = 1)
+        dcam = distort_directions(_camera_directions(K, H, W, 0.5, torch.float32), distortion)
+        d = dcam @ c2w[..., :3, :3].transpose(-1, -2)[..., None, :, :]
+    d = d.reshape(S, V, H * W, 3)  # camera-frame z = 1
     dn = d.norm(dim=-1)
     du = d / dn[..., None]
     o = c2w[:, :, None, :3, 3]
@@ -64,19 +77,23 @@ def render(scene: Scene, cfg: ProceduralConfig, c2w: torch.Tensor, K: torch.Tens
     return out
 
 
-def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor):
-    """Co-visibility of view 0 in the other views, from depth maps.
+def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                   chain: bool = False):
+    """Co-visibility of view 0 (``chain``: of each view's predecessor) in the other views, from
+    depth maps.
 
     depth, hit: (S, V, h, w); c2w, K: (S, V, 4, 4), (S, V, 3, 3). Returns (S,) the minimum over
-    views j > 0 of the fraction of view 0's valid pixels seen by view j on the same surface.
+    views j > 0 of the fraction of view i's valid pixels seen by view j on the same surface,
+    i = 0 (or i = j - 1 with ``chain``).
     """
     S, V, h, w = depth.shape
     if V == 1:
         return torch.ones(S, device=depth.device)
-    d0 = ray_directions(c2w[:, 0], K[:, 0], h, w, check=False).reshape(S, h * w, 3)
-    P = c2w[:, 0, None, :3, 3] + depth[:, 0].reshape(S, h * w, 1) * d0  # (S, n, 3)
+    src = slice(0, V - 1) if chain else slice(0, 1)
+    d0 = ray_directions(c2w[:, src], K[:, src], h, w, check=False).reshape(S, -1, h * w, 3)
+    P = c2w[:, src, None, :3, 3] + depth[:, src].reshape(S, -1, h * w, 1) * d0  # (S, V-1 or 1, n, 3)
     Rj, tj = c2w[:, 1:, :3, :3], c2w[:, 1:, None, :3, 3]  # world -> camera j: R^T (P - t)
-    pc = (P[:, None] - tj) @ Rj  # (S, V-1, n, 3)
+    pc = (P - tj) @ Rj  # (S, V-1, n, 3)
     z = pc[..., 2]
     uv = pc @ K[:, 1:].transpose(-1, -2)
     u, v = uv[..., 0] / z.clamp_min(1e-9), uv[..., 1] / z.clamp_min(1e-9)
@@ -86,20 +103,20 @@ def _overlap_score(depth: torch.Tensor, hit: torch.Tensor, c2w: torch.Tensor, K:
     dj = depth[:, 1:].reshape(S, V - 1, h * w).gather(-1, flat)
     hj = hit[:, 1:].reshape(S, V - 1, h * w).gather(-1, flat)
     same = hj & ((dj - z).abs() < 0.06 * z + 0.02)
-    m0 = hit[:, 0].reshape(S, 1, h * w)
+    m0 = hit[:, src].reshape(S, -1, h * w)
     frac = (m0 & inb & same).sum(-1).float() / m0.sum(-1).clamp_min(1).float()
     return frac.amin(-1)
-
-
-def _photometric(rgb, expo, wb, gamma, sigma, noise):
-    """Exposure, white balance, gamma encoding and noise: (B, V, H, W, 3) -> (B, V, 3, H, W)."""
-    img = ((rgb * expo * wb).clamp(0, 1) ** (gamma / 2.2) + sigma * noise).clamp(0, 1)
-    return img.permute(0, 1, 4, 2, 3).contiguous()
 
 
 def _scene_id(tag: str):
     """(kind, mode, i) -> the scene id of sample i of a call tagged ``tag``."""
     return lambda k, m, i: f"procedural/{SCENE_KINDS[k]}/{CAMERA_MODES[m]}/{tag}-{i}"
+
+
+def _mode_table(cfg: ProceduralConfig, device) -> torch.Tensor:
+    """(kinds, modes) camera-mode weights: ``camera_modes`` times each kind's multipliers."""
+    rows = [tuple(a * b for a, b in zip(cfg.camera_modes, m)) for m in cfg.kind_camera_modes]
+    return const(f"modes{rows}", rows, torch.float32, (len(rows), len(CAMERA_MODES)), device)
 
 
 class ProceduralGenerator:
@@ -145,7 +162,10 @@ class ProceduralGenerator:
         c2w, K = c2w_f.reshape(T, S, V, 4, 4), K_f.reshape(T, S, V, 3, 3)
         K_f = K_f * scale
         lr = render(rep, cfg, c2w_f, K_f, h, w, shaded=False, approx=True, budget=budget)
-        ov = _overlap_score(lr["depth"], lr["hit"], c2w_f, K_f)
+        # all-around tabletop orbits: the opposite views cannot see view 0, each view must see
+        # its predecessor instead
+        ov = torch.where(rep.kind == TABLETOP, _overlap_score(lr["depth"], lr["hit"], c2w_f, K_f, chain=True),
+                         _overlap_score(lr["depth"], lr["hit"], c2w_f, K_f))
         val = lr["hit"].float().mean((2, 3)).amin(1)
         ok = positions_ok(rep, c2w_f)
         q = ok.float() * ((ov / max(cfg.min_overlap, 1e-6)).clamp(max=1) + (val / max(cfg.min_valid, 1e-6)).clamp(max=1))
@@ -160,7 +180,7 @@ class ProceduralGenerator:
         cfg, dev = self.config, self.device
         r = _Rng(gen, dev)
         scene = sample_scenes(cfg, B, gen, dev)
-        mode = r.choice((B,), cfg.camera_modes)
+        mode = r.choice_rows((B,), _mode_table(cfg, dev), scene.kind)
         codes = torch.stack([scene.kind, mode])
         if budget is None:
             codes = codes.tolist()  # the ids' one host sync
@@ -172,13 +192,19 @@ class ProceduralGenerator:
         gamma = r.u((B, V, 1, 1, 1), *cfg.gamma)
         sigma = r.u((B, V, 1, 1, 1), *cfg.noise_std)
         noise = torch.randn((B, V, H, W, 3), generator=gen, device=dev)
+        fx = photo.draw(r, cfg, B, V, H, W)
+        dist = photo.distortion_coeff(fx["distortion"], K, H, W) if cfg.distortion_prob > 0 else None
         per = max(1, cfg.max_chunk_rays // (V * H * W))
-        parts = ([render(scene, cfg, c2w, K, H, W, budget=budget)] if per >= B else
-                 [render(scene.select(slice(i, i + per)), cfg, c2w[i:i + per], K[i:i + per], H, W, budget=budget)
+        parts = ([render(scene, cfg, c2w, K, H, W, budget=budget, distortion=dist)] if per >= B else
+                 [render(scene.select(slice(i, i + per)), cfg, c2w[i:i + per], K[i:i + per], H, W, budget=budget,
+                         distortion=None if dist is None else dist[i:i + per])
                   for i in range(0, B, per)])
         cat = lambda k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]  # noqa: E731
         rgb, depth, hit, normals = cat("rgb"), cat("depth"), cat("hit"), cat("normals")
-        img = maybe_compile(_photometric, use_compile(cfg, rgb))(rgb, expo, wb, gamma, sigma, noise)
+        # z-depth of the focus point in each view (the lens focuses there)
+        zf = ((scene.focus[:, None] - c2w[..., :3, 3]) * c2w[..., :3, 2]).sum(-1).clamp_min(1e-3)
+        img = photo.develop(rgb, depth, K, zf, (expo, wb, gamma, sigma, noise), fx, cfg,
+                            tone_fn=maybe_compile(photo.tone, use_compile(cfg, rgb)))
         return {"images": img, "depth": depth, "valid": hit, "c2w": c2w, "K": K,
                 "normals": normals.permute(0, 1, 4, 2, 3).contiguous(), "codes": codes}
 

@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from .primitives import (BIG, BLEND, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SPHERE, TORUS, analytic_normal,
                          group_by, slot_types)
-from .scene import PRIMITIVE_FIELDS, Scene
+from .scene import BACKDROP, FACADE, PRIMITIVE_FIELDS, TABLETOP, Scene
 from .sdf import NUM_FAMILIES, family, family_normal, sdf_normal
 from .static import Budget, with_sink
 from .textures import evaluate_texture, sky_color
@@ -34,7 +34,7 @@ _ENV, _SKY = 6, 7  # surface classes after the six primitive types
 
 
 def _env_normal(p, e, kind, room):
-    """Environment normals (facing inside). p: (N, 3) world points; e: (N,) surface 0-2;
+    """Environment normals (facing inside). p: (N, 3) world points; e: (N,) surface 0-3;
     kind: (N,) scene kind; room: (N, 3)."""
     px, py, _ = p.unbind(-1)
     zero = torch.zeros_like(px)
@@ -43,8 +43,29 @@ def _env_normal(p, e, kind, room):
     sg = lambda v: -torch.where(v < 0, -1.0, 1.0)  # noqa: E731
     wall = torch.stack([torch.where(xw, sg(px), zero), torch.where(xw, zero, sg(py)), zero], -1)
     dome = -p / p.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    side = torch.where((kind == 0)[:, None], wall, dome)
-    return torch.where((e == 1)[:, None], side, ne)
+    side = torch.where((kind == BACKDROP)[:, None], dome, wall)
+    n = torch.where((e == 1)[:, None], side, ne)
+    # façades: y = +-wy (surfaces 1, 2), x = ex (3); the ground (0) keeps +z
+    fac = torch.stack([torch.where(e == 3, -1.0, 0.0), torch.where(e == 1, -1.0, torch.where(e == 2, 1.0, 0.0)),
+                       torch.where(e == 0, 1.0, 0.0)], -1)
+    return torch.where((kind == FACADE)[:, None], fac, n)
+
+
+def _env_tex_point(p, e, kind):
+    """Texture points of environment pixels: the world point, exactly on its plane for planar
+    surfaces that are lattice planes of the cell textures or constant in one coordinate (floors
+    and table tops z = 0, façades y = 0 or x = 0), else floor(coordinate) flips with float noise."""
+    x, y, z = p.unbind(-1)
+    fac = kind == FACADE
+    z = torch.where((e == 0) | ((e == 3) & (kind == TABLETOP)), 0.0, z)
+    y = torch.where(fac & ((e == 1) | (e == 2)), 0.0, y)
+    x = torch.where(fac & (e == 3), 0.0, x)
+    return torch.stack([x, y, z], -1)
+
+
+def _axis(n: torch.Tensor) -> torch.Tensor:
+    """(N,) long: the dominant axis of normals n (N, 3) (surface patterns' plane)."""
+    return n.abs().argmax(-1)
 
 
 def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slot: torch.Tensor,
@@ -76,6 +97,7 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
     order, start = group_by(cls, _SKY + 1)
     n = torch.zeros_like(p)
     tp = p.clone()  # texture frame: primitive local, world for the environment
+    axis = torch.zeros_like(sl)  # dominant normal axis in the texture frame
     npr = start[_ENV]
     if npr:  # all primitive pixels (classes 0-5, contiguous in ``order``): frames gathered once
         idx = order[:npr]
@@ -94,6 +116,7 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
             else:
                 nl[a:b] = analytic_normal(k0, pl[a:b], pr[a:b])
         n[idx] = (R @ nl[:, :, None])[..., 0]  # R n
+        axis[idx] = _axis(nl)
         a, b = start[QUAD], start[QUAD + 1]
         if a < b:  # on the plane: exactly z = 0, else floor(z) flips with float noise (cell textures)
             pl[a:b, 2] = 0.0
@@ -101,13 +124,16 @@ def surface(scene: Scene, o: torch.Tensor, d: torch.Tensor, t: torch.Tensor, slo
     idx = order[start[_ENV]:start[_SKY]]
     if idx.numel():
         s_e = si[idx]
-        n[idx] = _env_normal(p[idx], ev[idx], scene.kind[s_e], scene.room[s_e])
-        # the floor / ground is the plane z = 0: make it exact (as for quads)
-        tp[idx, 2] = torch.where(ev[idx] == 0, 0.0, p[idx, 2])
+        k_e = scene.kind[s_e]
+        ne = _env_normal(p[idx], ev[idx], k_e, scene.room[s_e])
+        n[idx] = ne
+        axis[idx] = _axis(ne)
+        # floors are the plane z = 0 (façades y or x = 0): make it exact (as for quads)
+        tp[idx] = _env_tex_point(p[idx], ev[idx], k_e)
     albedo = torch.zeros_like(p)
     idx = order[:start[_SKY]]
     if idx.numel():
-        albedo[idx] = _albedo(scene, tp[idx], entry[idx])
+        albedo[idx] = _albedo(scene, tp[idx], entry[idx], axis=axis[idx])
     return p, _facing(n, df), albedo, entry, hit, order[start[_SKY]:]
 
 
@@ -118,7 +144,8 @@ def _facing(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _albedo(scene: Scene, tp: torch.Tensor, entry: torch.Tensor, **static) -> torch.Tensor:
-    """Textures at points tp (N, 3) of the surfaces ``entry`` (N,) (``static``: budget, valid)."""
+    """Textures at points tp (N, 3) of the surfaces ``entry`` (N,) (``static``: budget, valid,
+    axis: the dominant normal axis in the texture frame, for the surface patterns)."""
     return evaluate_texture(scene.tex_kind.reshape(-1), tp, scene.tex_freq.reshape(-1), scene.tex_seed.reshape(-1),
                             scene.palette.reshape(-1, 3, 3), scene.tex_dir.reshape(-1, 3), entry=entry, **static)
 
@@ -147,14 +174,15 @@ def _surface_static(scene: Scene, p, df, sl, ev, si, cls, entry, hit, budget: Bu
     for f, sel in enumerate(budget.groups(key, names, N)):
         i = sel.idx
         sel.put(nl, family_normal(f, pl[i], pr[i], op[i], h[i]))
-    n_env = _env_normal(p, ev, scene.kind[si], scene.room[si])
+    k_s = scene.kind[si]
+    n_env = _env_normal(p, ev, k_s, scene.room[si])
     n = torch.where(prim[:, None], (R @ nl[:N, :, None])[..., 0], torch.where(hit[:, None], n_env, 0.0))
+    axis = torch.where(prim, _axis(nl[:N]), _axis(n_env))
     # texture frame: primitive local (quads exactly on their plane), world for the environment
-    # (the floor exactly on z = 0)
-    flat = torch.where(prim, cls == QUAD, ev == 0)
-    tp = torch.where(prim[:, None], pl, p)
-    tp = torch.cat([tp[:, :2], torch.where(flat, 0.0, tp[:, 2])[:, None]], 1)
-    albedo = _albedo(scene, tp, entry, budget=budget, valid=hit)
+    # (floors exactly on z = 0, façades on y or x = 0)
+    tpl = torch.cat([pl[:, :2], torch.where(cls == QUAD, 0.0, pl[:, 2])[:, None]], 1)
+    tp = torch.where(prim[:, None], tpl, _env_tex_point(p, ev, k_s))
+    albedo = _albedo(scene, tp, entry, budget=budget, valid=hit, axis=axis)
     sky = budget.select(~hit, "surface/sky", N)
     return p, _facing(n, df), albedo, entry, hit, sky
 

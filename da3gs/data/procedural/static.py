@@ -40,19 +40,20 @@ __all__ = ["CAPACITY", "Budget", "Selection", "LazySceneIds"]
 #: the ray meets) and ``march{family}@{step}`` (pairs still marching at that step); ``surface/
 #: normal{family}`` (torus / blend pixels), ``surface/tex{kind}`` (pixels of a texture kind),
 #: ``surface/sky``. Unknown names get :data:`DEFAULT_FRACTION`. Measured on the CPU
-#: (``scripts/bench_procedural.py --capacity-stats``: 12 calls of 8 x 4 views at 48 x 48): the
-#: largest per-call fraction times about 1.5-2.5 (most calls use about half of it; calls with
-#: more samples vary less).
+#: (``scripts/bench_procedural.py --capacity-stats``: 12 calls of 8 x 4 views at 48 x 48, with the
+#: six scene kinds and eleven texture kinds of the default config): the largest per-call fraction
+#: times about 1.5-2.5 (most calls use about half of it; calls with more samples vary less).
 CAPACITY: dict[str, float] = {
-    **{f"closest/{k}": v for k, v in dict(sphere=0.3, box=0.4, cylinder=0.3, quad=0.6, sdf0=0.3, sdf1=0.3).items()},
-    **{f"approx/{k}": v for k, v in dict(sphere=0.35, box=0.45, cylinder=0.35, quad=0.75, torus=0.9).items()},
-    **{f"any/{k}": v for k, v in dict(sphere=0.1, box=0.18, cylinder=0.15, quad=0.3, sdf0=0.15, sdf1=0.13).items()},
+    **{f"closest/{k}": v for k, v in dict(sphere=0.3, box=1.2, cylinder=0.5, quad=0.6, sdf0=0.3, sdf1=0.35).items()},
+    **{f"approx/{k}": v for k, v in dict(sphere=0.3, box=1.4, cylinder=0.5, quad=0.7, torus=0.6).items()},
+    **{f"any/{k}": v for k, v in dict(sphere=0.08, box=0.55, cylinder=0.2, quad=0.2, sdf0=0.18, sdf1=0.22).items()},
     **{f"{trace}/march{f}@{step}": v for trace, fams in (
-        ("closest", ((0.25, 0.2, 0.13, 0.07, 0.035, 0.015, 0.007), (0.15, 0.1, 0.06, 0.03, 0.012, 0.005, 0.0025))),
-        ("any", ((0.13, 0.11, 0.09, 0.06, 0.03, 0.013, 0.007), (0.11, 0.09, 0.05, 0.025, 0.012, 0.006, 0.003))))
+        ("closest", ((0.25, 0.2, 0.11, 0.06, 0.03, 0.012, 0.005), (0.3, 0.17, 0.085, 0.035, 0.012, 0.005, 0.0025))),
+        ("any", ((0.13, 0.11, 0.08, 0.04, 0.02, 0.015, 0.012), (0.2, 0.11, 0.06, 0.028, 0.014, 0.0075, 0.0045))))
        for f, fracs in enumerate(fams) for step, v in zip((0, 3, 6, 10, 15, 22, 30), fracs)},
-    **{f"surface/{k}": v for k, v in dict(normal0=0.1, normal1=0.08, sky=0.35, tex0=0.5, tex1=0.45, tex2=0.5, tex3=0.45,
-                                          tex4=0.4).items()},
+    **{f"surface/{k}": v for k, v in dict(normal0=0.12, normal1=0.14, sky=0.25, tex0=0.3, tex1=0.3, tex2=0.3, tex3=0.4,
+                                          tex4=0.3, tex5=0.95, tex6=0.4, tex7=0.3, tex8=0.35, tex9=0.3,
+                                          tex10=0.4).items()},
 }
 DEFAULT_FRACTION = 1.0
 

@@ -25,6 +25,7 @@ from .primitives import (BIG, BOX, CYLINDER, NUM_PRM, NUM_SLOTS, QUAD, SLOT_STAR
 from .scene import Scene
 from .sdf import NUM_FAMILIES, family, march, march_static
 from .static import Budget
+from .textures import hash01
 
 __all__ = ["closest_hit", "any_hit", "environment_hit"]
 
@@ -241,7 +242,7 @@ def any_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, tmax: torch.Tensor, 
     return _trace(scene, o, d, tmax, cfg, tmin, "any", budget).view_as(tmax)
 
 
-def _environment(o, d, kind, room, ground_r, dome_r):
+def _environment(o, d, kind, room, ground_r, dome_r, env_prm, seed):
     ox, oy, oz = o.unbind(-1)
     dx, dy, dz = d.unbind(-1)
     sg = torch.where(d < 0, -1.0, 1.0)  # all three components at once (fewer dispatched ops)
@@ -265,20 +266,44 @@ def _environment(o, d, kind, room, ground_r, dome_r):
     t_dome = -b + (b * b - c).clamp_min(0).sqrt()
     t_bd = torch.minimum(t_floor, t_dome)
     e_bd = torch.where(t_floor <= t_dome, 0, 1)
+    # tabletop: the table rectangle at z = 0, the room's floor ``drop`` below, walls, ceiling
+    ep = env_prm[:, None, None]
+    on_table = (t_floor < BIG) & (px.abs() <= ep[..., 0]) & (py.abs() <= ep[..., 1])
+    t_table = torch.where(on_table, t_floor, BIG)
+    t_low = torch.where(dz < 0, (-ep[..., 2] - oz) / sz, BIG)
+    t_tab = torch.minimum(torch.minimum(t_table, t_low), torch.minimum(t_ceil, t_wall))
+    e_tab = torch.where(t_tab == t_table, 0, torch.where(t_tab == t_low, 3, torch.where(t_tab == t_ceil, 2, 1)))
+    # facade: the side façades y = +-wy up to their stepped roofline, the end façade x = ex, the ground
+    wy, hl, hr, hv, seg, ex = ep.unbind(-1)
+    t_side = (sg[..., 1] * wy - oy) / sd[..., 1]
+    xs, zs = ox + t_side * dx, oz + t_side * dz
+    left = dy > 0
+    cell = torch.floor(xs.clamp(-1e6, 1e6) / seg.clamp_min(1e-3)).int()
+    ix = torch.stack([cell, left.int(), torch.zeros_like(cell)], -1)
+    h = torch.where(left, hl, hr) * (1 + hv * (2 * hash01(ix, seed[:, None, None]) - 1))
+    t_s = torch.where((zs <= h) & (zs >= 0) & (t_side < 1e9), t_side, BIG)
+    t_end = torch.where(dx > 0, (ex - ox) / sd[..., 0], BIG)
+    ye, ze = oy + t_end * dy, oz + t_end * dz
+    t_e = torch.where((ye.abs() <= wy) & (ze <= 0.5 * (hl + hr)) & (ze >= 0) & (ex < 1e9) & (t_end < 1e9), t_end, BIG)
+    t_fac = torch.minimum(torch.minimum(t_gs, t_s), t_e)
+    e_fac = torch.where(t_fac >= BIG, -1, torch.where(t_fac == t_gs, 0, torch.where(
+        t_fac == t_s, torch.where(left, 1, 2), 3)))
     k = kind[:, None, None]
-    t = torch.where(k == 0, t_room, torch.where(k == 1, t_gs, t_bd))
-    e = torch.where(k == 0, e_room, torch.where(k == 1, e_gs, e_bd))
+    box = (k == 0) | (k == 4)
+    t = torch.where(box, t_room, torch.where(k == 1, t_gs, torch.where(k == 2, t_bd, torch.where(k == 3, t_tab, t_fac))))
+    e = torch.where(box, e_room, torch.where(k == 1, e_gs, torch.where(k == 2, e_bd, torch.where(k == 3, e_tab, e_fac))))
     return t, e
 
 
 def environment_hit(scene: Scene, o: torch.Tensor, d: torch.Tensor, cfg=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Room walls, ground or dome, seen from inside.
+    """Room walls, ground, dome, table or street, seen from inside.
 
-    o, d: (S, X, Y, 3) broadcastable (cameras inside the room / dome, above the ground).
-    Returns t: (S, X, Y) (BIG for sky) and env: (S, X, Y) long (0 floor, 1 walls / dome,
-    2 ceiling, -1 sky).
+    o, d: (S, X, Y, 3) broadcastable (cameras inside the room / dome / street, above the ground
+    or table). Returns t: (S, X, Y) (BIG for sky) and env: (S, X, Y) long (0 floor / ground /
+    table top, 1 walls / dome / left façade, 2 ceiling / right façade, 3 floor under the table /
+    end façade, -1 sky).
     """
     sh = torch.broadcast_shapes(o.shape, d.shape)[:-1]
     fn = maybe_compile(_environment, cfg is not None and use_compile(cfg, d))
-    t, e = fn(o, d, scene.kind, scene.room, scene.ground_r, scene.dome_r)
+    t, e = fn(o, d, scene.kind, scene.room, scene.ground_r, scene.dome_r, scene.env_prm, scene.sky_seed)
     return t.expand(sh), e.expand(sh)
